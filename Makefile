@@ -1,0 +1,61 @@
+# agent-token-operator: one entry point for humans and CI.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test check lint fmt typecheck unit e2e cluster-bins cluster-up cluster-down clean
+
+help:
+	@echo "make run           run the operator (starts a local control plane if no cluster is configured)"
+	@echo "make test          everything: lint, types, unit tests, e2e tests on a real local control plane"
+	@echo "make check         ruff + mypy + import contracts + unit tests (no cluster)"
+	@echo "make cluster-bins  build/cache etcd, kube-apiserver, controller-manager, scheduler, kwok, helm"
+	@echo "make cluster-up    start a local control plane; KUBECONFIG=.devcluster/kubeconfig"
+	@echo "make cluster-down  stop it"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+cluster-bins:
+	bash hack/build-cluster-bins.sh
+
+cluster-up: venv cluster-bins
+	$(PY) -m agenttoken.devcluster up
+
+cluster-down: venv
+	$(PY) -m agenttoken.devcluster down
+
+run: venv
+	$(PY) -m agenttoken.devcluster run
+
+lint: venv
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix operator tests bench
+	$(VENV)/bin/ruff format operator tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+check: lint typecheck unit
+
+e2e: venv cluster-bins
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: check e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

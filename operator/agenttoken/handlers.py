@@ -1,0 +1,107 @@
+"""kopf wiring: settings, startup/cleanup, and the watch events that feed the controller.
+
+Only `on.event` handlers: they are not change-detecting, so kopf never writes a diff-base or
+progress onto user objects and never adds a finalizer. The settings below still point kopf's
+storage at our own status subtree and prefix, so a handler added later cannot bring
+`kopf.zalando.org/*` annotations back onto AgentTokens (GitOps tools would show drift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import kopf
+
+from agenttoken import api, metrics
+from agenttoken.keymanager import KeyManager
+from agenttoken.keys import KeyPolicy
+from agenttoken.kube import Kube
+from agenttoken.scheduler import Controller, ControllerOptions, utcnow
+
+log = logging.getLogger(__name__)
+
+SECRET_SELECTOR = f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = api.FINALIZER
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+        field=f"status.{api.KOPF_STATUS_FIELD}.progress", touch_field=f"status.{api.KOPF_STATUS_FIELD}.touch"
+    )
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field=f"status.{api.KOPF_STATUS_FIELD}.lastHandledConfiguration"
+    )
+    # Our own Events carry reasons; kopf's per-handler log Events would only add noise.
+    settings.posting.enabled = False
+    settings.peering.standalone = True
+    # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
+    settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = (1, 2, 4, 8, 15)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    options = memo["options"]
+    kube = await Kube.connect()
+    keys = KeyManager(
+        kube,
+        namespace=options.operator_namespace,
+        issuer=options.issuer_url,
+        policy=KeyPolicy(algorithm=options.key_algorithm),
+        clock=utcnow,
+    )
+    await keys.sync()
+    controller = Controller(kube, keys, ControllerOptions(issuer_url=options.issuer_url))
+    await controller.start()
+    memo["kube"], memo["keys"], memo["controller"] = kube, keys, controller
+    memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
+    metrics.serve(options.metrics_port, options.metrics_address)
+    log.info("operator started; signing keys in %s", options.operator_namespace)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("key_task")
+    if task is not None:
+        task.cancel()
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
+    kube: Kube | None = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL)
+async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_token_event(event.get("type"), event["object"])
+
+
+@kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
+async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_secret_event(event.get("type"), event["object"])
+
+
+@kopf.on.probe(id="keys")
+def keys_probe(memo: kopf.Memo, **_: Any) -> str:
+    keys: KeyManager | None = memo.get("keys")
+    if keys is None:
+        raise RuntimeError("not started")
+    return keys.signing_key().kid
+
+
+async def _rotate_keys(keys: KeyManager) -> None:
+    """Key rotation is rare; checking every minute (or half the publish-ahead) is plenty."""
+    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await keys.sync()
+        except Exception:
+            log.exception("signing-key rotation failed; retrying in %.0fs", interval)

@@ -1,0 +1,183 @@
+"""The one Kubernetes adapter: every read and write the operator makes goes through here.
+
+Built on kubernetes_asyncio (never block the event loop with a sync client) with raw JSON
+responses (`_preload_content=False`): the model classes cost CPU per call and we only need
+dicts. Errors become `KubeError` carrying the HTTP status and the apiserver's short reason,
+never a request body (it could hold a token).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets as pysecrets
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config.config_exception import ConfigException
+
+from agenttoken import api
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+def _error(exc: ApiException) -> KubeError:
+    message = exc.reason or "error"
+    try:
+        body = json.loads(exc.body or "{}")
+        message = str(body.get("message") or message)
+    except (TypeError, ValueError):
+        pass
+    return KubeError(int(exc.status or 0), message[:500])
+
+
+async def _json(coro: Any) -> dict[str, Any]:
+    try:
+        resp = await coro
+    except ApiException as exc:
+        raise _error(exc) from None
+    raw = await resp.read()
+    resp.release()
+    result: dict[str, Any] = json.loads(raw) if raw else {}
+    return result
+
+
+class Kube:
+    """Async operations on the objects this operator owns or reads."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        # Typed as Any: we pass plain dicts and raw-response kwargs the generated stubs do not declare.
+        self.core: Any = client.CoreV1Api(api_client)
+        self.custom: Any = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except ConfigException:
+            await config.load_kube_config()
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    # -- Secrets --
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await _json(
+            self.core.create_namespaced_secret(
+                namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+            )
+        )
+
+    async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(
+            self.core.patch_namespaced_secret(
+                name,
+                namespace,
+                patch,
+                field_manager=api.FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
+
+    async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Optimistic update: `body.metadata.resourceVersion` must match or KubeError(409)."""
+        return await _json(
+            self.core.replace_namespaced_secret(
+                name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+            )
+        )
+
+    # -- ConfigMaps --
+
+    async def apply_configmap(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
+        try:
+            await _json(
+                self.core.patch_namespaced_config_map(
+                    name,
+                    namespace,
+                    {"data": data, "metadata": {"labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME}}},
+                    field_manager=api.FIELD_MANAGER,
+                    _content_type=MERGE_PATCH,
+                    _preload_content=False,
+                )
+            )
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+            body["data"] = data
+            body["metadata"]["labels"] = {api.LABEL_MANAGED_BY: api.OPERATOR_NAME}  # type: ignore[index]
+            await _json(
+                self.core.create_namespaced_config_map(
+                    namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+                )
+            )
+
+    # -- AgentTokens --
+
+    async def patch_agenttoken_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await _json(
+            self.custom.patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.AGENTTOKEN_PLURAL,
+                name,
+                {"status": status},
+                field_manager=api.FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
+
+    # -- Events --
+
+    async def emit_event(self, involved: dict[str, Any], *, warning: bool, reason: str, message: str) -> None:
+        """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid)."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = involved["namespace"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{involved['name']}.{pysecrets.token_hex(8)}", "namespace": namespace},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": api.OPERATOR_NAME},
+            "reportingComponent": api.OPERATOR_NAME,
+            "reportingInstance": api.OPERATOR_NAME,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await _json(self.core.create_namespaced_event(namespace, body, _preload_content=False))

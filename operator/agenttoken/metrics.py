@@ -1,0 +1,91 @@
+"""Prometheus metrics, one `agenttoken_` prefix, base units.
+
+Per-object gauges are computed at scrape time from what the controller last saw (like
+cert-manager), so a deleted AgentToken's series disappear with it instead of going stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agenttoken.model import parse_time
+
+Key = tuple[str, str]
+
+RENEWALS = Counter("agenttoken_renewals", "Token issuances by result (success, failure).", ["result"])
+RECONCILE_DURATION = Histogram(
+    "agenttoken_reconcile_duration_seconds",
+    "Time to reconcile one AgentToken.",
+    ["result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SCHEDULE_LAG = Histogram(
+    "agenttoken_schedule_lag_seconds",
+    "How late the scheduler picked up a due AgentToken (actual minus scheduled).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+
+# (namespace, name) -> (expires, renews, ready) as last seen; only timestamps and a status word.
+_tokens: dict[Key, tuple[float | None, float | None, str]] = {}
+
+
+def observe_token(key: Key, body: Mapping[str, Any]) -> None:
+    status = body.get("status") or {}
+    expires, renews = parse_time(status.get("expiresAt")), parse_time(status.get("renewalTime"))
+    ready = next(
+        (c.get("status", "Unknown") for c in status.get("conditions", []) if c.get("type") == "Ready"),
+        "Unknown",
+    )
+    _tokens[key] = (
+        expires.timestamp() if expires else None,
+        renews.timestamp() if renews else None,
+        str(ready),
+    )
+
+
+def forget(key: Key) -> None:
+    _tokens.pop(key, None)
+
+
+class _TokenCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["namespace", "name"]
+        expiry = GaugeMetricFamily(
+            "agenttoken_token_expiration_timestamp_seconds",
+            "When the current token expires (Unix time).",
+            labels=labels,
+        )
+        renewal = GaugeMetricFamily(
+            "agenttoken_token_renewal_timestamp_seconds",
+            "When the next renewal is planned (Unix time).",
+            labels=labels,
+        )
+        ready = GaugeMetricFamily(
+            "agenttoken_token_ready_status",
+            "Ready condition of the AgentToken.",
+            labels=[*labels, "condition"],
+        )
+        count = GaugeMetricFamily("agenttoken_tokens", "AgentTokens known to the operator.")
+        for (namespace, name), (exp, ren, status) in list(_tokens.items()):
+            if exp is not None:
+                expiry.add_metric([namespace, name], exp)
+            if ren is not None:
+                renewal.add_metric([namespace, name], ren)
+            for value in ("True", "False", "Unknown"):
+                ready.add_metric([namespace, name, value], 1.0 if status == value else 0.0)
+        count.add_metric([], float(len(_tokens)))
+        yield from (expiry, renewal, ready, count)
+
+
+REGISTRY.register(_TokenCollector())
+
+
+def serve(port: int, address: str) -> None:
+    """Serve /metrics in a background thread (prometheus-client's own server)."""
+    if port:
+        start_http_server(port, addr=address)

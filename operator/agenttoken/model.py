@@ -1,0 +1,201 @@
+"""Typed views of an AgentToken's spec and status, parsed once from the raw object.
+
+The CRD schema and its CEL rules reject bad input at admission; parsing here repeats the checks
+that matter for safety (an object stored before a schema change, or `--validate=false`), and
+raises `InvalidSpec` naming the field so the reason reaches a status condition.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agenttoken import api
+from agenttoken.schedule import RenewalPolicy, parse_duration
+from agenttoken.tokens import TokenRequest
+
+MIN_TTL = datetime.timedelta(seconds=60)
+MAX_TTL = datetime.timedelta(hours=168)
+
+
+class InvalidSpec(ValueError):
+    """The spec cannot be acted on; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SecretKeys:
+    token: str = api.DEFAULT_TOKEN_KEY
+    expires_at: str = api.DEFAULT_EXPIRES_AT_KEY
+    bundle: str = api.DEFAULT_BUNDLE_KEY
+
+    def managed(self) -> tuple[str, ...]:
+        return (self.token, self.expires_at, self.bundle)
+
+
+@dataclass(frozen=True)
+class AgentTokenSpec:
+    audience: tuple[str, ...]
+    scopes: tuple[str, ...]
+    ttl: datetime.timedelta
+    renewal: RenewalPolicy
+    secret_name: str
+    keys: SecretKeys = SecretKeys()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    subject: str | None = None
+    issuer_kind: str = api.CLUSTERTOKENISSUER_KIND
+    issuer_name: str = api.BUILTIN_ISSUER_NAME
+    environment: str | None = None
+    allowed_cidrs: tuple[str, ...] = ()
+    suspend: bool = False
+
+    def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
+        return TokenRequest(
+            namespace=namespace,
+            name=name,
+            uid=uid,
+            subject=self.subject,
+            audience=self.audience,
+            scopes=self.scopes,
+            ttl=self.ttl,
+            environment=self.environment,
+            allowed_cidrs=self.allowed_cidrs,
+        )
+
+    def claims_hash(self) -> str:
+        """Hash of everything that goes into a token: a change means the current token is stale."""
+        material = {
+            "aud": self.audience,
+            "scope": self.scopes,
+            "ttl": self.ttl.total_seconds(),
+            "sub": self.subject,
+            "issuer": [self.issuer_kind, self.issuer_name],
+            "env": self.environment,
+            "cidr": self.allowed_cidrs,
+        }
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
+
+
+def _strings(value: Any, path: str, *, required: bool) -> tuple[str, ...]:
+    if value is None:
+        if required:
+            raise InvalidSpec(f"{path} is required")
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidSpec(f"{path} must be a list of non-empty strings")
+    if required and not value:
+        raise InvalidSpec(f"{path} must not be empty")
+    if len(set(value)) != len(value):
+        raise InvalidSpec(f"{path} must not repeat values")
+    return tuple(value)
+
+
+def _duration(value: Any, path: str) -> datetime.timedelta:
+    if not isinstance(value, str):
+        raise InvalidSpec(f"{path} must be a duration string like 1h or 30m")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InvalidSpec(f"{path}: {exc}") from None
+
+
+def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
+    ttl = _duration(spec.get("ttl", "1h"), "spec.ttl")
+    if not MIN_TTL <= ttl <= MAX_TTL:
+        raise InvalidSpec(f"spec.ttl must be between 60s and 168h, got {spec.get('ttl')}")
+    before = spec.get("renewBefore")
+    percentage = spec.get("renewBeforePercentage")
+    if before is not None and percentage is not None:
+        raise InvalidSpec("spec.renewBefore and spec.renewBeforePercentage are mutually exclusive")
+    renew_before = _duration(before, "spec.renewBefore") if before is not None else None
+    if renew_before is not None and renew_before >= ttl:
+        raise InvalidSpec("spec.renewBefore must be shorter than spec.ttl")
+    if percentage is not None and (not isinstance(percentage, int) or not 5 <= percentage <= 95):
+        raise InvalidSpec("spec.renewBeforePercentage must be an integer from 5 to 95")
+    secret = spec.get("secret") or {}
+    secret_name = secret.get("name")
+    if not isinstance(secret_name, str) or not secret_name:
+        raise InvalidSpec("spec.secret.name is required")
+    raw_keys = secret.get("keys") or {}
+    keys = SecretKeys(
+        token=raw_keys.get("token", api.DEFAULT_TOKEN_KEY),
+        expires_at=raw_keys.get("expiresAt", api.DEFAULT_EXPIRES_AT_KEY),
+        bundle=raw_keys.get("bundle", api.DEFAULT_BUNDLE_KEY),
+    )
+    if len(set(keys.managed())) != 3:
+        raise InvalidSpec("spec.secret.keys must name three different keys")
+    template = secret.get("template") or {}
+    issuer = spec.get("issuerRef") or {}
+    return AgentTokenSpec(
+        audience=_strings(spec.get("audience"), "spec.audience", required=True),
+        scopes=_strings(spec.get("scopes"), "spec.scopes", required=False),
+        ttl=ttl,
+        renewal=RenewalPolicy(renew_before=renew_before, renew_before_percentage=percentage),
+        secret_name=secret_name,
+        keys=keys,
+        labels=dict(template.get("labels") or {}),
+        annotations=dict(template.get("annotations") or {}),
+        subject=spec.get("subject") or None,
+        issuer_kind=issuer.get("kind", api.CLUSTERTOKENISSUER_KIND),
+        issuer_name=issuer.get("name", api.BUILTIN_ISSUER_NAME),
+        environment=spec.get("environment") or None,
+        allowed_cidrs=_strings(spec.get("allowedCIDRs"), "spec.allowedCIDRs", required=False),
+        suspend=bool(spec.get("suspend", False)),
+    )
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def format_time(value: datetime.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    """What status says about the current token and its renewal; re-derived after every restart."""
+
+    token_id: str | None = None
+    key_id: str | None = None
+    token_hash: str | None = None
+    issued_at: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
+    renewal_time: datetime.datetime | None = None
+    revision: int = 0
+    failed_attempts: int = 0
+    last_failure_time: datetime.datetime | None = None
+    last_handled_rotate_request: str | None = None
+    observed_generation: int | None = None
+    conditions: tuple[Mapping[str, Any], ...] = ()
+
+
+def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
+    status = status or {}
+    return TokenStatus(
+        token_id=status.get("tokenId"),
+        key_id=status.get("keyId"),
+        token_hash=status.get("tokenHash"),
+        issued_at=parse_time(status.get("issuedAt")),
+        expires_at=parse_time(status.get("expiresAt")),
+        renewal_time=parse_time(status.get("renewalTime")),
+        revision=int(status.get("revision") or 0),
+        failed_attempts=int(status.get("failedAttempts") or 0),
+        last_failure_time=parse_time(status.get("lastFailureTime")),
+        last_handled_rotate_request=status.get("lastHandledRotateRequest"),
+        observed_generation=status.get("observedGeneration"),
+        conditions=tuple(status.get("conditions") or ()),
+    )

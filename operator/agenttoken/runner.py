@@ -1,0 +1,37 @@
+"""Starts kopf with our settings: `agenttoken run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import kopf
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    namespaces: tuple[str, ...] = ()
+    operator_namespace: str = "agenttoken-system"
+    issuer_url: str = "https://agent-token-operator.agenttoken-system.svc/issuers/builtin"
+    key_algorithm: str = "ES256"
+    liveness: str | None = "http://127.0.0.1:8081/healthz"
+    metrics_port: int = 8080
+    metrics_address: str = "127.0.0.1"
+    log_json: bool = True
+    verbose: bool = False
+
+
+def run_operator(options: RunOptions) -> None:
+    kopf.configure(
+        verbose=options.verbose,
+        log_format=kopf.LogFormat.JSON if options.log_json else kopf.LogFormat.FULL,
+    )
+    # Importing registers the handlers with kopf's default registry.
+    from agenttoken import handlers  # noqa: F401
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces,
+        liveness_endpoint=options.liveness,
+        memo=kopf.Memo(options=options),
+    )

@@ -1,0 +1,473 @@
+"""The single renewal loop: one in-memory schedule for every AgentToken, rebuilt from status.
+
+kopf's per-object timers and daemons cost a task and a finalizer per object (see
+../shared/notes/kopf-at-scale.md); instead, watch events feed caches here and one coroutine
+sleeps until the earliest due AgentToken, then reconciles through a bounded worker pool.
+After a restart, the initial listing schedules every object at its recorded renewal time, so
+overdue tokens are renewed first, oldest first, and tokens that are still good are not touched.
+
+Data flows one way: event -> cache -> `reconcile` reads the caches, the pure core decides
+(`renewal.decide`), the Kube adapter applies, status records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agenttoken import api, metrics
+from agenttoken.conditions import Reason
+from agenttoken.keymanager import KeyManager
+from agenttoken.kube import Kube, KubeError
+from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
+from agenttoken.renewal import Action, Decision, Snapshot, decide
+from agenttoken.schedule import next_retry_time, renewal_time
+from agenttoken.secrets import TokenRecord, desired_secret, observe
+from agenttoken.status import Outcome, differs, render
+from agenttoken.tokens import mint, token_hash
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+Clock = Callable[[], datetime.datetime]
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _rv(body: Mapping[str, Any] | None) -> int | None:
+    try:
+        return int((body or {}).get("metadata", {}).get("resourceVersion", ""))
+    except ValueError:
+        return None
+
+
+class _Cache:
+    """Latest bodies by key. A body older than one we wrote ourselves is ignored, so a watch
+    event in flight during our write never makes us act on stale data (etcd resourceVersions
+    are integers; where they are not, every event is taken)."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[Key, dict[str, Any]] = {}
+
+    def offer(self, key: Key, body: dict[str, Any]) -> bool:
+        """Store `body` unless we hold a newer one; True if it changed what we hold."""
+        held = self.bodies.get(key)
+        new, old = _rv(body), _rv(held)
+        if held is not None and new is not None and old is not None and new <= old:
+            return False
+        self.bodies[key] = body
+        return True
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        return self.bodies.get(key)
+
+    def drop(self, key: Key) -> None:
+        self.bodies.pop(key, None)
+
+
+@dataclasses.dataclass
+class ControllerOptions:
+    issuer_url: str
+    workers: int = 8
+    # Warn when this fraction of the lifetime or less is left and renewal is still failing.
+    expiry_warning_fraction: float = 0.1
+
+
+class Controller:
+    def __init__(
+        self, kube: Kube, keys: KeyManager, options: ControllerOptions, clock: Clock = utcnow
+    ) -> None:
+        self.kube = kube
+        self.keys = keys
+        self.options = options
+        self.clock = clock
+        self.tokens = _Cache()
+        self.secrets = _Cache()
+        self._heap: list[tuple[float, int, Key]] = []
+        self._due: dict[Key, float] = {}
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._inflight: set[Key] = set()
+        self._again: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(options.workers)
+        self._warned_expiry: set[tuple[Key, str]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- feeding --
+
+    def on_token_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if kind == "DELETED":
+            self.tokens.drop(key)
+            self._due.pop(key, None)
+            metrics.forget(key)
+            return
+        if not self.tokens.offer(key, body):
+            return
+        metrics.observe_token(key, body)
+        status = parse_status(body.get("status"))
+        when = self.clock()
+        # Initial listing after a restart: overdue tokens go first, the oldest first.
+        if (
+            status.renewal_time is not None
+            and status.renewal_time < when
+            and status.observed_generation == meta.get("generation")
+        ):
+            when = status.renewal_time
+        self.schedule(key, when)
+
+    def on_secret_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        namespace = meta.get("namespace", "")
+        skey = (namespace, meta.get("name", ""))
+        if kind == "DELETED":
+            self.secrets.drop(skey)
+        elif not self.secrets.offer(skey, body):
+            return
+        owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
+        if owner and (namespace, owner) in self.tokens.bodies:
+            self.schedule((namespace, owner), self.clock())
+
+    def schedule(self, key: Key, when: datetime.datetime) -> None:
+        ts = when.timestamp()
+        current = self._due.get(key)
+        if current is not None and current <= ts:
+            return
+        self._due[key] = ts
+        heapq.heappush(self._heap, (ts, next(self._seq), key))
+        self._wakeup.set()
+
+    # -- the loop --
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="agenttoken-scheduler")
+
+    async def stop(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            now = self.clock().timestamp()
+            while self._heap and self._heap[0][0] <= now:
+                ts, _, key = heapq.heappop(self._heap)
+                if self._due.get(key) != ts:
+                    continue  # superseded by an earlier or removed entry
+                del self._due[key]
+                metrics.SCHEDULE_LAG.observe(max(0.0, now - ts))
+                self._dispatch(key)
+            self._wakeup.clear()
+            delay = (self._heap[0][0] - now) if self._heap else 3600.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.0, min(delay, 3600.0)))
+
+    def _dispatch(self, key: Key) -> None:
+        if key in self._inflight:
+            self._again.add(key)  # reconciled again right after the current run
+            return
+        self._inflight.add(key)
+        task = asyncio.create_task(self._guarded(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, key: Key) -> None:
+        try:
+            async with self._slots:
+                started = time.perf_counter()
+                try:
+                    await self.reconcile(key)
+                    metrics.RECONCILE_DURATION.labels(result="success").observe(time.perf_counter() - started)
+                except Exception:
+                    metrics.RECONCILE_DURATION.labels(result="error").observe(time.perf_counter() - started)
+                    log.exception("reconcile of %s/%s failed; retrying in 10s", *key)
+                    self.schedule(key, self.clock() + datetime.timedelta(seconds=10))
+        finally:
+            self._inflight.discard(key)
+            if key in self._again:
+                self._again.discard(key)
+                self.schedule(key, self.clock())
+
+    # -- one AgentToken --
+
+    async def reconcile(self, key: Key) -> None:
+        body = self.tokens.get(key)
+        if body is None:
+            return
+        namespace, name = key
+        meta = body["metadata"]
+        uid, generation = meta["uid"], meta.get("generation")
+        previous = parse_status(body.get("status"))
+        now = self.clock()
+        try:
+            spec = parse_spec(body.get("spec") or {})
+        except InvalidSpec as exc:
+            await self._write_status(
+                body,
+                previous,
+                generation,
+                None,
+                None,
+                uid,
+                Outcome(stalled=Reason(api.REASON_INVALID_SPEC, str(exc))),
+            )
+            return
+        if (spec.issuer_kind, spec.issuer_name) != (api.CLUSTERTOKENISSUER_KIND, api.BUILTIN_ISSUER_NAME):
+            message = f"{spec.issuer_kind} {spec.issuer_name!r} not found (only ClusterTokenIssuer 'builtin' exists)"
+            outcome = Outcome(stalled=Reason(api.REASON_ISSUER_NOT_FOUND, message))
+            await self._write_status(body, previous, generation, spec, None, uid, outcome)
+            return
+
+        rotate = (meta.get("annotations") or {}).get(api.ANN_ROTATE)
+        skey = (namespace, spec.secret_name)
+
+        def snapshot() -> Snapshot:
+            observed = observe(self.secrets.get(skey), name=name, uid=uid, spec=spec)
+            return Snapshot(
+                spec=spec, status=previous, secret=observed, rotate_request=rotate, jitter_key=uid
+            )
+
+        snap = snapshot()
+        decision = decide(snap, now)
+        if decision.action not in (Action.NONE, Action.BACKOFF):
+            # Act only on a fresh read: the cache may lag (e.g. right after a restart).
+            fresh = await self.kube.get_secret(namespace, spec.secret_name)
+            if fresh is None:
+                self.secrets.drop(skey)
+            else:
+                self.secrets.bodies[skey] = fresh
+            snap = snapshot()
+            decision = decide(snap, now)
+        record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)
+        outcome = Outcome(
+            failed_attempts=previous.failed_attempts,
+            last_failure_time=previous.last_failure_time,
+            suspended=spec.suspend,
+        )
+        if previous.failed_attempts:
+            outcome = dataclasses.replace(
+                outcome, failure=Reason(api.REASON_RENEWAL_FAILED, "the last attempt failed; retrying")
+            )
+
+        if decision.action is Action.CONFLICT:
+            outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
+        elif decision.action is Action.MINT:
+            record, outcome = await self._mint(body, spec, snap, decision, outcome)
+        elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
+            await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
+            await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
+        elif decision.action is Action.BACKOFF and decision.wake_at:
+            outcome = dataclasses.replace(
+                outcome,
+                failure=Reason(
+                    api.REASON_RENEWAL_FAILED,
+                    f"{previous.failed_attempts} failed attempt(s); next at {decision.wake_at.isoformat()}",
+                ),
+            )
+
+        await self._write_status(body, previous, generation, spec, record, uid, outcome)
+        await self._warn_if_expiring(body, key, spec, record, outcome)
+        self._schedule_next(key, spec, record, decision, outcome, uid)
+
+    async def _mint(
+        self, body: dict[str, Any], spec: AgentTokenSpec, snap: Snapshot, decision: Decision, outcome: Outcome
+    ) -> tuple[TokenRecord | None, Outcome]:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        now = self.clock()
+        old = snap.secret.record if snap.secret.token_intact else None
+        first = snap.status.token_id is None and old is None
+        try:
+            key = self.keys.signing_key()
+            minted = mint(
+                spec.token_request(namespace, name, uid),
+                key,
+                issuer=self.options.issuer_url,
+                now=now,
+                jti=str(uuid.uuid4()),
+            )
+            revision = max(snap.status.revision, old.revision if old else 0) + 1
+            record = TokenRecord(
+                token_id=minted.token_id,
+                token_hash=token_hash(minted.token),
+                key_id=minted.key_id,
+                revision=revision,
+                issued_at=minted.issued_at,
+                expires_at=minted.expires_at,
+                spec_hash=spec.claims_hash(),
+                rotate_request=snap.rotate_request or (old.rotate_request if old else None),
+            )
+            await self._write_secret(
+                namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
+            )
+        except (KubeError, RuntimeError, ValueError) as exc:
+            attempts = snap.status.failed_attempts + 1
+            metrics.RENEWALS.labels(result="failure").inc()
+            message = f"{decision.message}: issuing failed: {exc}"
+            reason = api.REASON_ISSUE_FAILED if first else api.REASON_RENEWAL_FAILED
+            await self._event(body, True, reason, f"{message} (attempt {attempts})")
+            return old, dataclasses.replace(
+                outcome,
+                failed_attempts=attempts,
+                last_failure_time=now,
+                failure=Reason(reason, message),
+            )
+        metrics.RENEWALS.labels(result="success").inc()
+        if first:
+            reason, text = api.REASON_ISSUED, f"issued token {record.token_id} (revision {record.revision})"
+        elif decision.reason in ("SecretMissing", "TokenAltered"):
+            reason, text = api.REASON_SECRET_RESTORED, f"{decision.message}; issued token {record.token_id}"
+        else:
+            reason, text = api.REASON_RENEWED, f"{decision.message}; issued token {record.token_id}"
+        await self._event(body, False, reason, f"{text}, expires {record.expires_at.isoformat()}")
+        return record, dataclasses.replace(outcome, failed_attempts=0, last_failure_time=None, failure=None)
+
+    async def _write_secret(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        spec: AgentTokenSpec,
+        token: str,
+        record: TokenRecord,
+        *,
+        exists: bool,
+    ) -> None:
+        desired = desired_secret(
+            namespace=namespace, name=name, uid=uid, spec=spec, token=token, record=record
+        )
+        if exists:
+            written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
+        else:
+            try:
+                written = await self.kube.create_secret(namespace, desired)
+            except KubeError as exc:
+                if not exc.conflict:
+                    raise
+                written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
+        self.secrets.offer((namespace, spec.secret_name), written)
+
+    async def _write_status(
+        self,
+        body: dict[str, Any],
+        previous: Any,
+        generation: int | None,
+        spec: AgentTokenSpec | None,
+        record: TokenRecord | None,
+        uid: str,
+        outcome: Outcome,
+    ) -> None:
+        status = render(
+            previous=previous,
+            generation=generation,
+            spec=spec,
+            record=record,
+            jitter_key=uid,
+            outcome=outcome,
+            now=self.clock(),
+        )
+        current = body.get("status") or {}
+        if not differs(current, status):
+            return
+        stalled_before = {
+            c.get("reason") for c in current.get("conditions", []) if c.get("type") == api.COND_STALLED
+        }
+        if outcome.stalled and outcome.stalled.reason not in stalled_before:
+            await self._event(body, True, outcome.stalled.reason, outcome.stalled.message)
+        meta = body["metadata"]
+        try:
+            written = await self.kube.patch_agenttoken_status(meta["namespace"], meta["name"], status)
+        except KubeError as exc:
+            if exc.not_found:
+                return  # deleted meanwhile
+            raise
+        key = (meta["namespace"], meta["name"])
+        self.tokens.offer(key, written)
+        metrics.observe_token(key, written)
+
+    async def _warn_if_expiring(
+        self,
+        body: dict[str, Any],
+        key: Key,
+        spec: AgentTokenSpec,
+        record: TokenRecord | None,
+        outcome: Outcome,
+    ) -> None:
+        if record is None or outcome.failure is None:
+            return
+        now = self.clock()
+        left = record.expires_at - now
+        if left <= datetime.timedelta(0) or left > spec.ttl * self.options.expiry_warning_fraction:
+            return
+        mark = (key, record.token_id)
+        if mark in self._warned_expiry:
+            return
+        self._warned_expiry.add(mark)
+        await self._event(
+            body,
+            True,
+            api.REASON_EXPIRING,
+            f"token {record.token_id} expires in {int(left.total_seconds())}s and renewal keeps failing",
+        )
+
+    def _schedule_next(
+        self,
+        key: Key,
+        spec: AgentTokenSpec,
+        record: TokenRecord | None,
+        decision: Decision,
+        outcome: Outcome,
+        uid: str,
+    ) -> None:
+        now = self.clock()
+        times: list[datetime.datetime] = []
+        if outcome.failed_attempts and outcome.last_failure_time:
+            times.append(
+                next_retry_time(
+                    outcome.last_failure_time, outcome.failed_attempts, record.expires_at if record else None
+                )
+            )
+        elif decision.action is Action.BACKOFF and decision.wake_at:
+            times.append(decision.wake_at)
+        if record is not None:
+            if record.expires_at > now:
+                times.append(record.expires_at)  # flip Ready when it expires (suspended or failing)
+            if not spec.suspend and not outcome.failed_attempts:
+                snap_wake = decision.wake_at if decision.action is not Action.MINT else None
+                times.append(
+                    snap_wake or renewal_time(record.issued_at, record.expires_at, spec.renewal, uid)
+                )
+        future = [t for t in times if t > now] or ([now + datetime.timedelta(seconds=1)] if times else [])
+        if future:
+            self.schedule(key, min(future))
+
+    async def _event(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        involved = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.AGENTTOKEN_KIND,
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
+        try:
+            await self.kube.emit_event(involved, warning=warning, reason=reason, message=message)
+        except KubeError as exc:
+            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)

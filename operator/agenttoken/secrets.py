@@ -1,0 +1,213 @@
+"""What the managed Secret must contain, and what an observed Secret actually holds.
+
+The Secret carries the token plus a record of it in annotations (token id, hash, revision,
+times, the spec hash it was minted for, the rotate request it answered). Status mirrors that
+record, so a crash between writing the Secret and patching status is repaired by adopting the
+record, never by minting again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agenttoken import api
+from agenttoken.model import AgentTokenSpec, format_time, parse_time
+from agenttoken.tokens import token_hash
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """Everything known about a minted token except the token itself."""
+
+    token_id: str
+    token_hash: str
+    key_id: str
+    revision: int
+    issued_at: datetime.datetime
+    expires_at: datetime.datetime
+    spec_hash: str
+    rotate_request: str | None = None
+
+    def annotations(self) -> dict[str, str]:
+        ann = {
+            api.ANN_TOKEN_ID: self.token_id,
+            api.ANN_TOKEN_HASH: self.token_hash,
+            api.ANN_KEY_ID: self.key_id,
+            api.ANN_REVISION: str(self.revision),
+            api.ANN_ISSUED_AT: format_time(self.issued_at) or "",
+            api.ANN_EXPIRES_AT: format_time(self.expires_at) or "",
+            api.ANN_SPEC_HASH: self.spec_hash,
+        }
+        if self.rotate_request is not None:
+            ann[api.ANN_ROTATE_REQUEST] = self.rotate_request
+        return ann
+
+    @classmethod
+    def from_annotations(cls, ann: Mapping[str, str]) -> TokenRecord | None:
+        issued, expires = parse_time(ann.get(api.ANN_ISSUED_AT)), parse_time(ann.get(api.ANN_EXPIRES_AT))
+        token_id, hash_, key_id = (
+            ann.get(api.ANN_TOKEN_ID),
+            ann.get(api.ANN_TOKEN_HASH),
+            ann.get(api.ANN_KEY_ID),
+        )
+        try:
+            revision = int(ann.get(api.ANN_REVISION, ""))
+        except ValueError:
+            return None
+        if not (token_id and hash_ and key_id and issued and expires):
+            return None
+        return cls(
+            token_id=token_id,
+            token_hash=hash_,
+            key_id=key_id,
+            revision=revision,
+            issued_at=issued,
+            expires_at=expires,
+            spec_hash=ann.get(api.ANN_SPEC_HASH, ""),
+            rotate_request=ann.get(api.ANN_ROTATE_REQUEST),
+        )
+
+
+def bundle(token: str, record: TokenRecord, spec: AgentTokenSpec) -> str:
+    """One file with the token and its metadata, so a reader never pairs a new token with old metadata."""
+    doc = {
+        "token": token,
+        "tokenId": record.token_id,
+        "issuedAt": format_time(record.issued_at),
+        "expiresAt": format_time(record.expires_at),
+        "revision": record.revision,
+        "scopes": list(spec.scopes),
+        "audience": list(spec.audience),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def managed_data(token: str, record: TokenRecord, spec: AgentTokenSpec) -> dict[str, str]:
+    """The managed keys as plain strings (the adapter base64-encodes them)."""
+    return {
+        spec.keys.token: token,
+        spec.keys.expires_at: format_time(record.expires_at) or "",
+        spec.keys.bundle: bundle(token, record, spec),
+    }
+
+
+def owner_reference(namespace: str, name: str, uid: str) -> dict[str, Any]:
+    del namespace  # owners are always in the Secret's own namespace
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.AGENTTOKEN_KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def managed_labels(name: str, spec: AgentTokenSpec) -> dict[str, str]:
+    return {**spec.labels, api.LABEL_MANAGED_BY: api.OPERATOR_NAME, api.LABEL_AGENTTOKEN: name}
+
+
+def desired_secret(
+    *, namespace: str, name: str, uid: str, spec: AgentTokenSpec, token: str, record: TokenRecord
+) -> dict[str, Any]:
+    """A full Secret body (for create) or merge patch (for update): only keys we manage."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": spec.secret_name,
+            "namespace": namespace,
+            "labels": managed_labels(name, spec),
+            "annotations": {**spec.annotations, **record.annotations()},
+            "ownerReferences": [owner_reference(namespace, name, uid)],
+        },
+        "data": encode_data(managed_data(token, record, spec)),
+    }
+
+
+def encode_data(data: Mapping[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+def decode_data(data: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (data or {}).items():
+        try:
+            out[key] = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            out[key] = ""  # undecodable content is "altered", never an exception with its bytes
+    return out
+
+
+@dataclass(frozen=True)
+class ObservedSecret:
+    """What the Secret in the cluster holds, reduced to the facts the renewal decision needs."""
+
+    exists: bool
+    owned: bool = False
+    foreign: bool = False  # someone else's Secret: never overwrite it
+    record: TokenRecord | None = None
+    token: str | None = None  # never logged; kept so a repair can rewrite derived keys
+    token_intact: bool = False
+    drift: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"ObservedSecret(exists={self.exists}, owned={self.owned}, foreign={self.foreign}, token_intact={self.token_intact}, "
+            f"record={self.record!r}, drift={self.drift!r})"
+        )
+
+
+MISSING = ObservedSecret(exists=False)
+
+
+def observe(body: Mapping[str, Any] | None, *, name: str, uid: str, spec: AgentTokenSpec) -> ObservedSecret:
+    """Compare an observed Secret with what it should hold; pure, no I/O."""
+    if not body:
+        return MISSING
+    meta = body.get("metadata") or {}
+    owners = meta.get("ownerReferences") or []
+    owned = any(o.get("uid") == uid for o in owners)
+    ann = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    record = TokenRecord.from_annotations(ann)
+    data = decode_data(body.get("data"))
+    token = data.get(spec.keys.token) or None
+    intact = bool(record and token and token_hash(token) == record.token_hash)
+    drift: list[str] = []
+    if intact and record and token:
+        expected = managed_data(token, record, spec)
+        drift += [f"data[{k}]" for k, v in expected.items() if data.get(k) != v]
+    want_labels = managed_labels(name, spec)
+    drift += [f"label {k}" for k, v in want_labels.items() if labels.get(k) != v]
+    drift += [f"annotation {k}" for k, v in spec.annotations.items() if ann.get(k) != v]
+    if not owned:
+        drift.append("ownerReference")
+    return ObservedSecret(
+        exists=True,
+        owned=owned,
+        foreign=is_foreign(body, uid),
+        record=record,
+        token=token,
+        token_intact=intact,
+        drift=tuple(drift),
+    )
+
+
+def is_foreign(body: Mapping[str, Any] | None, uid: str) -> bool:
+    """A Secret we must not overwrite: someone else's (neither owned by this AgentToken nor ours)."""
+    if not body:
+        return False
+    meta = body.get("metadata") or {}
+    if any(o.get("uid") == uid for o in meta.get("ownerReferences") or []):
+        return False
+    if any(o.get("controller") for o in meta.get("ownerReferences") or []):
+        return True  # controlled by something else, possibly another AgentToken
+    return (meta.get("labels") or {}).get(api.LABEL_MANAGED_BY) != api.OPERATOR_NAME

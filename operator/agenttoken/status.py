@@ -1,0 +1,102 @@
+"""What an AgentToken's status says after a reconcile: pure, from the record and the outcome.
+
+Status never holds token material: only the token id (jti), a hash, key id and times.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agenttoken import api
+from agenttoken.conditions import Reason, summarize
+from agenttoken.model import AgentTokenSpec, TokenStatus, format_time
+from agenttoken.schedule import renewal_time
+from agenttoken.secrets import TokenRecord
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the reconcile went, in the terms conditions need."""
+
+    stalled: Reason | None = None  # user action needed (invalid spec, conflict, unknown issuer)
+    failure: Reason | None = None  # the last attempt failed; it will be retried
+    reconciling: Reason | None = None  # work in progress other than a failure
+    suspended: bool = False
+    failed_attempts: int = 0
+    last_failure_time: datetime.datetime | None = None
+
+
+def render(
+    *,
+    previous: TokenStatus,
+    generation: int | None,
+    spec: AgentTokenSpec | None,
+    record: TokenRecord | None,
+    jitter_key: str,
+    outcome: Outcome,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The full status object (as a merge patch it replaces every field we own)."""
+    valid = record is not None and record.expires_at > now
+    ready: Reason | None = None
+    not_ready: Reason | None = None
+    renews: datetime.datetime | None = None
+    if record is not None and spec is not None:
+        renews = renewal_time(record.issued_at, record.expires_at, spec.renewal, jitter_key)
+    if valid and record is not None:
+        if outcome.suspended:
+            ready = Reason(
+                api.REASON_SUSPENDED, f"token valid until {format_time(record.expires_at)}; renewal suspended"
+            )
+        elif outcome.failure is not None:
+            ready = Reason(
+                api.REASON_READY,
+                f"token valid until {format_time(record.expires_at)}; renewal failing: {outcome.failure.message}",
+            )
+        else:
+            ready = Reason(
+                api.REASON_READY, f"token {record.token_id} valid until {format_time(record.expires_at)}"
+            )
+    elif record is not None:
+        not_ready = Reason(api.REASON_EXPIRED, f"the token expired at {format_time(record.expires_at)}")
+        if outcome.suspended:
+            not_ready = Reason(api.REASON_SUSPENDED, not_ready.message + "; renewal is suspended")
+    else:
+        not_ready = outcome.failure or Reason(api.REASON_PROGRESSING, "no token issued yet")
+    reconciling = outcome.failure or outcome.reconciling
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": summarize(
+            previous=previous.conditions,
+            generation=generation,
+            now=now,
+            ready=ready,
+            not_ready=not_ready,
+            reconciling=reconciling,
+            stalled=outcome.stalled,
+        ),
+        "tokenId": record.token_id if record else previous.token_id,
+        "keyId": record.key_id if record else previous.key_id,
+        "tokenHash": record.token_hash if record else previous.token_hash,
+        "issuedAt": format_time(record.issued_at) if record else format_time(previous.issued_at),
+        "expiresAt": format_time(record.expires_at) if record else format_time(previous.expires_at),
+        "renewalTime": None if outcome.suspended else format_time(renews),
+        "revision": max(previous.revision, record.revision if record else 0),
+        "failedAttempts": outcome.failed_attempts,
+        "lastFailureTime": format_time(outcome.last_failure_time),
+        "lastHandledRotateRequest": (
+            record.rotate_request
+            if record and record.rotate_request
+            else previous.last_handled_rotate_request
+        ),
+    }
+    return status
+
+
+def differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether writing `desired` would change anything (None means 'absent')."""
+    current = current or {}
+    return any(current.get(k) != v for k, v in desired.items())
