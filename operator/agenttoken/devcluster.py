@@ -310,6 +310,8 @@ class LocalCluster:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started_in: float = 0.0
+    # Popen objects of processes this instance started, kept so they are reaped, not leaked.
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -421,8 +423,12 @@ class LocalCluster:
             if _pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+            proc = self._procs.pop(component, None)
+            if proc is not None:
+                proc.wait(timeout=5)
+            else:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
         self.pids = {}
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
@@ -438,6 +444,7 @@ class LocalCluster:
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
         log.close()
+        self._procs[component] = proc
         self.pids[component] = proc.pid
         self._save()
 

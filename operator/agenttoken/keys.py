@@ -25,6 +25,8 @@ from joserfc.errors import InvalidKeyCurveError, JoseError
 from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jws import JWSRegistry
 
+from agenttoken.schedule import format_duration
+
 __all__ = [
     "DEFAULT_ALGORITHM",
     "SUPPORTED_ALGORITHMS",
@@ -354,6 +356,7 @@ def plan_rotation(
        to overlap with). Otherwise, with nothing pending, create a key that signs from
        now + publish_ahead when the signing key has signed for rotation_period - publish_ahead, or when
        its algorithm differs from policy.algorithm.
+       A pending key of a previous algorithm is still allowed to activate; the next plan rotates again.
     3. Remove keys retired more than max_token_ttl + leeway ago.
 
     Idempotent: plan_rotation(plan_rotation(r, p, t)[0], p, t) returns an equal ring and no reasons.
@@ -397,5 +400,5 @@ def plan_rotation(
         else:
             kept.append(k)
     if policy.retention != ring.retention:
-        reasons.append(f"retention of retired keys set to {policy.retention}")
+        reasons.append(f"retention of retired keys set to {format_duration(policy.retention)}")
     return KeyRing(tuple(kept), policy.retention), reasons

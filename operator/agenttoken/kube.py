@@ -54,6 +54,9 @@ async def _json(coro: Any) -> dict[str, Any]:
     raw = await resp.read()
     resp.release()
     result: dict[str, Any] = json.loads(raw) if raw else {}
+    # Raw responses do not raise on error statuses by themselves.
+    if resp.status >= 400:
+        raise KubeError(resp.status, str(result.get("message") or resp.reason)[:500])
     return result
 
 

@@ -131,7 +131,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         raise InvalidSpec("spec.secret.keys must name three different keys")
     template = secret.get("template") or {}
     issuer = spec.get("issuerRef") or {}
-    return AgentTokenSpec(
+    parsed = AgentTokenSpec(
         audience=_strings(spec.get("audience"), "spec.audience", required=True),
         scopes=_strings(spec.get("scopes"), "spec.scopes", required=False),
         ttl=ttl,
@@ -147,6 +147,11 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         allowed_cidrs=_strings(spec.get("allowedCIDRs"), "spec.allowedCIDRs", required=False),
         suspend=bool(spec.get("suspend", False)),
     )
+    try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
+        parsed.token_request("namespace", "name", "uid")
+    except ValueError as exc:
+        raise InvalidSpec(str(exc).removeprefix("token request: ")) from None
+    return parsed
 
 
 def parse_time(value: Any) -> datetime.datetime | None:

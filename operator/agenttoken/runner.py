@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import kopf
@@ -25,6 +26,9 @@ def run_operator(options: RunOptions) -> None:
         verbose=options.verbose,
         log_format=kopf.LogFormat.JSON if options.log_json else kopf.LogFormat.FULL,
     )
+    if not options.verbose:
+        # kopf logs every handled event at INFO: one line per object per change is noise at 10k objects.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Importing registers the handlers with kopf's default registry.
     from agenttoken import handlers  # noqa: F401
 

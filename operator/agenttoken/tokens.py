@@ -14,7 +14,7 @@ import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from joserfc import jwt
 from joserfc.errors import (
@@ -23,6 +23,7 @@ from joserfc.errors import (
     DecodeError,
     ExceededSizeError,
     ExpiredTokenError,
+    InvalidKeyCurveError,
     InvalidKeyIdError,
     InvalidPayloadError,
     JoseError,
@@ -31,7 +32,7 @@ from joserfc.errors import (
     MissingClaimError,
     UnsupportedAlgorithmError,
 )
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from agenttoken.keys import SUPPORTED_ALGORITHMS, SigningKey, jws_registry
 
@@ -107,8 +108,9 @@ def build_claims(req: TokenRequest, *, issuer: str, now: datetime, jti: str) -> 
     """The JWT claims for req, issued by issuer at now.
 
     iat = nbf = now rounded down to the second; exp = iat + ttl (whole seconds). aud is always a list.
-    scope is omitted when there are no scopes. Operator data (namespace, name, uid, and env / cidr when
-    set) lives under the CLAIM_NAMESPACE object so it cannot collide with anyone else's claims.
+    scope is omitted when there are no scopes. The AgentToken's identity (namespace, name, uid) lives
+    under the CLAIM_NAMESPACE object; the bindings verifiers check, `env` and `cidr`, are top-level
+    claims (as [sdk]'s verifier and third-party APIs read them) and only present when set.
     """
     _require_aware("now", now)
     if not issuer:
@@ -118,22 +120,22 @@ def build_claims(req: TokenRequest, *, issuer: str, now: datetime, jti: str) -> 
     iat = math.floor(now.timestamp())
     client_id = default_subject(req.namespace, req.name)
     private: dict[str, Any] = {"namespace": req.namespace, "name": req.name, "uid": req.uid}
-    if req.environment:
-        private["env"] = req.environment
-    if req.allowed_cidrs:
-        private["cidr"] = [str(ipaddress.ip_network(c, strict=True)) for c in req.allowed_cidrs]
     claims: dict[str, Any] = {
         "iss": issuer,
         "sub": req.subject or client_id,
         "aud": list(req.audience),
         "exp": iat + int(req.ttl.total_seconds()),
+        "nbf": iat,  # before iat, so a token from the future fails the more telling "nbf" check
         "iat": iat,
-        "nbf": iat,
         "jti": jti,
         "client_id": client_id,
     }
     if req.scopes:
         claims["scope"] = " ".join(req.scopes)
+    if req.environment:
+        claims["env"] = req.environment
+    if req.allowed_cidrs:
+        claims["cidr"] = [str(ipaddress.ip_network(c, strict=True)) for c in req.allowed_cidrs]
     claims[CLAIM_NAMESPACE] = private
     return claims
 
@@ -207,13 +209,14 @@ def verify(
 ) -> dict[str, Any]:
     """Check token against the public JWK Set jwks ({"keys": [...]}) at now; return its claims.
 
-    Checks, in order: the JWKS, the header (kid present, alg allowed), the signature with the key named
-    by kid (whose alg must match), typ "at+jwt", the claims RFC 9068 requires, iss, exp/nbf/iat with
-    leeway, and aud when audience is given. Raises TokenInvalid naming the failed check.
+    Checks, in order: the JWKS loads; the compact JWS is well formed, its alg is one we sign with, and
+    its signature verifies with the JWKS key its kid names (that key's alg must match); typ is "at+jwt";
+    a kid is present; the claims RFC 9068 requires are present; iss; exp/nbf/iat with leeway; aud when
+    audience is given. Raises TokenInvalid naming the failed check.
     """
     _require_aware("now", now)
     try:
-        keyset = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        keyset = KeySet.import_key_set(cast(KeySetSerialization, jwks))
     except (JoseError, ValueError, TypeError, KeyError):
         raise TokenInvalid("jwks", "the JWK Set could not be loaded") from None
     if not isinstance(token, str):
@@ -229,7 +232,7 @@ def verify(
         ) from None
     except BadSignatureError:
         raise TokenInvalid("signature", "signature does not verify") from None
-    except KeyParameterError:
+    except (KeyParameterError, InvalidKeyCurveError):
         raise TokenInvalid("key", "the key named by kid cannot verify this algorithm") from None
     except (DecodeError, InvalidPayloadError, ExceededSizeError):
         raise TokenInvalid("format", "not a well-formed compact JWS carrying a JSON object") from None

@@ -14,6 +14,7 @@ import pytest
 from agenttoken.devcluster import LocalCluster, kubeconfig_reachable
 
 from .kube import Kube
+from .operator import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +63,26 @@ def namespace(kube: Kube) -> Iterator[str]:
     kube.wait_default_sa(name)
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def crds(kube: Kube) -> Path:
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
+    if kube.get_json("namespace", "agenttoken-system") is None:
+        kube.kubectl("create", "namespace", "agenttoken-system")
+    return REPO / "crds"
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """One operator for the session; tests that kill it start it again before they finish."""
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(kube, log_path)
+    proc.start()
+    yield proc
+    proc.stop()
+    print(f"\noperator log: {log_path}")

@@ -1,0 +1,97 @@
+"""The operator as a real process (`python -m agenttoken run`), so tests can kill -9 it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agenttoken.devcluster import free_ports
+
+from .kube import Kube, wait_for
+
+
+@dataclass
+class OperatorProcess:
+    kube: Kube
+    log_path: Path
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}/metrics"
+
+    @property
+    def liveness_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[1]}/healthz"
+
+    def start(self, timeout: float = 60) -> None:
+        self.ports = free_ports(2)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "agenttoken", "run",
+                "--metrics-port", str(self.ports[0]),
+                "--liveness", self.liveness_url,
+                *self.extra_args,
+            ],
+            env={**self.kube.env, "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.close()
+        wait_for("the operator's liveness endpoint", self.alive, timeout=timeout)
+
+    def alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"operator exited with {self.proc.returncode}; log {self.log_path}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(self.liveness_url, timeout=2) as resp:
+            return bool(resp.status == 200)
+        return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def reconciled(self) -> int:
+        """Successful reconciles since this process started (from its own /metrics)."""
+        for line in self.metrics().splitlines():
+            if line.startswith('agenttoken_reconcile_duration_seconds_count{result="success"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    def wait_reconciled(self, kube: Kube, timeout: float = 30) -> None:
+        """Wait until the (re)started operator has reconciled every AgentToken at least once."""
+
+        def done() -> bool:
+            items = (kube.get_json("agenttokens", "-A") or {}).get("items", [])
+            return self.reconciled() >= len(items)
+
+        wait_for("a reconcile of every AgentToken after start", done, timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
