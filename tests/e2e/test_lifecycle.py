@@ -350,6 +350,85 @@ def test_suspend_stops_renewal_and_says_so(kube: Kube, operator: OperatorProcess
     assert resumed
 
 
+def test_failing_renewal_keeps_the_old_token_and_recovers(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """Real failure injection: a ValidatingAdmissionPolicy makes the apiserver refuse Secret updates."""
+    kube.apply(agenttoken("brittle", "brittle-token", ttl="60s"), "-n", namespace)
+    wait_ready(kube, namespace, "brittle")
+    before = status(kube, namespace, "brittle")
+    policy = f"freeze-secrets-{namespace}"
+    kube.apply(
+        json.dumps(
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": policy},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {
+                        "resourceRules": [
+                            {
+                                "apiGroups": [""],
+                                "apiVersions": ["v1"],
+                                "operations": ["UPDATE"],
+                                "resources": ["secrets"],
+                            }
+                        ]
+                    },
+                    "validations": [{"expression": "false", "message": "secrets are frozen by the test"}],
+                },
+            }
+        )
+    )
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy},
+        "spec": {
+            "policyName": policy,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    kube.apply(json.dumps(binding))
+    try:
+        failing = wait_for(
+            "a failed renewal",
+            lambda: (s := status(kube, namespace, "brittle")).get("failedAttempts", 0) >= 1 and s,
+            timeout=60,
+        )
+        assert failing["tokenId"] == before["tokenId"]
+        data = secret_data(kube, namespace, "brittle-token")
+        assert data is not None
+        assert claims_of(data["token"])["jti"] == before["tokenId"]
+        assert claims_of(data["token"])["exp"] > time.time()
+        conditions = {c["type"]: c for c in failing["conditions"]}
+        assert conditions["Ready"]["status"] == "True"
+        assert conditions["Reconciling"]["reason"] == "RenewalFailed"
+        assert "secrets are frozen by the test" in conditions["Reconciling"]["message"]
+        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=brittle")
+        assert events is not None
+        assert any(e["reason"] == "RenewalFailed" and e["type"] == "Warning" for e in events["items"])
+    finally:
+        kube.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
+        kube.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
+    recovered = wait_revision(kube, namespace, "brittle", before["revision"] + 1, timeout=60)
+    assert recovered["failedAttempts"] == 0
+    assert "Reconciling" not in {c["type"] for c in recovered["conditions"]}
+
+
+def test_metrics_series_follow_the_objects(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    kube.apply(agenttoken("counted", "counted-token"), "-n", namespace)
+    wait_ready(kube, namespace, "counted")
+    series = f'agenttoken_token_expiration_timestamp_seconds{{namespace="{namespace}",name="counted"}}'
+    wait_for("the expiry series", lambda: series in operator.metrics(), timeout=15)
+    kube.kubectl("delete", "agenttoken", "counted", "-n", namespace)
+    wait_for("the series to disappear", lambda: series not in operator.metrics(), timeout=15)
+
+
 INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("no audience", {"audience": None}, "audience"),
     ("empty audience", {"audience": []}, "audience"),

@@ -1,0 +1,215 @@
+"""Lifecycle benchmark: apply -> Secret-ready latency (1 and N at once) and operator RSS at scale.
+
+Runs its own local control plane and operator process; writes JSON to bench/results/.
+
+    .venv/bin/python bench/lifecycle.py [--burst 100] [--scale 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from agenttoken.devcluster import REPO_ROOT, LocalCluster, free_ports, install
+
+NS = "bench"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "count": len(latencies),
+        "p50_s": round(percentile(latencies, 50), 4),
+        "p95_s": round(percentile(latencies, 95), 4),
+        "p99_s": round(percentile(latencies, 99), 4),
+        "max_s": round(max(latencies), 4),
+        "mean_s": round(statistics.fmean(latencies), 4),
+    }
+
+
+class SecretWatcher:
+    """Records when each managed Secret first appears (a watch, not polling)."""
+
+    def __init__(self, api: kubernetes.client.CoreV1Api) -> None:
+        self.api = api
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            w = kubernetes.watch.Watch()
+            for event in w.stream(
+                self.api.list_namespaced_secret,
+                NS,
+                label_selector="app.kubernetes.io/managed-by=agent-token-operator",
+                timeout_seconds=30,
+            ):
+                name = event["object"].metadata.name
+                with self.cond:
+                    self.seen.setdefault(name, time.monotonic())
+                    self.cond.notify_all()
+                if self.stop.is_set():
+                    break
+
+    def wait(self, names: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not all(n in self.seen for n in names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [n for n in names if n not in self.seen]
+                    raise TimeoutError(f"{len(missing)} Secrets not ready after {timeout}s")
+                self.cond.wait(left)
+
+
+def body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "agenttoken.dev/v1alpha1",
+        "kind": "AgentToken",
+        "metadata": {"name": name},
+        "spec": {
+            "audience": ["https://api.example.com"],
+            "scopes": ["read"],
+            "ttl": "1h",
+            "secret": {"name": f"{name}-tok"},
+        },
+    }
+
+
+def create_many(custom: Any, names: list[str], workers: int = 8) -> dict[str, float]:
+    started: dict[str, float] = {}
+
+    def one(name: str) -> None:
+        started[name] = time.monotonic()
+        custom.create_namespaced_custom_object("agenttoken.dev", "v1alpha1", NS, "agenttokens", body(name))
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, names))
+    return started
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--scale", type=int, default=1000)
+    parser.add_argument("--idle-seconds", type=float, default=30)
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "benchmark": "lifecycle",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster.start()
+        results["cluster_start_s"] = round(cluster.started_in, 2)
+        env = cluster.env()
+        install(env, examples=False)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "kubectl"), "create", "ns", NS], env=env, check=True
+        )
+        metrics_port, live_port = free_ports(2)
+        log = (Path(tmp) / "operator.log").open("wb")
+        op = subprocess.Popen(
+            [sys.executable, "-m", "agenttoken", "run", "--metrics-port", str(metrics_port),
+             "--liveness", f"http://127.0.0.1:{live_port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{live_port}/healthz", timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+            core, custom = (
+                kubernetes.client.CoreV1Api(api_client),
+                kubernetes.client.CustomObjectsApi(api_client),
+            )
+            watcher = SecretWatcher(core)
+
+            singles = []
+            for i in range(10):
+                name = f"single-{i}"
+                started = create_many(custom, [name], workers=1)
+                watcher.wait([name], 30)
+                singles.append(watcher.seen[name] - started[name])
+            results["single_apply_to_secret"] = summary(singles)
+
+            names = [f"burst-{i}" for i in range(args.burst)]
+            t0 = time.monotonic()
+            started = create_many(custom, names)
+            watcher.wait(names, 120)
+            results["burst_apply_to_secret"] = summary([watcher.seen[n] - started[n] for n in names])
+            results["burst_apply_to_secret"]["wall_s"] = round(max(watcher.seen[n] for n in names) - t0, 3)
+
+            names = [f"scale-{i}" for i in range(args.scale)]
+            t0 = time.monotonic()
+            started = create_many(custom, names)
+            watcher.wait(names, 600)
+            total = len(singles) + args.burst + args.scale
+            scale = summary([watcher.seen[n] - started[n] for n in names])
+            scale["wall_s"] = round(max(watcher.seen[n] for n in names) - t0, 3)
+            scale["throughput_per_s"] = round(args.scale / scale["wall_s"], 1)
+            results["scale_apply_to_secret"] = scale
+            time.sleep(5)  # let status writes settle before measuring idle
+            cpu0, w0 = cpu_seconds(op.pid), time.monotonic()
+            time.sleep(args.idle_seconds)
+            idle_cpu = (cpu_seconds(op.pid) - cpu0) / (time.monotonic() - w0)
+            results["operator_at_scale"] = {
+                "agenttokens": total,
+                "rss_mb": round(rss_mb(op.pid), 1),
+                "idle_cpu_fraction_of_core": round(idle_cpu, 4),
+                "idle_window_s": args.idle_seconds,
+            }
+            watcher.stop.set()
+        finally:
+            op.terminate()
+            op.wait(timeout=20)
+            cluster.stop()
+    out = REPO_ROOT / "bench" / "results" / "lifecycle.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
