@@ -18,7 +18,10 @@ BUILTIN_ISSUER_NAME: Final = "builtin"
 
 OPERATOR_NAME: Final = "agent-token-operator"
 FIELD_MANAGER: Final = "agent-token-operator"
-FINALIZER: Final = f"{GROUP}/finalizer"
+# kopf's own finalizer name (kopf adds it only for handler kinds we do not use) and ours, which
+# makes deletion revoke the current token even if the operator was down when it happened.
+FINALIZER: Final = f"{GROUP}/kopf-finalizer"
+REVOKE_FINALIZER: Final = f"{GROUP}/revoke-on-delete"
 
 # Labels on objects we manage (Secrets); the operator watches Secrets by the managed-by label only.
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -33,6 +36,8 @@ ANN_ISSUED_AT: Final = f"{GROUP}/issued-at"
 ANN_EXPIRES_AT: Final = f"{GROUP}/expires-at"
 ANN_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANN_ROTATE_REQUEST: Final = f"{GROUP}/rotate-request"
+ANN_PREVIOUS_TOKEN_ID: Final = f"{GROUP}/previous-token-id"
+ANN_PREVIOUS_EXPIRES_AT: Final = f"{GROUP}/previous-expires-at"
 
 # Annotation a user sets on an AgentToken to ask for one new token per new value.
 ANN_ROTATE: Final = f"{GROUP}/rotate"
@@ -66,3 +71,11 @@ REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_ROTATE_REQUESTED: Final = "RotateRequested"
 REASON_PROGRESSING: Final = "Progressing"
 REASON_SECRET_CONFLICT: Final = "SecretConflict"
+REASON_ROLLING_OUT: Final = "RollingOut"
+REASON_ROLLOUT_COMPLETE: Final = "RolloutComplete"
+REASON_ROLLOUT_FAILED: Final = "RolloutFailed"
+REASON_ROLLOUT_PAUSED: Final = "RolloutPaused"
+REASON_RESTART_TRIGGERED: Final = "RestartTriggered"
+REASON_ROLLOUT_TOO_SLOW: Final = "RolloutTooSlow"
+REASON_CONSUMER_NEEDS_RESTART: Final = "ConsumerNeedsRestart"
+REASON_TOKEN_REVOKED: Final = "TokenRevoked"

@@ -54,6 +54,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="port of the Prometheus /metrics endpoint (0 disables it)",
     )
     run.add_argument("--metrics-address", default=os.environ.get("AGENTTOKEN_METRICS_ADDRESS", "127.0.0.1"))
+    run.add_argument(
+        "--restart-debounce",
+        type=float,
+        default=float(os.environ.get("AGENTTOKEN_RESTART_DEBOUNCE", "2")),
+        help="seconds to gather rotations hitting one workload into a single restart (default 2)",
+    )
+    run.add_argument(
+        "--max-rollouts",
+        type=int,
+        default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS", "10")),
+        help="rollouts the operator lets run at once, cluster-wide (default 10)",
+    )
+    run.add_argument(
+        "--max-rollouts-per-namespace",
+        type=int,
+        default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5")),
+        help="rollouts the operator lets run at once in one namespace (default 5)",
+    )
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs token material)")
     return parser
@@ -74,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_port=args.metrics_port,
                 metrics_address=args.metrics_address,
                 log_json=args.log_format == "json",
+                restart_debounce=args.restart_debounce,
+                max_rollouts=args.max_rollouts,
+                max_rollouts_per_namespace=args.max_rollouts_per_namespace,
                 verbose=args.verbose,
             )
         )

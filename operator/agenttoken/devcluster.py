@@ -575,6 +575,9 @@ class LocalCluster:
                 # Never empty: kwok would bind 0.0.0.0.
                 f"--server-address=127.0.0.1:{port}",
                 "--cidr=10.244.0.0/16",
+                # The heartbeat-with-lease stage renews a node Lease; without one the
+                # controller-manager marks the node NotReady every ~50 s and flips pods unready.
+                "--node-lease-duration-seconds=40",
             ],
         )
 

@@ -19,6 +19,9 @@ from agenttoken import api, metrics
 from agenttoken.keymanager import KeyManager
 from agenttoken.keys import KeyPolicy
 from agenttoken.kube import Kube
+from agenttoken.restarts import Workload, WorkloadRef
+from agenttoken.revocationstore import RevocationStore
+from agenttoken.rollouts import RolloutManager, RolloutOptions
 from agenttoken.scheduler import Controller, ControllerOptions, utcnow
 
 log = logging.getLogger(__name__)
@@ -57,9 +60,33 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         clock=utcnow,
     )
     await keys.sync()
-    controller = Controller(kube, keys, ControllerOptions(issuer_url=options.issuer_url))
+    revocations = RevocationStore(kube, options.operator_namespace, utcnow)
+    await revocations.load()
+    controller: Controller | None = None
+
+    def workload_changed(ref: WorkloadRef, workload: Workload | None) -> None:
+        if controller is not None:
+            controller.on_workload_change(ref, workload)
+
+    rollouts = RolloutManager(
+        kube,
+        RolloutOptions(
+            debounce=options.restart_debounce,
+            max_inflight=options.max_rollouts,
+            max_inflight_per_namespace=options.max_rollouts_per_namespace,
+        ),
+        workload_changed,
+    )
+    controller = Controller(
+        kube,
+        keys,
+        ControllerOptions(issuer_url=options.issuer_url),
+        rollouts=rollouts,
+        revocations=revocations,
+    )
+    await rollouts.start()
     await controller.start()
-    memo["kube"], memo["keys"], memo["controller"] = kube, keys, controller
+    memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
     memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
     metrics.serve(options.metrics_port, options.metrics_address)
     log.info("operator started; signing keys in %s", options.operator_namespace)
@@ -73,6 +100,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
+    rollouts: RolloutManager | None = memo.get("rollouts")
+    if rollouts is not None:
+        await rollouts.stop()
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -86,6 +116,23 @@ async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
 async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
+
+
+# Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting
+# handlers, so kopf writes nothing onto them.
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("Deployment", event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+async def statefulset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("StatefulSet", event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "daemonsets")
+async def daemonset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("DaemonSet", event.get("type"), event["object"])
 
 
 @kopf.on.probe(id="keys")

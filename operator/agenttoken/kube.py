@@ -20,6 +20,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from agenttoken import api
 
 MERGE_PATCH = "application/merge-patch+json"
+WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
 
 
 class KubeError(RuntimeError):
@@ -142,6 +143,89 @@ class Kube:
                     namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
                 )
             )
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def write_configmap(
+        self, namespace: str, name: str, data: dict[str, str], *, resource_version: str | None
+    ) -> dict[str, Any]:
+        """Create (no resourceVersion) or replace at `resource_version` (409 if it moved)."""
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+            },
+            "data": data,
+        }
+        if resource_version is None:
+            return await _json(
+                self.core.create_namespaced_config_map(
+                    namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+                )
+            )
+        body["metadata"]["resourceVersion"] = resource_version
+        return await _json(
+            self.core.replace_namespaced_config_map(
+                name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+            )
+        )
+
+    # -- workloads --
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await _json(
+                self.custom.get_namespaced_custom_object(
+                    "apps", "v1", namespace, WORKLOAD_PLURALS[kind], name, _preload_content=False
+                )
+            )
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+
+    async def patch_pod_template_annotations(
+        self, kind: str, namespace: str, name: str, annotations: dict[str, str]
+    ) -> dict[str, Any]:
+        """Touch only our annotation keys in the pod template, as our own field manager."""
+        patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+        return await _json(
+            self.custom.patch_namespaced_custom_object(
+                "apps",
+                "v1",
+                namespace,
+                WORKLOAD_PLURALS[kind],
+                name,
+                patch,
+                field_manager=api.FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
+
+    async def patch_agenttoken(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await _json(
+            self.custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.AGENTTOKEN_PLURAL,
+                name,
+                patch,
+                field_manager=api.FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        )
 
     # -- AgentTokens --
 

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agenttoken.model import parse_time
+from agenttoken.times import parse_time
 
 Key = tuple[str, str]
 
@@ -29,6 +29,15 @@ SCHEDULE_LAG = Histogram(
     "How late the scheduler picked up a due AgentToken (actual minus scheduled).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+
+RESTARTS = Counter("agenttoken_restarts", "Workload restarts triggered for new tokens.", ["kind"])
+ROLLOUT_DURATION = Histogram(
+    "agenttoken_rollout_duration_seconds",
+    "Time from a restart patch until the workload's rollout finished.",
+    ["kind", "result"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 
 # (namespace, name) -> (expires, renews, ready) as last seen; only timestamps and a status word.
 _tokens: dict[Key, tuple[float | None, float | None, str]] = {}

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agenttoken import api
+from agenttoken.restarts import RolloutSpec, parse_rollout
 from agenttoken.schedule import RenewalPolicy, parse_duration
+from agenttoken.times import parse_time
 from agenttoken.tokens import TokenRequest
 
 MIN_TTL = datetime.timedelta(seconds=60)
@@ -52,6 +54,7 @@ class AgentTokenSpec:
     environment: str | None = None
     allowed_cidrs: tuple[str, ...] = ()
     suspend: bool = False
+    rollout: RolloutSpec = field(default_factory=RolloutSpec)
 
     def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
         return TokenRequest(
@@ -146,6 +149,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         environment=spec.get("environment") or None,
         allowed_cidrs=_strings(spec.get("allowedCIDRs"), "spec.allowedCIDRs", required=False),
         suspend=bool(spec.get("suspend", False)),
+        rollout=_rollout(spec.get("rollout")),
     )
     try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
         parsed.token_request("namespace", "name", "uid")
@@ -154,20 +158,21 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
     return parsed
 
 
-def parse_time(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
+def _rollout(raw: Any) -> RolloutSpec:
+    if raw is not None and not isinstance(raw, dict):
+        raise InvalidSpec("spec.rollout must be an object")
     try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def format_time(value: datetime.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        rollout = parse_rollout(raw, parse_duration)
+    except ValueError as exc:
+        raise InvalidSpec(f"spec.rollout.revokeAfter: {exc}") from None
+    if rollout.strategy not in ("Restart", "None"):
+        raise InvalidSpec("spec.rollout.strategy must be Restart or None")
+    for i, target in enumerate(rollout.targets):
+        if (target.name is None) == (not target.match_labels):
+            raise InvalidSpec(f"spec.rollout.targets[{i}] needs exactly one of name or selector")
+        if target.name is not None and target.kind is None:
+            raise InvalidSpec(f"spec.rollout.targets[{i}].kind is required with a name")
+    return rollout
 
 
 @dataclass(frozen=True)

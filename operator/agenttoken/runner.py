@@ -19,6 +19,9 @@ class RunOptions:
     metrics_address: str = "127.0.0.1"
     log_json: bool = True
     verbose: bool = False
+    restart_debounce: float = 2.0
+    max_rollouts: int = 10
+    max_rollouts_per_namespace: int = 5
 
 
 def run_operator(options: RunOptions) -> None:

@@ -19,6 +19,7 @@ import datetime
 import heapq
 import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,15 +31,39 @@ from agenttoken.keymanager import KeyManager
 from agenttoken.kube import Kube, KubeError
 from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
 from agenttoken.renewal import Action, Decision, Snapshot, decide
+from agenttoken.restarts import (
+    RolloutSpec,
+    Workload,
+    WorkloadRef,
+    annotation_key,
+    needs_restart,
+    select,
+    target_status,
+)
+from agenttoken.restarts import summarize as summarize_rollout
+from agenttoken.revocation import Revoked
+from agenttoken.revocationstore import RevocationStore
+from agenttoken.rollouts import RolloutManager
 from agenttoken.schedule import next_retry_time, renewal_time
 from agenttoken.secrets import TokenRecord, desired_secret, observe
 from agenttoken.status import Outcome, differs, render
+from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import mint, token_hash
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 Clock = Callable[[], datetime.datetime]
+
+
+def _test_crash_point(name: str) -> None:
+    """Dies like kill -9 here, once, when AGENTTOKEN_TEST_CRASH=<name>:<marker file> (tests only)."""
+    spec = os.environ.get("AGENTTOKEN_TEST_CRASH", "")
+    point, _, marker = spec.partition(":")
+    if point == name and marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(name)
+        os._exit(137)
 
 
 def utcnow() -> datetime.datetime:
@@ -86,10 +111,22 @@ class ControllerOptions:
 
 class Controller:
     def __init__(
-        self, kube: Kube, keys: KeyManager, options: ControllerOptions, clock: Clock = utcnow
+        self,
+        kube: Kube,
+        keys: KeyManager,
+        options: ControllerOptions,
+        clock: Clock = utcnow,
+        rollouts: RolloutManager | None = None,
+        revocations: RevocationStore | None = None,
     ) -> None:
         self.kube = kube
         self.keys = keys
+        self.rollouts = rollouts
+        self.revocations = revocations
+        # namespace -> AgentToken name -> (Secret name, rollout spec), for workload events
+        self._by_namespace: dict[str, dict[str, tuple[str, RolloutSpec]]] = {}
+        self._warned_slow: set[tuple[str, str]] = set()
+        self._warned_consumers: set[str] = set()
         self.options = options
         self.clock = clock
         self.tokens = _Cache()
@@ -113,6 +150,7 @@ class Controller:
         if kind == "DELETED":
             self.tokens.drop(key)
             self._due.pop(key, None)
+            self._by_namespace.get(key[0], {}).pop(key[1], None)
             metrics.forget(key)
             return
         if not self.tokens.offer(key, body):
@@ -216,6 +254,11 @@ class Controller:
         uid, generation = meta["uid"], meta.get("generation")
         previous = parse_status(body.get("status"))
         now = self.clock()
+        if meta.get("deletionTimestamp"):
+            await self._finalize(body)
+            return
+        if api.REVOKE_FINALIZER not in (meta.get("finalizers") or []):
+            await self._add_finalizer(body)
         try:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as exc:
@@ -282,9 +325,16 @@ class Controller:
                 ),
             )
 
-        await self._write_status(body, previous, generation, spec, record, uid, outcome)
+        self._index_for_workloads(key, spec)
+        extra: dict[str, Any] = {}
+        rollout_wake: datetime.datetime | None = None
+        if record is not None:
+            extra, outcome, rollout_wake = await self._rollout(body, spec, record, outcome)
+        await self._write_status(body, previous, generation, spec, record, uid, outcome, extra)
         await self._warn_if_expiring(body, key, spec, record, outcome)
         self._schedule_next(key, spec, record, decision, outcome, uid)
+        if rollout_wake is not None:
+            self.schedule(key, rollout_wake)
 
     async def _mint(
         self, body: dict[str, Any], spec: AgentTokenSpec, snap: Snapshot, decision: Decision, outcome: Outcome
@@ -313,6 +363,8 @@ class Controller:
                 expires_at=minted.expires_at,
                 spec_hash=spec.claims_hash(),
                 rotate_request=snap.rotate_request or (old.rotate_request if old else None),
+                previous_token_id=old.token_id if old else None,
+                previous_expires_at=old.expires_at if old else None,
             )
             await self._write_secret(
                 namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
@@ -363,6 +415,7 @@ class Controller:
                     raise
                 written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
         self.secrets.offer((namespace, spec.secret_name), written)
+        _test_crash_point("after-secret-write")
 
     async def _write_status(
         self,
@@ -373,6 +426,7 @@ class Controller:
         record: TokenRecord | None,
         uid: str,
         outcome: Outcome,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         status = render(
             previous=previous,
@@ -383,6 +437,7 @@ class Controller:
             outcome=outcome,
             now=self.clock(),
         )
+        status.update(extra or {"rollout": None, "consumers": None})
         current = body.get("status") or {}
         if not differs(current, status):
             return
@@ -457,6 +512,169 @@ class Controller:
         future = [t for t in times if t > now] or ([now + datetime.timedelta(seconds=1)] if times else [])
         if future:
             self.schedule(key, min(future))
+
+    # -- rollouts and revocation --
+
+    def _index_for_workloads(self, key: Key, spec: AgentTokenSpec) -> None:
+        self._by_namespace.setdefault(key[0], {})[key[1]] = (spec.secret_name, spec.rollout)
+
+    def on_workload_change(self, ref: WorkloadRef, workload: Workload | None) -> None:
+        """A workload changed: look again at the AgentTokens that target or feed it."""
+        for name, (secret, rollout) in self._by_namespace.get(ref.namespace, {}).items():
+            if workload is None or (
+                annotation_key(name) in workload.annotations
+                or workload.consumes_secret(secret)
+                or any(t.matches(workload) for t in rollout.targets)
+            ):
+                self.schedule((ref.namespace, name), self.clock())
+
+    async def _rollout(
+        self, body: dict[str, Any], spec: AgentTokenSpec, record: TokenRecord, outcome: Outcome
+    ) -> tuple[dict[str, Any], Outcome, datetime.datetime | None]:
+        """Restart targets for the token in the Secret, report progress, revoke the previous token."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        now = self.clock()
+        previous = (body.get("status") or {}).get("rollout") or {}
+        workloads = self.rollouts.in_namespace(namespace) if self.rollouts else []
+        key = annotation_key(name)
+        consumers = [
+            {
+                "kind": w.ref.kind,
+                "name": w.ref.name,
+                "via": sorted(
+                    {c.via + ("+subPath" if c.sub_path else "") for c in w.consumes_secret(spec.secret_name)}
+                ),
+                "needsRestart": any(c.needs_restart for c in w.consumes_secret(spec.secret_name)),
+            }
+            for w in sorted(workloads, key=lambda w: (w.ref.kind, w.ref.name))
+            if w.consumes_secret(spec.secret_name)
+        ]
+        restart = spec.rollout.strategy == "Restart"
+        entries: list[dict[str, Any]] = []
+        if restart:
+            old_entries = {(t.get("kind"), t.get("name")): t for t in previous.get("targets") or []}
+            for w in select(spec.rollout, spec.secret_name, workloads):
+                if needs_restart(w, key, record.token_id) and self.rollouts:
+                    self.rollouts.request(w.ref, key, record.token_id)
+                entries.append(
+                    target_status(w, record.token_id, key, old_entries.get((w.ref.kind, w.ref.name)), now)
+                )
+        state, message = summarize_rollout(entries)
+        wake: datetime.datetime | None = None
+        if state == "RollingOut":
+            outcome = dataclasses.replace(outcome, reconciling=Reason(api.REASON_ROLLING_OUT, message))
+            if record.previous_expires_at and now >= record.previous_expires_at:
+                if (name, record.token_id) not in self._warned_slow:
+                    self._warned_slow.add((name, record.token_id))
+                    await self._event(
+                        body,
+                        True,
+                        api.REASON_ROLLOUT_TOO_SLOW,
+                        f"the previous token expired before the rollout finished ({message}); "
+                        "renewBefore is too short for these workloads",
+                    )
+                outcome = dataclasses.replace(
+                    outcome,
+                    reconciling=Reason(
+                        api.REASON_ROLLOUT_TOO_SLOW, f"{message}; the previous token already expired"
+                    ),
+                )
+            elif record.previous_expires_at:
+                wake = record.previous_expires_at
+        elif state in ("Failed", "Paused"):
+            reason = api.REASON_ROLLOUT_FAILED if state == "Failed" else api.REASON_ROLLOUT_PAUSED
+            outcome = dataclasses.replace(outcome, stalled=Reason(reason, message))
+        if state != previous.get("state") and previous.get("tokenId") == record.token_id and entries:
+            if state == "Complete":
+                await self._event(body, False, api.REASON_ROLLOUT_COMPLETE, message)
+            elif state == "Failed":
+                await self._event(body, True, api.REASON_ROLLOUT_FAILED, message)
+
+        if not restart and any(c["needsRestart"] for c in consumers) and name not in self._warned_consumers:
+            self._warned_consumers.add(name)
+            await self._event(
+                body,
+                True,
+                api.REASON_CONSUMER_NEEDS_RESTART,
+                "some consumers read the token through env vars or subPath mounts and will not see renewals "
+                "without a restart, but spec.rollout.strategy is None: "
+                + ", ".join(f"{c['kind']}/{c['name']}" for c in consumers if c["needsRestart"]),
+            )
+
+        revoked_id = previous.get("revokedTokenId")
+        revoke_at: datetime.datetime | None = None
+        if record.previous_token_id and record.previous_expires_at and state == "Complete":
+            finished = [parse_time(e.get("completedAt")) for e in entries]
+            base = max([t for t in finished if t] + [record.issued_at])
+            revoke_at = base + spec.rollout.grace
+            if revoked_id != record.previous_token_id:
+                if now >= revoke_at:
+                    await self._revoke(body, record.previous_token_id, record.previous_expires_at, "Rotated")
+                    revoked_id = record.previous_token_id
+                elif record.previous_expires_at > now:
+                    wake = min(wake or revoke_at, revoke_at)
+        extra = {
+            "rollout": {
+                "strategy": spec.rollout.strategy,
+                "tokenId": record.token_id,
+                "state": state,
+                "message": message,
+                "targets": entries,
+                "previousTokenId": record.previous_token_id,
+                "revokeAt": format_time(revoke_at)
+                if revoke_at and revoked_id != record.previous_token_id
+                else None,
+                "revokedTokenId": revoked_id,
+            },
+            "consumers": consumers,
+        }
+        return extra, outcome, wake
+
+    async def _revoke(
+        self, body: dict[str, Any], token_id: str, expires_at: datetime.datetime, reason: str
+    ) -> None:
+        meta = body["metadata"]
+        if expires_at <= self.clock() or self.revocations is None:
+            return  # already useless; the list only needs live tokens
+        entry = Revoked(token_id, expires_at, meta["namespace"], meta["name"], self.clock(), reason)
+        await self.revocations.revoke([entry])
+        metrics.REVOCATIONS.labels(reason=reason).inc()
+        await self._event(body, False, api.REASON_TOKEN_REVOKED, f"token {token_id} revoked ({reason})")
+
+    async def _add_finalizer(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        finalizers = [*(meta.get("finalizers") or []), api.REVOKE_FINALIZER]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            written = await self.kube.patch_agenttoken(meta["namespace"], meta["name"], patch)
+        except KubeError as exc:
+            if exc.conflict or exc.not_found:
+                return  # a newer version is on its way to us
+            raise
+        self.tokens.offer((meta["namespace"], meta["name"]), written)
+        body["metadata"] = written["metadata"]
+
+    async def _finalize(self, body: dict[str, Any]) -> None:
+        """Deleting an AgentToken revokes its current token, then lets the deletion proceed."""
+        meta = body["metadata"]
+        if api.REVOKE_FINALIZER not in (meta.get("finalizers") or []):
+            return
+        status = parse_status(body.get("status"))
+        rollout = (body.get("status") or {}).get("rollout") or {}
+        if status.token_id and status.expires_at:
+            await self._revoke(body, status.token_id, status.expires_at, "Deleted")
+        if rollout.get("previousTokenId") and rollout.get("previousTokenId") != rollout.get("revokedTokenId"):
+            pass  # the previous token expired or is on the list only if its rollout finished; nothing to add
+        finalizers = [f for f in meta.get("finalizers") or [] if f != api.REVOKE_FINALIZER]
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
+        try:
+            await self.kube.patch_agenttoken(meta["namespace"], meta["name"], patch)
+        except KubeError as exc:
+            if not (exc.conflict or exc.not_found):
+                raise
+            if exc.conflict:
+                self.schedule((meta["namespace"], meta["name"]), self.clock() + datetime.timedelta(seconds=1))
 
     async def _event(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
         meta = body["metadata"]

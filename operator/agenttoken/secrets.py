@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
-from agenttoken.model import AgentTokenSpec, format_time, parse_time
+from agenttoken.model import AgentTokenSpec
+from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
 
 
@@ -33,6 +34,9 @@ class TokenRecord:
     expires_at: datetime.datetime
     spec_hash: str
     rotate_request: str | None = None
+    # The token this one replaced: revoked once the rollout of this one has finished.
+    previous_token_id: str | None = None
+    previous_expires_at: datetime.datetime | None = None
 
     def annotations(self) -> dict[str, str]:
         ann = {
@@ -46,6 +50,9 @@ class TokenRecord:
         }
         if self.rotate_request is not None:
             ann[api.ANN_ROTATE_REQUEST] = self.rotate_request
+        if self.previous_token_id and self.previous_expires_at:
+            ann[api.ANN_PREVIOUS_TOKEN_ID] = self.previous_token_id
+            ann[api.ANN_PREVIOUS_EXPIRES_AT] = format_time(self.previous_expires_at) or ""
         return ann
 
     @classmethod
@@ -71,6 +78,8 @@ class TokenRecord:
             expires_at=expires,
             spec_hash=ann.get(api.ANN_SPEC_HASH, ""),
             rotate_request=ann.get(api.ANN_ROTATE_REQUEST),
+            previous_token_id=ann.get(api.ANN_PREVIOUS_TOKEN_ID),
+            previous_expires_at=parse_time(ann.get(api.ANN_PREVIOUS_EXPIRES_AT)),
         )
 
 

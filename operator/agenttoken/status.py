@@ -12,9 +12,10 @@ from typing import Any
 
 from agenttoken import api
 from agenttoken.conditions import Reason, summarize
-from agenttoken.model import AgentTokenSpec, TokenStatus, format_time
+from agenttoken.model import AgentTokenSpec, TokenStatus
 from agenttoken.schedule import renewal_time
 from agenttoken.secrets import TokenRecord
+from agenttoken.times import format_time
 
 
 @dataclass(frozen=True)

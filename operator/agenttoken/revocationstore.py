@@ -1,0 +1,58 @@
+"""Publishes the revocation list to a ConfigMap beside the JWKS (the operator's namespace).
+
+One writer (this operator); every change is read-modify-write with the ConfigMap's
+resourceVersion, so a second instance cannot drop entries. Expired entries are pruned on write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Iterable
+
+from agenttoken import revocation
+from agenttoken.kube import Kube, KubeError
+from agenttoken.revocation import Revoked
+
+REVOCATIONS_CONFIGMAP = "agenttoken-revocations"
+LIST_KEY = "revoked.json"
+
+
+class RevocationStore:
+    def __init__(self, kube: Kube, namespace: str, clock: Callable[[], datetime.datetime]) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.clock = clock
+        self.entries: tuple[Revoked, ...] = ()
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        cm = await self.kube.get_configmap(self.namespace, REVOCATIONS_CONFIGMAP)
+        self.entries = revocation.from_json(((cm or {}).get("data") or {}).get(LIST_KEY, ""))
+
+    async def revoke(self, new: Iterable[Revoked]) -> None:
+        new = list(new)
+        if not new:
+            return
+        async with self._lock:
+            for _attempt in range(5):
+                cm = await self.kube.get_configmap(self.namespace, REVOCATIONS_CONFIGMAP)
+                current = revocation.from_json(((cm or {}).get("data") or {}).get(LIST_KEY, ""))
+                entries = revocation.prune(revocation.add(current, new), self.clock())
+                try:
+                    await self.kube.write_configmap(
+                        self.namespace,
+                        REVOCATIONS_CONFIGMAP,
+                        {LIST_KEY: revocation.to_json(entries)},
+                        resource_version=((cm or {}).get("metadata") or {}).get("resourceVersion"),
+                    )
+                except KubeError as exc:
+                    if exc.conflict:
+                        continue
+                    raise
+                self.entries = entries
+                return
+            raise RuntimeError("revocation list: gave up after repeated write conflicts")
+
+    def is_revoked(self, token_id: str) -> bool:
+        return revocation.is_revoked(self.entries, token_id)

@@ -1,0 +1,160 @@
+"""Restarts workloads, with debounce and caps, and keeps the reduced workload cache.
+
+Decisions (which workloads, whether a restart is needed, how a rollout is going) are in
+`restarts` (pure). This module owns the timing: requests for one workload within the debounce
+window are merged into one patch (one new ReplicaSet), and no more than `max_inflight` rollouts
+(`max_inflight_per_namespace` per namespace) run at once. A workload counts as in flight from
+our patch until the API reports its rollout Complete, Failed or Paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agenttoken import metrics
+from agenttoken.kube import Kube, KubeError
+from agenttoken.restarts import Workload, WorkloadRef, needs_restart, progress, reduce
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    debounce: float = 2.0
+    max_inflight: int = 10
+    max_inflight_per_namespace: int = 5
+
+
+class RolloutManager:
+    def __init__(
+        self,
+        kube: Kube,
+        options: RolloutOptions,
+        on_change: Callable[[WorkloadRef, Workload | None], None],
+    ) -> None:
+        self.kube = kube
+        self.options = options
+        self.on_change = on_change  # tells the controller which AgentTokens to look at again
+        self.workloads: dict[WorkloadRef, Workload] = {}
+        self.by_namespace: dict[str, set[WorkloadRef]] = {}
+        self._pending: dict[WorkloadRef, dict[str, str]] = {}
+        self._due: dict[WorkloadRef, float] = {}
+        self._inflight: dict[WorkloadRef, float] = {}  # ref -> monotonic start
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- cache --
+
+    def on_event(self, kind: str, event_type: str | None, body: dict[str, object]) -> None:
+        w = reduce(kind, body)
+        ref = w.ref
+        if event_type == "DELETED":
+            self.workloads.pop(ref, None)
+            self.by_namespace.get(ref.namespace, set()).discard(ref)
+            self._inflight.pop(ref, None)
+            self.on_change(ref, None)
+            return
+        self.workloads[ref] = w
+        self.by_namespace.setdefault(ref.namespace, set()).add(ref)
+        if ref in self._inflight:
+            state, _ = progress(w)
+            if state != "RollingOut" and not any(
+                needs_restart(w, k, v) for k, v in self._pending.get(ref, {}).items()
+            ):
+                started = self._inflight.pop(ref)
+                metrics.ROLLOUT_DURATION.labels(kind=ref.kind, result=state).observe(
+                    time.monotonic() - started
+                )
+                self._wakeup.set()  # a slot freed up
+        self.on_change(ref, w)
+
+    def in_namespace(self, namespace: str) -> list[Workload]:
+        return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
+
+    # -- restarts --
+
+    def request(self, ref: WorkloadRef, key: str, value: str) -> None:
+        """Ask for `ref`'s pod template to carry key=value; merged with others within the debounce window."""
+        pending = self._pending.setdefault(ref, {})
+        if pending.get(key) == value:
+            return
+        pending[key] = value
+        self._due.setdefault(ref, time.monotonic() + self.options.debounce)
+        self._wakeup.set()
+
+    def is_pending(self, ref: WorkloadRef) -> bool:
+        return ref in self._pending
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="agenttoken-rollouts")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _slots_free(self, namespace: str) -> bool:
+        in_ns = sum(1 for r in self._inflight if r.namespace == namespace)
+        return (
+            len(self._inflight) < self.options.max_inflight
+            and in_ns < self.options.max_inflight_per_namespace
+        )
+
+    async def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = sorted((t, r) for r, t in self._due.items() if t <= now)
+            for _, ref in due:
+                if ref in self._inflight or not self._slots_free(ref.namespace):
+                    continue  # waits for a slot; re-checked when a rollout finishes
+                await self._restart(ref)
+            self._wakeup.clear()
+            waiting = [t for r, t in self._due.items() if t > now]
+            timeout = (min(waiting) - now) if waiting else 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.05, min(timeout, 5.0)))
+
+    async def _restart(self, ref: WorkloadRef) -> None:
+        wanted = self._pending.pop(ref, {})
+        self._due.pop(ref, None)
+        try:
+            # A fresh read: never restart on a stale cache (e.g. right after an operator restart).
+            body = await self.kube.get_workload(ref.kind, ref.namespace, ref.name)
+            if body is None:
+                return
+            current = reduce(ref.kind, body)
+            changes = {k: v for k, v in wanted.items() if needs_restart(current, k, v)}
+            if not changes:
+                return
+            written = await self.kube.patch_pod_template_annotations(
+                ref.kind, ref.namespace, ref.name, changes
+            )
+        except KubeError as exc:
+            log.warning("restart of %s in %s failed: %s; retrying", ref, ref.namespace, exc)
+            for k, v in wanted.items():
+                self._pending.setdefault(ref, {}).setdefault(k, v)
+            self._due[ref] = time.monotonic() + 5
+            return
+        self._inflight[ref] = time.monotonic()
+        metrics.RESTARTS.labels(kind=ref.kind).inc()
+        message = "restarted for new token(s): " + ", ".join(
+            f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changes.items()
+        )
+        await self._event(ref, "RestartTriggered", message)
+        self.on_event(ref.kind, "MODIFIED", written)
+
+    async def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
+        involved = {"apiVersion": "apps/v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
+        try:
+            await self.kube.emit_event(involved, warning=False, reason=reason, message=message)
+        except KubeError as exc:
+            log.warning("could not post event %s on %s: %s", reason, ref, exc)
+
+    def inflight_count(self) -> int:
+        return len(self._inflight)
