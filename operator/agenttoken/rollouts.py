@@ -47,6 +47,7 @@ class RolloutManager:
         self._inflight: dict[WorkloadRef, float] = {}  # ref -> monotonic start
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
     # -- cache --
 
@@ -62,15 +63,26 @@ class RolloutManager:
         self.workloads[ref] = w
         self.by_namespace.setdefault(ref.namespace, set()).add(ref)
         if ref in self._inflight:
-            state, _ = progress(w)
+            state, message = progress(w)
             if state != "RollingOut" and not any(
                 needs_restart(w, k, v) for k, v in self._pending.get(ref, {}).items()
             ):
                 started = self._inflight.pop(ref)
-                metrics.ROLLOUT_DURATION.labels(kind=ref.kind, result=state).observe(
-                    time.monotonic() - started
-                )
+                elapsed = time.monotonic() - started
+                metrics.ROLLOUT_DURATION.labels(kind=ref.kind, result=state).observe(elapsed)
                 self._wakeup.set()  # a slot freed up
+                reason = {"Complete": "RolloutComplete", "Failed": "RolloutFailed"}.get(
+                    state, "RolloutPaused"
+                )
+                task = asyncio.get_running_loop().create_task(
+                    self._event(
+                        ref,
+                        reason,
+                        f"rollout for new token(s) {state.lower()} after {elapsed:.1f}s: {message}",
+                    )
+                )
+                self._event_tasks.add(task)
+                task.add_done_callback(self._event_tasks.discard)
         self.on_change(ref, w)
 
     def in_namespace(self, namespace: str) -> list[Workload]:
@@ -152,7 +164,9 @@ class RolloutManager:
     async def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
         involved = {"apiVersion": "apps/v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
         try:
-            await self.kube.emit_event(involved, warning=False, reason=reason, message=message)
+            await self.kube.emit_event(
+                involved, warning=reason == "RolloutFailed", reason=reason, message=message
+            )
         except KubeError as exc:
             log.warning("could not post event %s on %s: %s", reason, ref, exc)
 

@@ -21,6 +21,7 @@ class OperatorProcess:
     kube: Kube
     log_path: Path
     extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=list)
 
@@ -42,13 +43,16 @@ class OperatorProcess:
                 "--liveness", self.liveness_url,
                 *self.extra_args,
             ],
-            env={**self.kube.env, "PYTHONUNBUFFERED": "1"},
+            env={**self.kube.env, "PYTHONUNBUFFERED": "1", **self.extra_env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
         wait_for("the operator's liveness endpoint", self.alive, timeout=timeout)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
 
     def alive(self) -> bool:
         assert self.proc is not None
