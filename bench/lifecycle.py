@@ -110,6 +110,92 @@ def create_many(custom: Any, names: list[str], workers: int = 8) -> dict[str, fl
     return started
 
 
+def restart_phase(core: Any, custom: Any, api_client: Any, rotations: int) -> dict[str, Any]:
+    """Secret written -> pod-template patch, and patch -> rollout complete, for a 3-replica Deployment."""
+    apps = kubernetes.client.AppsV1Api(api_client)
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "replicas": 3,
+            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {
+                    "containers": [{"name": "a", "image": "example.invalid/a:1"}],
+                    "volumes": [{"name": "t", "secret": {"secretName": "agent-tok"}}],
+                },
+            },
+        },
+    }
+    apps.create_namespaced_deployment(NS, dep)
+    token = body("agent")
+    token["spec"]["rollout"] = {"targets": [{"kind": "Deployment", "name": "agent"}]}
+    custom.create_namespaced_custom_object("agenttoken.dev", "v1alpha1", NS, "agenttokens", token)
+    key = "agenttoken.dev/revision.agent"
+
+    def template_value() -> str | None:
+        d = apps.read_namespaced_deployment("agent", NS)
+        return (d.spec.template.metadata.annotations or {}).get(key)
+
+    def token_id() -> str | None:
+        sec = core.read_namespaced_secret("agent-tok", NS)
+        return (sec.metadata.annotations or {}).get("agenttoken.dev/token-id")
+
+    def wait(what: str, probe: Any, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe():
+                return time.monotonic()
+            time.sleep(0.01)
+        raise TimeoutError(what)
+
+    def rolled(value: str) -> bool:
+        d = apps.read_namespaced_deployment("agent", NS)
+        st = d.status
+        return bool(
+            (d.spec.template.metadata.annotations or {}).get(key) == value
+            and st.observed_generation >= d.metadata.generation
+            and (st.updated_replicas or 0) == 3
+            and (st.available_replicas or 0) == 3
+            and (st.replicas or 0) == 3
+        )
+
+    wait("first token rolled", lambda: (v := token_id()) is not None and rolled(v))
+    to_patch, to_complete, status_durations = [], [], []
+    for i in range(rotations):
+        old = token_id()
+        custom.patch_namespaced_custom_object(
+            "agenttoken.dev", "v1alpha1", NS, "agenttokens", "agent",
+            {"metadata": {"annotations": {"agenttoken.dev/rotate": f"bench-{i}"}}},
+        )  # fmt: skip
+        written = wait("secret written", lambda old=old: (v := token_id()) is not None and v != old)
+        new = token_id()
+        assert new is not None
+        patched = wait("template patched", lambda new=new: template_value() == new)
+        done = wait("rollout complete", lambda new=new: rolled(new))
+        to_patch.append(patched - written)
+        to_complete.append(done - patched)
+        st = custom.get_namespaced_custom_object("agenttoken.dev", "v1alpha1", NS, "agenttokens", "agent")
+        deadline = time.monotonic() + 30
+        while (st.get("status", {}).get("rollout", {}).get("state") != "Complete" or
+               st["status"]["rollout"].get("tokenId") != new) and time.monotonic() < deadline:  # fmt: skip
+            time.sleep(0.05)
+            st = custom.get_namespaced_custom_object("agenttoken.dev", "v1alpha1", NS, "agenttokens", "agent")
+        target = st["status"]["rollout"]["targets"][0]
+        started = datetime.datetime.fromisoformat(target["startedAt"].replace("Z", "+00:00"))
+        completed = datetime.datetime.fromisoformat(target["completedAt"].replace("Z", "+00:00"))
+        status_durations.append((completed - started).total_seconds())
+    return {
+        "note": "debounce 2 s (default) is part of secret->patch",
+        "secret_write_to_template_patch": summary(to_patch),
+        "template_patch_to_rollout_complete": summary(to_complete),
+        "rollout_duration_in_status_s": summary(status_durations),
+    }
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -127,6 +213,7 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=100)
     parser.add_argument("--scale", type=int, default=1000)
     parser.add_argument("--idle-seconds", type=float, default=30)
+    parser.add_argument("--rotations", type=int, default=10)
     args = parser.parse_args()
     results: dict[str, Any] = {
         "benchmark": "lifecycle",
@@ -180,6 +267,8 @@ def main() -> int:
             watcher.wait(names, 120)
             results["burst_apply_to_secret"] = summary([watcher.seen[n] - started[n] for n in names])
             results["burst_apply_to_secret"]["wall_s"] = round(max(watcher.seen[n] for n in names) - t0, 3)
+
+            results["restart"] = restart_phase(core, custom, api_client, rotations=args.rotations)
 
             names = [f"scale-{i}" for i in range(args.scale)]
             t0 = time.monotonic()

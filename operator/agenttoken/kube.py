@@ -61,6 +61,16 @@ async def _json(coro: Any) -> dict[str, Any]:
     return result
 
 
+async def _json_or_none(coro: Any) -> dict[str, Any] | None:
+    """A read that answers None for a missing object."""
+    try:
+        return await _json(coro)
+    except KubeError as exc:
+        if exc.not_found:
+            return None
+        raise
+
+
 class Kube:
     """Async operations on the objects this operator owns or reads."""
 
@@ -84,12 +94,7 @@ class Kube:
     # -- Secrets --
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await _json(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+        return await _json_or_none(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await _json(
@@ -145,12 +150,9 @@ class Kube:
             )
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await _json(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+        return await _json_or_none(
+            self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
+        )
 
     async def write_configmap(
         self, namespace: str, name: str, data: dict[str, str], *, resource_version: str | None
@@ -182,16 +184,11 @@ class Kube:
     # -- workloads --
 
     async def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await _json(
-                self.custom.get_namespaced_custom_object(
-                    "apps", "v1", namespace, WORKLOAD_PLURALS[kind], name, _preload_content=False
-                )
+        return await _json_or_none(
+            self.custom.get_namespaced_custom_object(
+                "apps", "v1", namespace, WORKLOAD_PLURALS[kind], name, _preload_content=False
             )
-        except KubeError as exc:
-            if exc.not_found:
-                return None
-            raise
+        )
 
     async def patch_pod_template_annotations(
         self, kind: str, namespace: str, name: str, annotations: dict[str, str]

@@ -423,7 +423,7 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
 def test_metrics_series_follow_the_objects(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
     kube.apply(agenttoken("counted", "counted-token"), "-n", namespace)
     wait_ready(kube, namespace, "counted")
-    series = f'agenttoken_token_expiration_timestamp_seconds{{namespace="{namespace}",name="counted"}}'
+    series = f'agenttoken_token_expiration_timestamp_seconds{{name="counted",namespace="{namespace}"}}'
     wait_for("the expiry series", lambda: series in operator.metrics(), timeout=15)
     kube.kubectl("delete", "agenttoken", "counted", "-n", namespace)
     wait_for("the series to disappear", lambda: series not in operator.metrics(), timeout=15)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agenttoken.times import parse_time
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
@@ -377,10 +379,10 @@ def test_previous_token_is_revoked_only_after_rollout_and_grace(
     first = wait_rolled(kube, namespace, "rev")
     rotate(kube, namespace, "rev", "1")
 
-    def revoked() -> set[str]:
+    def revoked() -> dict[str, str]:
         cm = kube.get_json("configmap", "agenttoken-revocations", "-n", "agenttoken-system")
         text = ((cm or {}).get("data") or {}).get("revoked.json", '{"revoked": []}')
-        return {e["jti"] for e in json.loads(text)["revoked"]}
+        return {e["jti"]: e["revokedAt"] for e in json.loads(text)["revoked"]}
 
     done = wait_for(
         "the new token's rollout",
@@ -391,10 +393,14 @@ def test_previous_token_is_revoked_only_after_rollout_and_grace(
         ),
         timeout=90,
     )
-    completed = max(t["completedAt"] for t in done["targets"])
-    wait_for("the previous token on the revocation list", lambda: first["tokenId"] in revoked(), timeout=30)
-    revoked_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    assert revoked_at >= completed
+    completed = max(filter(None, (parse_time(t["completedAt"]) for t in done["targets"])))
+    revoked_at = wait_for(
+        "the previous token on the revocation list", lambda: revoked().get(first["tokenId"]), timeout=30
+    )
+    # Only after every target completed plus the 5 s grace (timestamps have second precision).
+    revoked_time = parse_time(revoked_at)
+    assert revoked_time is not None
+    assert revoked_time >= completed + datetime.timedelta(seconds=5)
     assert rollout_of(kube, namespace, "rev")["revokedTokenId"] == first["tokenId"]
     assert status(kube, namespace, "rev")["tokenId"] not in revoked()
 
