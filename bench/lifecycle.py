@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import kubernetes
 from agenttoken.devcluster import REPO_ROOT, LocalCluster, free_ports, install
 
 NS = "bench"
+SELECTOR = "app.kubernetes.io%2Fmanaged-by%3Dagent-token-operator"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -47,31 +49,49 @@ def summary(latencies: list[float]) -> dict[str, float]:
 
 
 class SecretWatcher:
-    """Records when each managed Secret first appears (a watch, not polling)."""
+    """Records when each managed Secret first appears: a raw watch stream on the apiserver
+    (resumed from the last resourceVersion if it drops), not polling."""
 
-    def __init__(self, api: kubernetes.client.CoreV1Api) -> None:
-        self.api = api
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        _, raw = cluster.api("GET", f"/api/v1/namespaces/{NS}/secrets?labelSelector={SELECTOR}")
+        self.rv = json.loads(raw)["metadata"]["resourceVersion"]
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            w = kubernetes.watch.Watch()
-            for event in w.stream(
-                self.api.list_namespaced_secret,
-                NS,
-                label_selector="app.kubernetes.io/managed-by=agent-token-operator",
-                timeout_seconds=30,
-            ):
-                name = event["object"].metadata.name
-                with self.cond:
-                    self.seen.setdefault(name, time.monotonic())
-                    self.cond.notify_all()
-                if self.stop.is_set():
-                    break
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.cluster.ports["apiserver"], context=self.cluster._ssl_context(), timeout=60
+            )
+            try:
+                conn.request(
+                    "GET",
+                    f"/api/v1/namespaces/{NS}/secrets?watch=1&labelSelector={SELECTOR}"
+                    f"&resourceVersion={self.rv}&allowWatchBookmarks=true&timeoutSeconds=50",
+                )
+                resp = conn.getresponse()
+                for line in resp:
+                    event = json.loads(line)
+                    obj = event["object"]
+                    self.rv = obj["metadata"]["resourceVersion"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    with self.cond:
+                        # Secrets are named <agenttoken>-tok: record them under the AgentToken's name.
+                        self.seen.setdefault(obj["metadata"]["name"].removesuffix("-tok"), time.monotonic())
+                        self.cond.notify_all()
+                    if self.stop.is_set():
+                        return
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if not self.stop.is_set():
+                    print(f"secret watch resumed after {exc!r}"[:200], file=sys.stderr)
+                    self.stop.wait(0.2)
+            finally:
+                conn.close()
 
     def wait(self, names: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -141,7 +161,12 @@ def restart_phase(core: Any, custom: Any, api_client: Any, rotations: int) -> di
         return (d.spec.template.metadata.annotations or {}).get(key)
 
     def token_id() -> str | None:
-        sec = core.read_namespaced_secret("agent-tok", NS)
+        try:
+            sec = core.read_namespaced_secret("agent-tok", NS)
+        except kubernetes.client.exceptions.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
         return (sec.metadata.annotations or {}).get("agenttoken.dev/token-id")
 
     def wait(what: str, probe: Any, timeout: float = 60) -> float:
@@ -236,6 +261,7 @@ def main() -> int:
              "--liveness", f"http://127.0.0.1:{live_port}/healthz"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        watcher: SecretWatcher | None = None
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -251,7 +277,7 @@ def main() -> int:
                 kubernetes.client.CoreV1Api(api_client),
                 kubernetes.client.CustomObjectsApi(api_client),
             )
-            watcher = SecretWatcher(core)
+            watcher = SecretWatcher(cluster)
 
             singles = []
             for i in range(10):
@@ -289,8 +315,19 @@ def main() -> int:
                 "idle_cpu_fraction_of_core": round(idle_cpu, 4),
                 "idle_window_s": args.idle_seconds,
             }
-            watcher.stop.set()
+        except BaseException:
+            subprocess.run(
+                [str(Path(sys.executable).parent / "kubectl"), "get", "agenttokens,secrets", "-n", NS],
+                env=env,
+            )
+            print(
+                "operator log tail:\n"
+                + "\n".join((Path(tmp) / "operator.log").read_text().splitlines()[-40:])
+            )
+            raise
         finally:
+            if watcher is not None:
+                watcher.stop.set()
             op.terminate()
             op.wait(timeout=20)
             cluster.stop()

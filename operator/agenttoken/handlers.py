@@ -14,13 +14,14 @@ import logging
 from typing import Any
 
 import kopf
+from aiohttp import web
 
-from agenttoken import api, metrics
+from agenttoken import api, server
 from agenttoken.keymanager import KeyManager
 from agenttoken.keys import KeyPolicy
 from agenttoken.kube import Kube
 from agenttoken.restarts import Workload, WorkloadRef
-from agenttoken.revocationstore import RevocationStore
+from agenttoken.revocationstore import REVOCATIONS_CONFIGMAP, RevocationStore
 from agenttoken.rollouts import RolloutManager, RolloutOptions
 from agenttoken.scheduler import Controller, ControllerOptions, utcnow
 
@@ -42,6 +43,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.peering.standalone = True
     # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
     settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
+    settings.watching.label_selectors["v1", "configmaps"] = SECRET_SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = (1, 2, 4, 8, 15)
@@ -87,8 +89,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await rollouts.start()
     await controller.start()
     memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
+    memo["revocations"] = revocations
     memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
-    metrics.serve(options.metrics_port, options.metrics_address)
+    if options.http_port:
+        memo["http"] = await server.serve(
+            server.build_app(keys, revocations), options.http_address, options.http_port
+        )
     log.info("operator started; signing keys in %s", options.operator_namespace)
 
 
@@ -103,6 +109,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rollouts: RolloutManager | None = memo.get("rollouts")
     if rollouts is not None:
         await rollouts.stop()
+    http: web.AppRunner | None = memo.get("http")
+    if http is not None:
+        await http.cleanup()
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -116,6 +125,19 @@ async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
 async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
+
+
+@kopf.on.event("v1", "configmaps", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
+async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """The revocation list may be written by `agenttoken revoke` too: serve what the cluster holds."""
+    body = event["object"]
+    revocations: RevocationStore | None = memo.get("revocations")
+    meta = body.get("metadata", {})
+    if revocations is not None and (meta.get("namespace"), meta.get("name")) == (
+        revocations.namespace,
+        REVOCATIONS_CONFIGMAP,
+    ):
+        revocations.observe(body if event.get("type") != "DELETED" else None)
 
 
 # Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting

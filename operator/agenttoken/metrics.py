@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -92,9 +92,3 @@ class _TokenCollector(Collector):
 
 
 REGISTRY.register(_TokenCollector())
-
-
-def serve(port: int, address: str) -> None:
-    """Serve /metrics in a background thread (prometheus-client's own server)."""
-    if port:
-        start_http_server(port, addr=address)

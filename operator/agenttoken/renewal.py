@@ -154,7 +154,8 @@ def decide(snap: Snapshot, now: datetime.datetime) -> Decision:
         if hit is None:
             continue
         reason, message = hit
-        if snap.status.failed_attempts and snap.status.last_failure_time:
+        # An explicit rotate request bypasses the backoff: a human asked for it now.
+        if reason != ROTATE_REQUESTED and snap.status.failed_attempts and snap.status.last_failure_time:
             expires = record.expires_at if record else None
             retry = next_retry_time(snap.status.last_failure_time, snap.status.failed_attempts, expires)
             if retry > now:

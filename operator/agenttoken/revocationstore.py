@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from agenttoken import revocation
 from agenttoken.kube import Kube, KubeError
@@ -53,6 +54,10 @@ class RevocationStore:
                 self.entries = entries
                 return
             raise RuntimeError("revocation list: gave up after repeated write conflicts")
+
+    def observe(self, configmap: Mapping[str, Any] | None) -> None:
+        """Take the list as stored in the cluster (it may have been written by the CLI)."""
+        self.entries = revocation.from_json(((configmap or {}).get("data") or {}).get(LIST_KEY, ""))
 
     def is_revoked(self, token_id: str) -> bool:
         return revocation.is_revoked(self.entries, token_id)

@@ -15,8 +15,8 @@ class RunOptions:
     issuer_url: str = "https://agent-token-operator.agenttoken-system.svc/issuers/builtin"
     key_algorithm: str = "ES256"
     liveness: str | None = "http://127.0.0.1:8081/healthz"
-    metrics_port: int = 8080
-    metrics_address: str = "127.0.0.1"
+    http_port: int = 8080
+    http_address: str = "127.0.0.1"
     log_json: bool = True
     verbose: bool = False
     restart_debounce: float = 2.0

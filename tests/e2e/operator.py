@@ -26,8 +26,12 @@ class OperatorProcess:
     ports: list[int] = field(default_factory=list)
 
     @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports[0]}/metrics"
+        return f"{self.base_url}/metrics"
 
     @property
     def liveness_url(self) -> str:
@@ -39,7 +43,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "agenttoken", "run",
-                "--metrics-port", str(self.ports[0]),
+                "--http-port", str(self.ports[0]),
                 "--liveness", self.liveness_url,
                 *self.extra_args,
             ],
