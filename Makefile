@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test check lint fmt typecheck unit e2e cluster-bins cluster-up cluster-down clean
+.PHONY: help venv run test check lint fmt typecheck unit e2e cluster-bins cluster-up cluster-down chart-crds bench clean
 
 help:
 	@echo "make run           run the operator (starts a local control plane if no cluster is configured)"
@@ -56,6 +56,12 @@ e2e: venv cluster-bins
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: check e2e
+
+chart-crds:
+	$(PYTHON) hack/chart_crds.py
+
+bench: venv cluster-bins
+	$(PY) bench/lifecycle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ k8s_dir="$bins/kubernetes-$KUBERNETES_VERSION"
 etcd_dir="$bins/etcd-$ETCD_VERSION"
 kwok_dir="$bins/kwok-$KWOK_VERSION"
 helm_dir="$bins/helm-$HELM_VERSION"
+kstatus_dir="$bins/kstatus-$KSTATUS_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$bins"
@@ -154,10 +155,25 @@ build_helm() {
   has_version "$helm_dir/helm" "$HELM_VERSION" version --short || { echo "error: helm does not report $HELM_VERSION" >&2; exit 1; }
 }
 
+build_kstatus() {
+  local dir="$here/gomod/kstatus"
+  # Keyed by the library version and a hash of our small main.go.
+  local sum; sum=$(sha256sum "$dir/main.go" "$dir/go.mod" | sha256sum | cut -c1-12)
+  if [[ -x "$kstatus_dir/kstatus" && "$(cat "$kstatus_dir/.source" 2>/dev/null)" == "$sum" ]]; then
+    log "kstatus: cached ($KSTATUS_VERSION)"; return
+  fi
+  grep -q "github.com/fluxcd/cli-utils $KSTATUS_VERSION" "$dir/go.mod" || { echo "error: hack/gomod/kstatus/go.mod is not at $KSTATUS_VERSION" >&2; exit 1; }
+  mkdir -p "$kstatus_dir"
+  log "kstatus: building (cli-utils $KSTATUS_VERSION)"
+  with_progress kstatus bash -c "cd '$dir' && go build -trimpath -ldflags '-s -w' -o '$kstatus_dir/kstatus' ."
+  echo "$sum" > "$kstatus_dir/.source"
+}
+
 log "cache: $bins"
 build_etcd
 build_kwok
 build_helm
 build_kubernetes
+build_kstatus
 log "all components ready in $(( $(date +%s) - start_all ))s"
-du -sh "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" 2>/dev/null | sed 's/^/[cluster-bins] size /'
+du -sh "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$kstatus_dir" 2>/dev/null | sed 's/^/[cluster-bins] size /'

@@ -80,6 +80,7 @@ class Binaries:
     kwok: Path
     kwok_config: Path
     helm: Path
+    kstatus: Path
 
     @classmethod
     def from_cache(cls, bins: Path | None = None) -> Binaries:
@@ -95,6 +96,7 @@ class Binaries:
             kwok=kwok / "kwok",
             kwok_config=kwok / "kwok.yaml",
             helm=bins / f"helm-{v['HELM_VERSION']}" / "helm",
+            kstatus=bins / f"kstatus-{v['KSTATUS_VERSION']}" / "kstatus",
         )
 
     def missing(self) -> list[Path]:

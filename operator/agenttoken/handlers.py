@@ -21,7 +21,7 @@ from agenttoken.keymanager import KeyManager
 from agenttoken.keys import KeyPolicy
 from agenttoken.kube import Kube
 from agenttoken.restarts import Workload, WorkloadRef
-from agenttoken.revocationstore import REVOCATIONS_CONFIGMAP, RevocationStore
+from agenttoken.revocationstore import RevocationStore
 from agenttoken.rollouts import RolloutManager, RolloutOptions
 from agenttoken.scheduler import Controller, ControllerOptions, utcnow
 
@@ -43,7 +43,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.peering.standalone = True
     # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
     settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
-    settings.watching.label_selectors["v1", "configmaps"] = SECRET_SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = (1, 2, 4, 8, 15)
@@ -90,6 +89,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await controller.start()
     memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
     memo["revocations"] = revocations
+    memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
     memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
     if options.http_port:
         memo["http"] = await server.serve(
@@ -100,9 +100,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("key_task")
-    if task is not None:
-        task.cancel()
+    for name in ("key_task", "revocations_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
@@ -125,19 +126,6 @@ async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
 async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
-
-
-@kopf.on.event("v1", "configmaps", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
-async def configmap_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """The revocation list may be written by `agenttoken revoke` too: serve what the cluster holds."""
-    body = event["object"]
-    revocations: RevocationStore | None = memo.get("revocations")
-    meta = body.get("metadata", {})
-    if revocations is not None and (meta.get("namespace"), meta.get("name")) == (
-        revocations.namespace,
-        REVOCATIONS_CONFIGMAP,
-    ):
-        revocations.observe(body if event.get("type") != "DELETED" else None)
 
 
 # Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting

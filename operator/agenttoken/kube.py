@@ -8,16 +8,21 @@ never a request body (it could hold a token).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
+import logging
 import secrets as pysecrets
+from collections.abc import AsyncIterator
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from agenttoken import api
+
+log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
@@ -180,6 +185,26 @@ class Kube:
                 name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
             )
         )
+
+    async def watch_configmap(self, namespace: str, name: str) -> AsyncIterator[dict[str, Any] | None]:
+        """Yields the ConfigMap (None once deleted) on every change, forever; resumes after errors.
+        Scoped to one object in one namespace, so it needs no cluster-wide permission."""
+        while True:
+            watcher = watch.Watch()
+            try:
+                async with watcher.stream(
+                    self.core.list_namespaced_config_map,
+                    namespace,
+                    field_selector=f"metadata.name={name}",
+                    timeout_seconds=300,
+                ) as stream:
+                    async for event in stream:
+                        yield None if event["type"] == "DELETED" else event["raw_object"]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watch of ConfigMap %s/%s interrupted (%s); resuming", namespace, name, exc)
+                await asyncio.sleep(2)
 
     # -- workloads --
 

@@ -55,6 +55,11 @@ class RevocationStore:
                 return
             raise RuntimeError("revocation list: gave up after repeated write conflicts")
 
+    async def follow(self) -> None:
+        """Keep `entries` equal to the cluster's list (it may be written by `agenttoken revoke`)."""
+        async for configmap in self.kube.watch_configmap(self.namespace, REVOCATIONS_CONFIGMAP):
+            self.observe(configmap)
+
     def observe(self, configmap: Mapping[str, Any] | None) -> None:
         """Take the list as stored in the cluster (it may have been written by the CLI)."""
         self.entries = revocation.from_json(((configmap or {}).get("data") or {}).get(LIST_KEY, ""))

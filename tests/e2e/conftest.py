@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from agenttoken.devcluster import LocalCluster, kubeconfig_reachable
+from agenttoken.devcluster import Binaries, LocalCluster, kubeconfig_reachable, read_versions
 
 from .kube import Kube
 from .operator import OperatorProcess
@@ -77,11 +78,65 @@ def crds(kube: Kube) -> Path:
     return REPO / "crds"
 
 
+def helm_path() -> str:
+    bins = Binaries.from_cache()
+    if bins.helm.exists():
+        return str(bins.helm)
+    found = shutil.which("helm")
+    if not found:
+        pytest.fail("helm not found: run `make cluster-bins`")
+    return found
+
+
+def render_chart(*args: str) -> str:
+    version = read_versions()["KUBERNETES_VERSION"].lstrip("v")
+    result = subprocess.run(
+        [helm_path(), "template", "agent-token-operator", str(REPO / "charts" / "agent-token-operator"),
+         "--namespace", "agenttoken-system", "--kube-version", version, *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig holding a real token of the ServiceAccount: the operator runs with exactly
+    the chart's RBAC, so every e2e flow proves those permissions are enough."""
+    token = kube.kubectl("create", "token", name, "-n", namespace, "--duration=6h").stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": cluster["name"], "user": name}}],
+        "current-context": name,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture(scope="session")
-def operator(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """One operator for the session; tests that kill it start it again before they finish."""
+def operator_identity(kube: Kube, crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chart's ServiceAccount and RBAC (cluster-wide mode), applied from `helm template`."""
+    rbac = render_chart("--set", "crds.enabled=false", "--show-only", "templates/serviceaccount.yaml",
+                        "--show-only", "templates/rbac.yaml")  # fmt: skip
+    kube.apply(rbac)
+    return service_account_kubeconfig(
+        kube, "agenttoken-system", "agent-token-operator", tmp_path_factory.mktemp("sa") / "kubeconfig"
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube: Kube, crds: Path, operator_identity: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One operator for the session, as the chart's ServiceAccount; tests that kill it restart it."""
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(kube, log_path)
+    proc = OperatorProcess(kube, log_path, kubeconfig=operator_identity)
     proc.start()
     yield proc
     proc.stop()

@@ -22,6 +22,8 @@ class OperatorProcess:
     log_path: Path
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The identity the operator runs as (default: the test's admin kubeconfig).
+    kubeconfig: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=list)
 
@@ -47,7 +49,12 @@ class OperatorProcess:
                 "--liveness", self.liveness_url,
                 *self.extra_args,
             ],
-            env={**self.kube.env, "PYTHONUNBUFFERED": "1", **self.extra_env},
+            env={
+                **self.kube.env,
+                **({"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}),
+                "PYTHONUNBUFFERED": "1",
+                **self.extra_env,
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

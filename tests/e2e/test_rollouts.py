@@ -282,7 +282,10 @@ def test_crash_after_secret_write_rolls_exactly_once(
     marker = tmp_path / "crashed"
     operator.stop()
     crashing = OperatorProcess(
-        kube, operator.log_path, extra_env={"AGENTTOKEN_TEST_CRASH": f"after-secret-write:{marker}"}
+        kube,
+        operator.log_path,
+        extra_env={"AGENTTOKEN_TEST_CRASH": f"after-secret-write:{marker}"},
+        kubeconfig=operator.kubeconfig,
     )
     crashing.start()
     try:

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from agenttoken.client import TokenSource
 from agenttoken.verify import VerificationError, Verifier
 
@@ -331,3 +332,36 @@ def test_cli_doc_examples_run(kube: Kube, operator: OperatorProcess, namespace: 
         via_kubectl = args[0] == "kubectl"
         result = cli(kube, *args[2 if via_kubectl else 1 :], via_kubectl=via_kubectl)
         assert result.returncode == 0, f"{line}: {result.stderr[-300:]}"
+
+
+def test_sdk_doc_examples_run(kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path) -> None:
+    """The Python blocks of docs/sdk.md run as written (paths and URLs pointed at this cluster)."""
+    kube.apply(
+        agenttoken(
+            "documented",
+            "documented-token",
+            audience=["https://tickets.example.com"],
+            scopes=["tickets:read"],
+            environment="prod",
+        ),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "documented")
+    data = secret_data(kube, namespace, "documented-token")
+    assert data is not None
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    Kubelet(kube, namespace, "documented-token", mount).write(data)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "sdk.md").read_text(), re.S)
+    assert len(blocks) == 2
+    agent, api_side = blocks
+    scope: dict[str, object] = {}
+    exec(agent.replace("/var/run/agenttoken", str(mount)), scope)  # noqa: S102 (our own docs)
+    assert scope["token"] == data["token"]
+    rejected: list[object] = []
+    scope = {"token": data["token"], "peer_ip": "10.1.2.3", "reject": lambda *a: rejected.append(a)}
+    code = api_side.replace("http://agent-token-operator.agenttoken-system.svc:8080", operator.base_url)
+    exec(code, scope)  # noqa: S102 (our own docs)
+    assert not rejected
+    assert scope["claims"].token_id == status(kube, namespace, "documented")["tokenId"]  # type: ignore[attr-defined]

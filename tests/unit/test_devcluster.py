@@ -35,7 +35,7 @@ def test_binary_paths_are_keyed_by_version(tmp_path: Path) -> None:
     bins = Binaries.from_cache(tmp_path)
     assert versions["KUBERNETES_VERSION"] in str(bins.kube_apiserver)
     assert versions["ETCD_VERSION"] in str(bins.etcd)
-    assert len(bins.missing()) == 7
+    assert len(bins.missing()) == 8
 
 
 def test_free_ports_are_distinct() -> None:
