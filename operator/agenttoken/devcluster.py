@@ -729,6 +729,8 @@ def install(env: dict[str, str], *, examples: bool) -> None:
     )
     if ns.returncode != 0:
         run("create", "namespace", OPERATOR_NAMESPACE)
+    # The default issuer, so AgentTokens that name none get tokens (the chart installs it too).
+    run("apply", "-f", str(REPO_ROOT / "examples" / "clustertokenissuer-builtin.yaml"))
     if examples:
         run("apply", "-n", "default", "-f", str(REPO_ROOT / "examples"))
 

@@ -128,6 +128,24 @@ async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
 
 
+@kopf.on.event(api.GROUP, api.VERSION, "tokenissuers")
+async def tokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await _issuer_event(api.TOKENISSUER_KIND, event, memo)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, "clustertokenissuers")
+async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await _issuer_event(api.CLUSTERTOKENISSUER_KIND, event, memo)
+
+
+async def _issuer_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+    controller: Controller = memo["controller"]
+    body = dict(event["object"])
+    controller.on_issuer_event(kind, event.get("type"), body)
+    if event.get("type") != "DELETED":
+        await controller.reconcile_issuer(kind, body)
+
+
 # Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting
 # handlers, so kopf writes nothing onto them.
 @kopf.on.event("apps", "v1", "deployments")

@@ -249,6 +249,37 @@ class Kube:
             )
         )
 
+    # -- issuers --
+
+    async def create_token(
+        self, namespace: str, service_account: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        return await _json(
+            self.core.create_namespaced_service_account_token(
+                service_account, namespace, body, _preload_content=False
+            )
+        )
+
+    async def get_namespace(self, name: str) -> dict[str, Any] | None:
+        return await _json_or_none(self.core.read_namespace(name, _preload_content=False))
+
+    async def patch_issuer_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        plural = {api.TOKENISSUER_KIND: "tokenissuers", api.CLUSTERTOKENISSUER_KIND: "clustertokenissuers"}[
+            kind
+        ]
+        common = {"field_manager": api.FIELD_MANAGER, "_content_type": MERGE_PATCH, "_preload_content": False}
+        if namespace:
+            call = self.custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, plural, name, {"status": status}, **common
+            )
+        else:
+            call = self.custom.patch_cluster_custom_object_status(
+                api.GROUP, api.VERSION, plural, name, {"status": status}, **common
+            )
+        return await _json(call)
+
     # -- AgentTokens --
 
     async def patch_agenttoken_status(

@@ -21,15 +21,21 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from agenttoken import api, metrics
 from agenttoken.conditions import Reason
+from agenttoken.conditions import summarize as summarize_conditions
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
+from agenttoken.issuers import builtin as builtin_issuer
+from agenttoken.issuers import kubernetes as kubernetes_issuer
+from agenttoken.issuers import webhook as webhook_issuer
 from agenttoken.keymanager import KeyManager
 from agenttoken.kube import Kube, KubeError
 from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
+from agenttoken.policy import Request as PolicyRequest
+from agenttoken.policy import check as check_policy
 from agenttoken.renewal import Action, Decision, Snapshot, decide
 from agenttoken.restarts import (
     RolloutSpec,
@@ -45,10 +51,10 @@ from agenttoken.revocation import Revoked
 from agenttoken.revocationstore import RevocationStore
 from agenttoken.rollouts import RolloutManager
 from agenttoken.schedule import next_retry_time, renewal_time
-from agenttoken.secrets import TokenRecord, desired_secret, observe
+from agenttoken.secrets import TokenRecord, decode_data, desired_secret, desired_secret_metadata, observe
 from agenttoken.status import Outcome, differs, render
 from agenttoken.times import format_time, parse_time
-from agenttoken.tokens import mint, token_hash
+from agenttoken.tokens import token_hash
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,8 @@ class Controller:
         self._by_namespace: dict[str, dict[str, tuple[str, RolloutSpec]]] = {}
         self._warned_slow: set[tuple[str, str]] = set()
         self._warned_consumers: set[str] = set()
+        self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self.options = options
         self.clock = clock
         self.tokens = _Cache()
@@ -272,11 +280,14 @@ class Controller:
                 Outcome(stalled=Reason(api.REASON_INVALID_SPEC, str(exc))),
             )
             return
-        if (spec.issuer_kind, spec.issuer_name) != (api.CLUSTERTOKENISSUER_KIND, api.BUILTIN_ISSUER_NAME):
-            message = f"{spec.issuer_kind} {spec.issuer_name!r} not found (only ClusterTokenIssuer 'builtin' exists)"
-            outcome = Outcome(stalled=Reason(api.REASON_ISSUER_NOT_FOUND, message))
-            await self._write_status(body, previous, generation, spec, None, uid, outcome)
+        issuer_or_reason = await self._resolve_issuer(key, spec)
+        if isinstance(issuer_or_reason, Reason):
+            await self._write_status(
+                body, previous, generation, spec, None, uid, Outcome(stalled=issuer_or_reason)
+            )
+            self._index_for_workloads(key, spec)
             return
+        issuer = issuer_or_reason
 
         rotate = (meta.get("annotations") or {}).get(api.ANN_ROTATE)
         skey = (namespace, spec.secret_name)
@@ -312,7 +323,7 @@ class Controller:
         if decision.action is Action.CONFLICT:
             outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
         elif decision.action is Action.MINT:
-            record, outcome = await self._mint(body, spec, snap, decision, outcome)
+            record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
             await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
             await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
@@ -337,7 +348,13 @@ class Controller:
             self.schedule(key, rollout_wake)
 
     async def _mint(
-        self, body: dict[str, Any], spec: AgentTokenSpec, snap: Snapshot, decision: Decision, outcome: Outcome
+        self,
+        body: dict[str, Any],
+        spec: AgentTokenSpec,
+        snap: Snapshot,
+        decision: Decision,
+        outcome: Outcome,
+        issuer: IssuerSpec,
     ) -> tuple[TokenRecord | None, Outcome]:
         meta = body["metadata"]
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -345,14 +362,7 @@ class Controller:
         old = snap.secret.record if snap.secret.token_intact else None
         first = snap.status.token_id is None and old is None
         try:
-            key = self.keys.signing_key()
-            minted = mint(
-                spec.token_request(namespace, name, uid),
-                key,
-                issuer=self.options.issuer_url,
-                now=now,
-                jti=str(uuid.uuid4()),
-            )
+            minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
             revision = max(snap.status.revision, old.revision if old else 0) + 1
             record = TokenRecord(
                 token_id=minted.token_id,
@@ -369,7 +379,7 @@ class Controller:
             await self._write_secret(
                 namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
             )
-        except (KubeError, RuntimeError, ValueError) as exc:
+        except (KubeError, RuntimeError, ValueError, IssueError) as exc:
             attempts = snap.status.failed_attempts + 1
             metrics.RENEWALS.labels(result="failure").inc()
             message = f"{decision.message}: issuing failed: {exc}"
@@ -512,6 +522,130 @@ class Controller:
         future = [t for t in times if t > now] or ([now + datetime.timedelta(seconds=1)] if times else [])
         if future:
             self.schedule(key, min(future))
+
+    # -- issuers --
+
+    def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        ikey = (kind, meta.get("namespace", "") if kind == api.TOKENISSUER_KIND else "", meta.get("name", ""))
+        if event_type == "DELETED":
+            self.issuers.pop(ikey, None)
+        else:
+            self.issuers[ikey] = body
+        for key in list(self._by_issuer.get(ikey, ())):
+            self.schedule(key, self.clock())
+
+    async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
+        """Issuer status: Ready with a reason (spec valid, credentials present, keys loaded)."""
+        meta = body.get("metadata", {})
+        status: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+        try:
+            issuer = parse_issuer(kind, body)
+            status["type"] = issuer.type
+            problem = await self._issuer_problem(issuer)
+        except InvalidSpec as exc:
+            problem = Reason(api.REASON_INVALID_SPEC, str(exc))
+        ready = None if problem else Reason("IssuerReady", f"{status.get('type')} issuer ready")
+        status["conditions"] = summarize_conditions(
+            previous=(body.get("status") or {}).get("conditions") or [],
+            generation=meta.get("generation"),
+            now=self.clock(),
+            ready=ready,
+            stalled=problem,
+        )
+        if not differs(body.get("status"), status):
+            return
+        try:
+            await self.kube.patch_issuer_status(kind, meta.get("namespace", ""), meta["name"], status)
+        except KubeError as exc:
+            if not exc.not_found:
+                raise
+
+    async def _issuer_problem(self, issuer: IssuerSpec) -> Reason | None:
+        if issuer.type == "builtin":
+            try:
+                self.keys.signing_key()
+            except RuntimeError as exc:
+                return Reason("KeysNotReady", str(exc))
+        if issuer.type == "webhook" and issuer.config.get("authSecretRef"):
+            ref = issuer.config["authSecretRef"]
+            ns = issuer.secret_namespace or self.keys.namespace
+            secret = await self.kube.get_secret(ns, ref["name"])
+            if secret is None or not (secret.get("data") or {}).get(ref.get("key") or "token"):
+                return Reason(
+                    "CredentialsNotFound",
+                    f"Secret {ns}/{ref['name']} (key {ref.get('key') or 'token'!r}) not found",
+                )
+        return None
+
+    async def _resolve_issuer(self, key: Key, spec: AgentTokenSpec) -> IssuerSpec | Reason:
+        """The issuer this AgentToken may use, or why not (not found, not ready, policy)."""
+        namespace = key[0]
+        kind = spec.issuer_kind
+        ikey = (kind, namespace if kind == api.TOKENISSUER_KIND else "", spec.issuer_name)
+        for deps in self._by_issuer.values():
+            deps.discard(key)
+        self._by_issuer.setdefault(ikey, set()).add(key)
+        body = self.issuers.get(ikey)
+        where = f" in namespace {namespace}" if kind == api.TOKENISSUER_KIND else ""
+        if body is None:
+            return Reason(api.REASON_ISSUER_NOT_FOUND, f"{kind} {spec.issuer_name!r} not found{where}")
+        try:
+            issuer = parse_issuer(kind, body)
+        except InvalidSpec as exc:
+            return Reason("IssuerNotReady", f"{kind} {spec.issuer_name!r} is not ready: {exc}")
+        labels: dict[str, str] = {}
+        if issuer.policy.namespace_selector:
+            ns = await self.kube.get_namespace(namespace)
+            labels = dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+        violation = check_policy(
+            issuer.policy,
+            PolicyRequest(
+                namespace=namespace,
+                namespace_labels=labels,
+                scopes=spec.scopes,
+                audience=spec.audience,
+                ttl=spec.ttl,
+            ),
+        )
+        if violation is not None:
+            return Reason(api.REASON_POLICY_VIOLATION, f"{kind} {spec.issuer_name!r}: {violation.message}")
+        return issuer
+
+    async def _issue(
+        self,
+        issuer: IssuerSpec,
+        spec: AgentTokenSpec,
+        snap: Snapshot,
+        namespace: str,
+        name: str,
+        uid: str,
+        now: datetime.datetime,
+    ) -> Issued:
+        ctx = IssueContext(request=spec.token_request(namespace, name, uid), secret_name=spec.secret_name)
+        if issuer.type == "builtin":
+            return builtin_issuer.issue(
+                ctx, self.keys.signing_key(), issuer_url=self.options.issuer_url, now=now
+            )
+        if issuer.type == "kubernetes":
+            secret = self.secrets.get((namespace, spec.secret_name))
+            if secret is None:
+                # The token is bound to its Secret, so the Secret must exist first (metadata only).
+                skeleton = desired_secret_metadata(namespace=namespace, name=name, uid=uid, spec=spec)
+                secret = await self.kube.create_secret(namespace, skeleton)
+                self.secrets.offer((namespace, spec.secret_name), secret)
+            ctx = dataclasses.replace(ctx, secret_uid=secret["metadata"]["uid"])
+            return await kubernetes_issuer.issue(self.kube, ctx, issuer.config, now=now)
+        ref = issuer.config.get("authSecretRef")
+        bearer = None
+        if ref:
+            ns = issuer.secret_namespace or self.keys.namespace
+            credential = await self.kube.get_secret(ns, ref["name"])
+            raw = ((credential or {}).get("data") or {}).get(ref.get("key") or "token")
+            if not raw:
+                raise IssueError(f"webhook credentials: Secret {ns}/{ref['name']} not found")
+            bearer = decode_data({"v": raw})["v"]
+        return await webhook_issuer.issue(ctx, issuer.config, bearer=bearer, now=now)
 
     # -- rollouts and revocation --
 

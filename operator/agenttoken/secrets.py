@@ -122,6 +122,22 @@ def managed_labels(name: str, spec: AgentTokenSpec) -> dict[str, str]:
     return {**spec.labels, api.LABEL_MANAGED_BY: api.OPERATOR_NAME, api.LABEL_AGENTTOKEN: name}
 
 
+def desired_secret_metadata(*, namespace: str, name: str, uid: str, spec: AgentTokenSpec) -> dict[str, Any]:
+    """A Secret with our metadata and no data yet (a bound token needs the Secret's uid first)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": spec.secret_name,
+            "namespace": namespace,
+            "labels": managed_labels(name, spec),
+            "annotations": dict(spec.annotations),
+            "ownerReferences": [owner_reference(namespace, name, uid)],
+        },
+    }
+
+
 def desired_secret(
     *, namespace: str, name: str, uid: str, spec: AgentTokenSpec, token: str, record: TokenRecord
 ) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def crds(kube: Kube) -> Path:
     kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(REPO / "crds"))
     if kube.get_json("namespace", "agenttoken-system") is None:
         kube.kubectl("create", "namespace", "agenttoken-system")
+    kube.kubectl("apply", "-f", str(REPO / "examples" / "clustertokenissuer-builtin.yaml"))
     return REPO / "crds"
 
 

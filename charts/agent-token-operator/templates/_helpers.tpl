@@ -48,8 +48,18 @@ app.kubernetes.io/part-of: agent-token-operator
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["secrets"]
-  # the token Secrets it creates and owns (watched by label only)
+  # the token Secrets it creates and owns (watched by label only); webhook issuer credentials (get)
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["agenttoken.dev"]
+  resources: ["tokenissuers"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["agenttoken.dev"]
+  resources: ["tokenissuers/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  # the `kubernetes` issuer: TokenRequest for the ServiceAccount an issuer names
+  verbs: ["create"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -1,0 +1,390 @@
+"""Issuers and least-privilege policy: TokenIssuer, ClusterTokenIssuer, kubernetes, webhook."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .kube import Kube, wait_for
+from .operator import OperatorProcess
+from .test_lifecycle import agenttoken, secret_data, status, wait_ready
+
+
+def issuer(kind: str, name: str, spec: dict[str, Any]) -> str:
+    return json.dumps(
+        {"apiVersion": "agenttoken.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
+
+
+def ready_condition(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return next((c for c in status(kube, namespace, name).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def wait_reason(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 30) -> dict[str, Any]:
+    return wait_for(
+        f"{name} to report {reason}",
+        lambda: (c := ready_condition(kube, namespace, name)).get("reason") == reason and c,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def strict_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
+    """A ClusterTokenIssuer with a tight policy and a namespace selector."""
+    name = f"strict-{uuid.uuid4().hex[:6]}"
+    kube.apply(
+        issuer(
+            "ClusterTokenIssuer",
+            name,
+            {
+                "builtin": {},
+                "policy": {
+                    "allowedScopes": ["tickets:*", "read"],
+                    "allowedAudiences": ["https://tickets.example.com", "https://*.internal.example.com"],
+                    "minTTL": "5m",
+                    "maxTTL": "2h",
+                    "namespaceSelector": {"matchLabels": {"agents": "allowed"}},
+                },
+            },
+        )
+    )
+    wait_for(
+        "the issuer to be Ready",
+        lambda: any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in ((kube.get_json("clustertokenissuer", name) or {}).get("status") or {}).get(
+                "conditions", []
+            )
+        ),
+        timeout=30,
+    )
+    yield name
+    kube.kubectl("delete", "clustertokenissuer", name, "--wait=false", check=False)
+
+
+POLICY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    # (case, spec changes, expected reason, expected text in the message)
+    (
+        "scope outside glob",
+        {"scopes": ["billing:read"]},
+        "PolicyViolation",
+        "scope 'billing:read' is not allowed",
+    ),
+    ("scope not exact", {"scopes": ["reader"]}, "PolicyViolation", "scope 'reader' is not allowed"),
+    ("one bad scope among good", {"scopes": ["tickets:read", "admin"]}, "PolicyViolation", "scope 'admin'"),
+    (
+        "audience not allowed",
+        {"audience": ["https://billing.example.com"]},
+        "PolicyViolation",
+        "audience 'https://billing.example.com'",
+    ),
+    (
+        "audience outside glob",
+        {"audience": ["https://a.external.example.com"]},
+        "PolicyViolation",
+        "audience 'https://a.external.example.com'",
+    ),
+    ("ttl above max", {"ttl": "3h"}, "PolicyViolation", "ttl 3h is above the issuer's maximum 2h"),
+    ("ttl below min", {"ttl": "2m"}, "PolicyViolation", "ttl 2m is below the issuer's minimum 5m"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "reason", "text"), POLICY_CASES, ids=[c[0] for c in POLICY_CASES])
+def test_cluster_issuer_policy(
+    kube: Kube, strict_issuer: str, namespace: str, case: str, change: dict[str, Any], reason: str, text: str
+) -> None:
+    kube.kubectl("label", "namespace", namespace, "agents=allowed")
+    spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
+    spec |= change
+    kube.apply(
+        agenttoken(
+            "asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
+        ),
+        "-n",
+        namespace,
+    )
+    cond = wait_reason(kube, namespace, "asker", reason)
+    assert cond["status"] == "False"
+    assert text in cond["message"], cond["message"]
+    assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
+    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
+    assert events is not None
+    assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+
+
+def test_cluster_issuer_namespace_selector(kube: Kube, strict_issuer: str, namespace: str) -> None:
+    spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
+    ref = {"kind": "ClusterTokenIssuer", "name": strict_issuer}
+    kube.apply(agenttoken("outsider", "outsider-token", issuerRef=ref, **spec), "-n", namespace)
+    cond = wait_reason(kube, namespace, "outsider", "PolicyViolation")
+    assert f"namespace '{namespace}' is not selected by the issuer (agents=allowed)" in cond["message"]
+    # Selecting the namespace lets the same request through.
+    kube.kubectl("label", "namespace", namespace, "agents=allowed")
+    kube.kubectl("annotate", "agenttoken", "outsider", "-n", namespace, "agenttoken.dev/rotate=now")
+    wait_ready(kube, namespace, "outsider")
+    assert secret_data(kube, namespace, "outsider-token") is not None
+
+
+def test_within_policy_mints(kube: Kube, strict_issuer: str, namespace: str) -> None:
+    kube.kubectl("label", "namespace", namespace, "agents=allowed")
+    spec = {"audience": ["https://x.internal.example.com"], "scopes": ["tickets:read", "read"], "ttl": "1h"}
+    kube.apply(
+        agenttoken(
+            "fits", "fits-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
+        ),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "fits")
+
+
+def test_namespaced_issuer_serves_only_its_namespace(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    other = f"{namespace}-b"
+    kube.kubectl("create", "namespace", other)
+    try:
+        policy = {"allowedScopes": ["read"], "maxTTL": "1h"}
+        kube.apply(issuer("TokenIssuer", "local", {"builtin": {}, "policy": policy}), "-n", other)
+        ref = {"kind": "TokenIssuer", "name": "local"}
+        kube.apply(agenttoken("borrower", "borrower-token", issuerRef=ref), "-n", namespace)
+        cond = wait_reason(kube, namespace, "borrower", "IssuerNotFound")
+        assert f"TokenIssuer 'local' not found in namespace {namespace}" in cond["message"]
+        # In its own namespace it serves, within its policy.
+        kube.apply(agenttoken("owner", "owner-token", issuerRef=ref), "-n", other)
+        wait_ready(kube, other, "owner")
+        kube.apply(agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]), "-n", other)
+        assert "scope 'write'" in wait_reason(kube, other, "greedy", "PolicyViolation")["message"]
+        kube.apply(
+            agenttoken("missing", "missing-token", issuerRef={"kind": "ClusterTokenIssuer", "name": "nope"}),
+            "-n",
+            other,
+        )
+        assert (
+            "ClusterTokenIssuer 'nope' not found"
+            in wait_reason(kube, other, "missing", "IssuerNotFound")["message"]
+        )
+    finally:
+        kube.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_issuer_admission_rules(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    bad = [
+        ({"builtin": {}, "webhook": {"url": "https://x"}}, "exactly one issuer type must be set"),
+        ({"policy": {}}, "exactly one issuer type must be set"),
+        ({"webhook": {"url": "http://example.com/mint"}}, "webhook.url must be https"),
+        (
+            {"builtin": {}, "policy": {"minTTL": "2h", "maxTTL": "1h"}},
+            "policy.minTTL must not exceed policy.maxTTL",
+        ),
+        ({"kubernetes": {}}, "serviceAccountName"),
+    ]
+    for spec, message in bad:
+        result = kube.apply(
+            issuer("TokenIssuer", "bad", spec), "-n", namespace, "--dry-run=server", check=False
+        )
+        assert result.returncode != 0, spec
+        assert message in result.stderr, result.stderr
+
+
+def test_kubernetes_issuer_tokens_pass_tokenreview_until_the_secret_goes(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    kube.kubectl("create", "serviceaccount", "agent", "-n", namespace)
+    kube.apply(
+        issuer(
+            "TokenIssuer",
+            "sa",
+            {"kubernetes": {"serviceAccountName": "agent", "audiences": ["https://tickets.example.com"]}},
+        ),
+        "-n",
+        namespace,
+    )
+    kube.apply(
+        agenttoken("satoken", "satoken-token", issuerRef={"kind": "TokenIssuer", "name": "sa"}, ttl="15m"),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "satoken")
+    data = secret_data(kube, namespace, "satoken-token")
+    assert data is not None
+    st = status(kube, namespace, "satoken")
+    # The apiserver decides the lifetime; status trusts its expirationTimestamp.
+    assert data["expires-at"] == st["expiresAt"]
+
+    def review(audience: str) -> dict[str, Any]:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": data["token"], "audiences": [audience]},
+        }
+        out = kube.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(body))
+        result: dict[str, Any] = json.loads(out.stdout)["status"]
+        return result
+
+    ok = review("https://tickets.example.com")
+    assert ok["authenticated"] is True
+    assert ok["user"]["username"] == f"system:serviceaccount:{namespace}:agent"
+    assert review("https://other.example.com").get("authenticated") is not True
+    # Bound to the Secret: deleting it invalidates the token (and the operator issues a new one).
+    kube.kubectl("delete", "secret", "satoken-token", "-n", namespace)
+    wait_for(
+        "the bound token to be rejected",
+        lambda: review("https://tickets.example.com").get("authenticated") is not True,
+        timeout=30,
+    )
+    wait_for(
+        "a new token",
+        lambda: status(kube, namespace, "satoken").get("revision", 0) >= st["revision"] + 1,
+        timeout=30,
+    )
+
+
+class Minter(http.server.BaseHTTPRequestHandler):
+    mode = "ok"
+    requests: list[dict[str, Any]] = []
+    expected_bearer = "s3cret-bearer"
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Minter.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+        if Minter.mode == "slow":
+            time.sleep(3)
+        if Minter.mode == "error":
+            self.send_response(503)
+            self.end_headers()
+            return
+        if self.headers.get("Authorization") != f"Bearer {Minter.expected_bearer}":
+            self.send_response(401)
+            self.end_headers()
+            return
+        token = "wh." + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + body["ttlSeconds"]))
+        payload = json.dumps(
+            {"token": token, "expiresAt": expires, "tokenId": f"wh-{uuid.uuid4().hex[:8]}"}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def minter() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Minter)
+    Minter.mode, Minter.requests = "ok", []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/mint"
+    server.shutdown()
+
+
+def test_webhook_issuer(kube: Kube, operator: OperatorProcess, namespace: str, minter: str) -> None:
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "minter-credentials",
+        "-n",
+        namespace,
+        f"--from-literal=token={Minter.expected_bearer}",
+    )
+    spec = {
+        "webhook": {"url": minter, "timeoutSeconds": 1, "authSecretRef": {"name": "minter-credentials"}},
+        "policy": {"allowedScopes": ["tickets:*"]},
+    }
+    kube.apply(issuer("TokenIssuer", "minter", spec), "-n", namespace)
+    ref = {"kind": "TokenIssuer", "name": "minter"}
+    kube.apply(
+        agenttoken("hooked", "hooked-token", issuerRef=ref, scopes=["tickets:read"], ttl="10m"),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "hooked")
+    data = secret_data(kube, namespace, "hooked-token")
+    assert data is not None
+    assert data["token"].startswith("wh.")
+    sent = Minter.requests[-1]["body"]
+    assert sent == {
+        "namespace": namespace,
+        "name": "hooked",
+        "uid": kube.get_json("agenttoken", "hooked", "-n", namespace)["metadata"]["uid"],  # type: ignore[index]
+        "subject": f"agenttoken:{namespace}:hooked",
+        "scopes": ["tickets:read"],
+        "audience": ["https://api.example.com"],
+        "ttlSeconds": 600,
+    }
+    assert status(kube, namespace, "hooked")["tokenId"].startswith("wh-")
+
+    # 5xx and timeouts: the old token stays, the failure is reported with its cause.
+    for mode, text in (("error", "answered HTTP 503"), ("slow", "did not answer within 1s")):
+        Minter.mode = mode
+        before = status(kube, namespace, "hooked")
+        kube.kubectl(
+            "annotate",
+            "agenttoken",
+            "hooked",
+            "-n",
+            namespace,
+            f"agenttoken.dev/rotate={mode}",
+            "--overwrite",
+        )
+        failing = wait_for(
+            f"the {mode} failure",
+            lambda before=before: (
+                (s := status(kube, namespace, "hooked")).get("failedAttempts", 0)
+                > before.get("failedAttempts", 0)
+                and s
+            ),
+            timeout=30,
+        )
+        reconciling = next(c for c in failing["conditions"] if c["type"] == "Reconciling")
+        assert text in reconciling["message"]
+        assert failing["tokenId"] == before["tokenId"]
+        assert secret_data(kube, namespace, "hooked-token") == data
+    Minter.mode = "ok"
+    kube.kubectl(
+        "annotate", "agenttoken", "hooked", "-n", namespace, "agenttoken.dev/rotate=recovered", "--overwrite"
+    )
+    wait_for("recovery", lambda: status(kube, namespace, "hooked").get("failedAttempts") == 0, timeout=30)
+    # The bearer credential appears nowhere but in its Secret.
+    log = operator.log_text()
+    events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    for text in (log, events, json.dumps(status(kube, namespace, "hooked"))):
+        assert Minter.expected_bearer not in text
+        assert data["token"] not in text
+
+
+def test_issuer_status_reports_missing_credentials(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    spec = {"webhook": {"url": "https://minter.invalid/mint", "authSecretRef": {"name": "absent"}}}
+    kube.apply(issuer("TokenIssuer", "unready", spec), "-n", namespace)
+    cond = wait_for(
+        "the issuer to report its missing Secret",
+        lambda: next(
+            (
+                c
+                for c in (
+                    (kube.get_json("tokenissuer", "unready", "-n", namespace) or {}).get("status") or {}
+                ).get("conditions", [])
+                if c["type"] == "Ready" and c["status"] == "False"
+            ),
+            None,
+        ),
+        timeout=30,
+    )
+    assert cond["reason"] == "CredentialsNotFound"
+    assert f"Secret {namespace}/absent" in cond["message"]
