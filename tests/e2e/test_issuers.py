@@ -79,6 +79,7 @@ POLICY_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "scope 'billing:read' is not allowed",
     ),
     ("scope not exact", {"scopes": ["reader"]}, "PolicyViolation", "scope 'reader' is not allowed"),
+    ("wildcard scope beyond the glob", {"scopes": ["*"]}, "PolicyViolation", "scope '*' is not allowed"),
     ("one bad scope among good", {"scopes": ["tickets:read", "admin"]}, "PolicyViolation", "scope 'admin'"),
     (
         "audience not allowed",
