@@ -142,19 +142,10 @@ def desired_secret(
     *, namespace: str, name: str, uid: str, spec: AgentTokenSpec, token: str, record: TokenRecord
 ) -> dict[str, Any]:
     """A full Secret body (for create) or merge patch (for update): only keys we manage."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": spec.secret_name,
-            "namespace": namespace,
-            "labels": managed_labels(name, spec),
-            "annotations": {**spec.annotations, **record.annotations()},
-            "ownerReferences": [owner_reference(namespace, name, uid)],
-        },
-        "data": encode_data(managed_data(token, record, spec)),
-    }
+    body = desired_secret_metadata(namespace=namespace, name=name, uid=uid, spec=spec)
+    body["metadata"]["annotations"].update(record.annotations())
+    body["data"] = encode_data(managed_data(token, record, spec))
+    return body
 
 
 def encode_data(data: Mapping[str, str]) -> dict[str, str]:
