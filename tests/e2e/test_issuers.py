@@ -259,6 +259,7 @@ class Minter(http.server.BaseHTTPRequestHandler):
         Minter.requests.append({"body": body, "auth": self.headers.get("Authorization")})
         if Minter.mode == "slow":
             time.sleep(3)
+            return  # the client is long gone; answering would only hit a closed socket
         if Minter.mode == "error":
             self.send_response(503)
             self.end_headers()
@@ -285,11 +286,15 @@ class Minter(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def minter() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Minter)
+    # Join request threads on close, so no socket outlives the test (warnings are errors).
+    server.daemon_threads, server.block_on_close = False, True
     Minter.mode, Minter.requests = "ok", []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/mint"
     server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
 
 
 def test_webhook_issuer(kube: Kube, operator: OperatorProcess, namespace: str, minter: str) -> None:

@@ -1,0 +1,79 @@
+"""Crypto benchmark: mint and verify throughput on one core, per algorithm.
+
+    .venv/bin/python bench/crypto.py [--seconds 3]
+
+Writes bench/results/crypto.json. Goal ([measure]): mint >= 10k/s, verify >= 5k/s per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from agenttoken.keys import KeyRing, generate_key
+from agenttoken.tokens import TokenRequest, mint
+from agenttoken.verify import Verifier
+
+ISSUER = "https://bench.invalid/issuers/builtin"
+
+
+def rate(fn: Any, seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(50):
+            fn()
+        count += 50
+    return count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core, as the goal is per core
+    now = datetime.datetime.now(datetime.UTC)
+    request = TokenRequest(
+        namespace="bench",
+        name="agent",
+        uid="00000000-0000-0000-0000-000000000000",
+        subject=None,
+        audience=("https://api.example.com",),
+        scopes=("tickets:read", "tickets:comment"),
+        ttl=datetime.timedelta(hours=1),
+    )
+    results: dict[str, Any] = {
+        "benchmark": "crypto",
+        "date": now.isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cores_used": 1},
+        "goal": {"mint_per_s": 10000, "verify_per_s": 5000},
+        "algorithms": {},
+    }
+    for alg in ("ES256", "EdDSA", "RS256"):
+        key = generate_key(alg, now)
+        ring = KeyRing(keys=(key,))
+        token = mint(request, key, issuer=ISSUER, now=now).token
+        verifier = Verifier(issuer=ISSUER, audience="https://api.example.com", jwks=ring.jwks(now))
+        verifier.verify(token)
+        results["algorithms"][alg] = {
+            "mint_per_s": round(
+                rate(lambda key=key: mint(request, key, issuer=ISSUER, now=now), args.seconds)
+            ),
+            "verify_per_s": round(
+                rate(lambda verifier=verifier, token=token: verifier.verify(token), args.seconds)
+            ),
+        }
+    out = Path(__file__).resolve().parent / "results" / "crypto.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
