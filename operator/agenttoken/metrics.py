@@ -37,6 +37,17 @@ ROLLOUT_DURATION = Histogram(
     ["kind", "result"],
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )
+ISSUER_REQUESTS = Counter(
+    "agenttoken_issuer_requests",
+    "Token requests to issuers by issuer kind, name, type and result (success, failure).",
+    ["kind", "namespace", "name", "type", "result"],
+)
+ISSUER_REQUEST_DURATION = Histogram(
+    "agenttoken_issuer_request_duration_seconds",
+    "Time an issuer took to mint one token.",
+    ["type"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 
 # (namespace, name) -> (expires, renews, ready) as last seen; only timestamps and a status word.

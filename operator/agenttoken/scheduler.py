@@ -30,6 +30,7 @@ from agenttoken.conditions import summarize as summarize_conditions
 from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
 from agenttoken.issuers import builtin as builtin_issuer
 from agenttoken.issuers import kubernetes as kubernetes_issuer
+from agenttoken.issuers import oauth2 as oauth2_issuer
 from agenttoken.issuers import webhook as webhook_issuer
 from agenttoken.keymanager import KeyManager
 from agenttoken.kube import Kube, KubeError
@@ -362,7 +363,20 @@ class Controller:
         old = snap.secret.record if snap.secret.token_intact else None
         first = snap.status.token_id is None and old is None
         try:
-            minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
+            started = time.perf_counter()
+            labels = {
+                "kind": issuer.kind,
+                "namespace": issuer.namespace,
+                "name": issuer.name,
+                "type": issuer.type,
+            }
+            try:
+                minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
+            except BaseException:
+                metrics.ISSUER_REQUESTS.labels(**labels, result="failure").inc()
+                raise
+            metrics.ISSUER_REQUESTS.labels(**labels, result="success").inc()
+            metrics.ISSUER_REQUEST_DURATION.labels(type=issuer.type).observe(time.perf_counter() - started)
             revision = max(snap.status.revision, old.revision if old else 0) + 1
             record = TokenRecord(
                 token_id=minted.token_id,
@@ -567,15 +581,12 @@ class Controller:
                 self.keys.signing_key()
             except RuntimeError as exc:
                 return Reason("KeysNotReady", str(exc))
-        if issuer.type == "webhook" and issuer.config.get("authSecretRef"):
-            ref = issuer.config["authSecretRef"]
-            ns = issuer.secret_namespace or self.keys.namespace
-            secret = await self.kube.get_secret(ns, ref["name"])
-            if secret is None or not (secret.get("data") or {}).get(ref.get("key") or "token"):
-                return Reason(
-                    "CredentialsNotFound",
-                    f"Secret {ns}/{ref['name']} (key {ref.get('key') or 'token'!r}) not found",
-                )
+        refs = {"webhook": ("authSecretRef", "token"), "oauth2": ("clientSecretRef", "clientSecret")}
+        if issuer.type in refs and issuer.config.get(refs[issuer.type][0]):
+            try:
+                await self._credential(issuer, issuer.config[refs[issuer.type][0]], refs[issuer.type][1])
+            except IssueError as exc:
+                return Reason("CredentialsNotFound", str(exc).removeprefix("credentials: "))
         return None
 
     async def _resolve_issuer(self, key: Key, spec: AgentTokenSpec) -> IssuerSpec | Reason:
@@ -636,16 +647,27 @@ class Controller:
                 self.secrets.offer((namespace, spec.secret_name), secret)
             ctx = dataclasses.replace(ctx, secret_uid=secret["metadata"]["uid"])
             return await kubernetes_issuer.issue(self.kube, ctx, issuer.config, now=now)
-        ref = issuer.config.get("authSecretRef")
-        bearer = None
-        if ref:
-            ns = issuer.secret_namespace or self.keys.namespace
-            credential = await self.kube.get_secret(ns, ref["name"])
-            raw = ((credential or {}).get("data") or {}).get(ref.get("key") or "token")
-            if not raw:
-                raise IssueError(f"webhook credentials: Secret {ns}/{ref['name']} not found")
-            bearer = decode_data({"v": raw})["v"]
+        if issuer.type == "oauth2":
+            client_secret = await self._credential(issuer, issuer.config["clientSecretRef"], "clientSecret")
+            assert client_secret is not None  # a ref is required; a missing Secret raised IssueError
+            return await oauth2_issuer.issue(ctx, issuer.config, client_secret=client_secret, now=now)
+        bearer = await self._credential(issuer, issuer.config.get("authSecretRef"), "token")
         return await webhook_issuer.issue(ctx, issuer.config, bearer=bearer, now=now)
+
+    async def _credential(
+        self, issuer: IssuerSpec, ref: Mapping[str, Any] | None, default_key: str
+    ) -> str | None:
+        """A credential from a Secret (issuer's namespace, or the operator's for cluster issuers)."""
+        if not ref:
+            return None
+        ns = issuer.secret_namespace or self.keys.namespace
+        credential = await self.kube.get_secret(ns, ref["name"])
+        raw = ((credential or {}).get("data") or {}).get(ref.get("key") or default_key)
+        if not raw:
+            raise IssueError(
+                f"credentials: Secret {ns}/{ref['name']} (key {ref.get('key') or default_key!r}) not found"
+            )
+        return decode_data({"v": raw})["v"]
 
     # -- rollouts and revocation --
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import threading
 import time
 import uuid
@@ -187,6 +188,20 @@ def test_issuer_admission_rules(kube: Kube, operator: OperatorProcess, namespace
             "policy.minTTL must not exceed policy.maxTTL",
         ),
         ({"kubernetes": {}}, "serviceAccountName"),
+        (
+            {"oauth2": {"clientID": "x", "clientSecretRef": {"name": "s"}}},
+            "oauth2 needs tokenURL or issuerURL",
+        ),
+        (
+            {
+                "oauth2": {
+                    "tokenURL": "http://idp.example.com/token",
+                    "clientID": "x",
+                    "clientSecretRef": {"name": "s"},
+                }
+            },
+            "oauth2.tokenURL must be https",
+        ),
     ]
     for spec, message in bad:
         result = kube.apply(
@@ -394,3 +409,103 @@ def test_issuer_status_reports_missing_credentials(
     )
     assert cond["reason"] == "CredentialsNotFound"
     assert f"Secret {namespace}/absent" in cond["message"]
+
+
+@pytest.fixture(scope="module")
+def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from . import keycloak as kc
+
+    server = kc.start(tmp_path_factory.mktemp("keycloak"))
+    yield server
+    server.stop()
+
+
+def test_oauth2_issuer_against_keycloak(
+    kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
+) -> None:
+    from .keycloak import CLIENT_ID, CLIENT_SECRET
+
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "kc-client",
+        "-n",
+        namespace,
+        f"--from-literal=clientSecret={CLIENT_SECRET}",
+    )
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "kc-wrong",
+        "-n",
+        namespace,
+        "--from-literal=clientSecret=not-the-secret",
+    )
+    for name, secret in (("keycloak", "kc-client"), ("keycloak-wrong", "kc-wrong")):
+        spec = {
+            "oauth2": {
+                "issuerURL": keycloak.issuer,
+                "clientID": CLIENT_ID,
+                "clientSecretRef": {"name": secret},
+            },
+            "policy": {"allowedScopes": ["tickets:*"]},
+        }
+        kube.apply(issuer("TokenIssuer", name, spec), "-n", namespace)
+    kube.apply(
+        agenttoken(
+            "idp", "idp-token", issuerRef={"kind": "TokenIssuer", "name": "keycloak"}, scopes=["tickets:read"]
+        ),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "idp", timeout=60)
+    data = secret_data(kube, namespace, "idp-token")
+    assert data is not None
+    payload = data["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["iss"] == keycloak.issuer
+    assert claims["azp"] == CLIENT_ID
+    assert "tickets:read" in claims["scope"].split()
+    st = status(kube, namespace, "idp")
+    assert st["tokenId"] == claims["jti"]
+    # The provider's expires_in (60 s in this realm) decides the lifetime, not spec.ttl (1h).
+    lifetime = time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+    assert 55 <= lifetime <= 65
+    renewed = wait_for(
+        "a renewal before expires_in",
+        lambda: (s := status(kube, namespace, "idp"))["revision"] >= 2 and s,
+        timeout=60,
+    )
+    assert renewed["tokenId"] != st["tokenId"]
+
+    # A wrong client secret: the OAuth error code is the reason, the secret appears nowhere.
+    kube.apply(
+        agenttoken(
+            "idp-bad",
+            "idp-bad-token",
+            issuerRef={"kind": "TokenIssuer", "name": "keycloak-wrong"},
+            scopes=["tickets:read"],
+        ),
+        "-n",
+        namespace,
+    )
+    cond = wait_reason(kube, namespace, "idp-bad", "IssueFailed")
+    # RFC 6749 says invalid_client; Keycloak answers unauthorized_client. Either way: the OAuth code.
+    assert re.search(r"refused: (invalid_client|unauthorized_client)$", cond["message"]), cond["message"]
+    assert secret_data(kube, namespace, "idp-bad-token") is None
+    for text in (operator.log_text(), kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout):
+        assert CLIENT_SECRET not in text
+        assert data["token"] not in text
+    metrics = operator.metrics()
+    assert re.search(
+        rf'agenttoken_issuer_requests_total\{{kind="TokenIssuer",name="keycloak",namespace="{namespace}",result="success",type="oauth2"\}} [1-9]',
+        metrics,
+    )
+    assert re.search(
+        rf'agenttoken_issuer_requests_total\{{kind="TokenIssuer",name="keycloak-wrong",namespace="{namespace}",result="failure",type="oauth2"\}} [1-9]',
+        metrics,
+    )

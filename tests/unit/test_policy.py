@@ -107,6 +107,8 @@ def test_parse_issuer() -> None:
         {"kubernetes": {}},
         {"webhook": {}},
         {"builtin": {}, "policy": {"maxTTL": "soon"}},
+        {"oauth2": {"clientID": "x", "clientSecretRef": {"name": "s"}}},
+        {"oauth2": {"tokenURL": "https://idp/token", "clientSecretRef": {"name": "s"}}},
     ],
 )
 def test_invalid_issuers(spec: dict[str, Any]) -> None:

@@ -2,8 +2,8 @@
 
 `TokenIssuer` (namespaced: serves its own namespace) and `ClusterTokenIssuer` (cluster-wide, with
 a namespace selector) each hold a policy and exactly one type: `builtin` (the operator's own
-keys), `kubernetes` (TokenRequest for a ServiceAccount, bound to the Secret) or `webhook` (an
-HTTP service that mints). This module is pure: parsing and readiness. The type modules do I/O.
+keys), `kubernetes` (TokenRequest for a ServiceAccount, bound to the Secret), `webhook` (an HTTP
+service that mints) or `oauth2` (client credentials at an OAuth2/OIDC provider). This module is pure: parsing and readiness. The type modules do I/O.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from agenttoken.policy import IssuerPolicy
 from agenttoken.schedule import parse_duration
 from agenttoken.tokens import TokenRequest
 
-IssuerType = Literal["builtin", "kubernetes", "webhook"]
-TYPES: tuple[IssuerType, ...] = ("builtin", "kubernetes", "webhook")
+IssuerType = Literal["builtin", "kubernetes", "webhook", "oauth2"]
+TYPES: tuple[IssuerType, ...] = ("builtin", "kubernetes", "webhook", "oauth2")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def parse_issuer(kind: str, body: Mapping[str, Any]) -> IssuerSpec:
     spec = body.get("spec") or {}
     present = [t for t in TYPES if t in spec]
     if len(present) != 1:
-        raise InvalidSpec("exactly one issuer type must be set: builtin, kubernetes or webhook")
+        raise InvalidSpec("exactly one issuer type must be set: builtin, kubernetes, webhook or oauth2")
     raw = spec.get("policy") or {}
     scopes, audiences = raw.get("allowedScopes"), raw.get("allowedAudiences")
     selector = (raw.get("namespaceSelector") or {}).get("matchLabels")
@@ -90,6 +90,11 @@ def parse_issuer(kind: str, body: Mapping[str, Any]) -> IssuerSpec:
         raise InvalidSpec("spec.kubernetes.serviceAccountName is required")
     if present[0] == "webhook" and not config.get("url"):
         raise InvalidSpec("spec.webhook.url is required")
+    if present[0] == "oauth2":
+        if not (config.get("tokenURL") or config.get("issuerURL")):
+            raise InvalidSpec("spec.oauth2 needs tokenURL or issuerURL")
+        if not config.get("clientID") or not (config.get("clientSecretRef") or {}).get("name"):
+            raise InvalidSpec("spec.oauth2 needs clientID and clientSecretRef")
     return IssuerSpec(
         kind=kind,
         namespace=meta.get("namespace", "") if kind == api.TOKENISSUER_KIND else "",
