@@ -224,3 +224,18 @@ def test_kstatus_reads_our_conditions(kube: Kube, operator: OperatorProcess, nam
     assert kstatus(kube, namespace, "slow") == "InProgress"
     wait_rolled(kube, namespace, "slow", timeout=90)
     assert kstatus(kube, namespace, "slow") == "Current"
+
+
+def test_monitoring_objects_render(kube: Kube) -> None:
+    """ServiceMonitor and PrometheusRule (their CRDs are not in our cluster: rendered and parsed)."""
+    import yaml
+
+    rendered = render_chart(
+        "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"
+    )
+    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    assert docs["ServiceMonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
+    alerts = {r["alert"]: r for r in docs["PrometheusRule"]["spec"]["groups"][0]["rules"]}
+    assert set(alerts) >= {"AgentTokenExpiringSoon", "AgentTokenRenewalsFailing", "AgentTokenIssuerFailing"}
+    assert "agenttoken_token_expiration_timestamp_seconds" in alerts["AgentTokenExpiringSoon"]["expr"]
+    assert "{{ $labels.name }}" in alerts["AgentTokenExpiringSoon"]["annotations"]["summary"]
