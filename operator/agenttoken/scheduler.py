@@ -764,11 +764,15 @@ class Controller:
             finished = [parse_time(e.get("completedAt")) for e in entries]
             base = max([t for t in finished if t] + [record.issued_at])
             revoke_at = base + spec.rollout.grace
-            if revoked_id != record.previous_token_id:
+            if revoke_at >= record.previous_expires_at:
+                # The previous token expires before the grace ends: nothing to revoke, and no wake-up
+                # or status write for it (short-TTL tokens renew often; each write counts).
+                revoke_at = None
+            elif revoked_id != record.previous_token_id:
                 if now >= revoke_at:
                     await self._revoke(body, record.previous_token_id, record.previous_expires_at, "Rotated")
                     revoked_id = record.previous_token_id
-                elif record.previous_expires_at > now:
+                else:
                     wake = min(wake or revoke_at, revoke_at)
         extra = {
             "rollout": {
