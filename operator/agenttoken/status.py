@@ -97,7 +97,16 @@ def render(
     return status
 
 
+def _without_nulls(value: Any) -> Any:
+    """What the apiserver stores for a merge patch: null members are removed, at any depth."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def differs(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
-    """Whether writing `desired` would change anything (None means 'absent')."""
+    """Whether writing `desired` (a merge patch) would change anything in `current`."""
     current = current or {}
-    return any(current.get(k) != v for k, v in desired.items())
+    return any(_without_nulls(current.get(k)) != _without_nulls(v) for k, v in desired.items())

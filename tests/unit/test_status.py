@@ -186,3 +186,13 @@ def test_secret_annotations_round_trip_without_the_token() -> None:
 def test_parse_spec_names_the_field(spec: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidSpec, match=message):
         parse_spec(spec)
+
+
+def test_differs_follows_merge_patch_semantics() -> None:
+    """A status the apiserver returned (nulls dropped, also nested) equals what we would write:
+    no second, no-op status write after every renewal."""
+    desired = {"rollout": {"state": "Complete", "revokeAt": None}, "lastFailureTime": None, "revision": 2}
+    stored = {"rollout": {"state": "Complete"}, "revision": 2}
+    assert not differs(stored, desired)
+    assert differs(stored, {**desired, "revision": 3})
+    assert differs(stored, {"rollout": {"state": "RollingOut", "revokeAt": None}})
