@@ -317,9 +317,25 @@ class Controller:
             suspended=spec.suspend,
         )
         if previous.failed_attempts:
-            outcome = dataclasses.replace(
-                outcome, failure=Reason(api.REASON_RENEWAL_FAILED, "the last attempt failed; retrying")
+            # Between attempts, keep reporting the last failure's own reason and cause (it names
+            # what went wrong), so waiting out the backoff rewrites nothing.
+            last = next(
+                (
+                    c
+                    for c in previous.conditions
+                    if c.get("type") == api.COND_RECONCILING
+                    and c.get("reason") in (api.REASON_RENEWAL_FAILED, api.REASON_ISSUE_FAILED)
+                ),
+                None,
             )
+            failure = (
+                Reason(str(last["reason"]), str(last.get("message", "")))
+                if last
+                else Reason(
+                    api.REASON_RENEWAL_FAILED, f"{previous.failed_attempts} failed attempt(s); retrying"
+                )
+            )
+            outcome = dataclasses.replace(outcome, failure=failure)
 
         if decision.action is Action.CONFLICT:
             outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
@@ -328,14 +344,6 @@ class Controller:
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
             await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
             await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
-        elif decision.action is Action.BACKOFF and decision.wake_at:
-            outcome = dataclasses.replace(
-                outcome,
-                failure=Reason(
-                    api.REASON_RENEWAL_FAILED,
-                    f"{previous.failed_attempts} failed attempt(s); next at {decision.wake_at.isoformat()}",
-                ),
-            )
 
         self._index_for_workloads(key, spec)
         extra: dict[str, Any] = {}
