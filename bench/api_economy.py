@@ -14,15 +14,13 @@ import argparse
 import collections
 import datetime
 import json
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agenttoken.devcluster import REPO_ROOT, LocalCluster, free_ports, install
+from agenttoken.devcluster import REPO_ROOT, LocalCluster, install
+from benchsupport import start_operator
 
 NS = "economy"
 OPERATOR_USER = "agenttoken-admin"  # the operator runs with the cluster's admin certificate here
@@ -62,23 +60,8 @@ def main() -> int:
             env = cluster.env()
             install(env, examples=False)
             cluster.api("POST", "/api/v1/namespaces", {"metadata": {"name": NS}})
-            http_port, live = free_ports(2)
-            log = (Path(tmp) / "operator.log").open("wb")
-            op = subprocess.Popen(
-                [sys.executable, "-m", "agenttoken", "run", "--http-port", str(http_port),
-                 "--liveness", f"http://127.0.0.1:{live}/healthz"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            op = start_operator(env, Path(tmp) / "operator.log")
             try:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{live}/healthz", timeout=1).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
                 for i in range(args.tokens):
                     cluster.api(
                         "POST", f"/apis/agenttoken.dev/v1alpha1/namespaces/{NS}/agenttokens", token(f"t{i}")

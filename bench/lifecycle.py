@@ -20,13 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 
-from agenttoken.devcluster import REPO_ROOT, LocalCluster, free_ports, install
+from agenttoken.devcluster import REPO_ROOT, LocalCluster, install
+from benchsupport import start_operator
 
 NS = "bench"
 SELECTOR = "app.kubernetes.io%2Fmanaged-by%3Dagent-token-operator"
@@ -254,24 +254,9 @@ def main() -> int:
         subprocess.run(
             [str(Path(sys.executable).parent / "kubectl"), "create", "ns", NS], env=env, check=True
         )
-        metrics_port, live_port = free_ports(2)
-        log = (Path(tmp) / "operator.log").open("wb")
-        op = subprocess.Popen(
-            [sys.executable, "-m", "agenttoken", "run", "--metrics-port", str(metrics_port),
-             "--liveness", f"http://127.0.0.1:{live_port}/healthz"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        op = start_operator(env, Path(tmp) / "operator.log")
         watcher: SecretWatcher | None = None
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{live_port}/healthz", timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
             api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
             core, custom = (
                 kubernetes.client.CoreV1Api(api_client),

@@ -144,27 +144,12 @@ class Cluster:
         items = list((result or {}).get("items", []))
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
-    def write_configmap(
-        self, namespace: str, name: str, data: dict[str, str], resource_version: str | None
-    ) -> None:
-        from agenttoken.revocationstore import REVOCATIONS_CONFIGMAP
-
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
-            },
-            "data": data,
-        }
-        assert name == REVOCATIONS_CONFIGMAP
-        if resource_version is None:
+    def write_configmap(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create `body`, or replace it when it carries a resourceVersion (ApiException 409 if it moved)."""
+        if body["metadata"].get("resourceVersion") is None:
             self.core.create_namespaced_config_map(namespace, body)
         else:
-            body["metadata"]["resourceVersion"] = resource_version
-            self.core.replace_namespaced_config_map(name, namespace, body)
+            self.core.replace_namespaced_config_map(body["metadata"]["name"], namespace, body)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -322,7 +307,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from agenttoken import revocation
-    from agenttoken.revocationstore import LIST_KEY, REVOCATIONS_CONFIGMAP
+    from agenttoken.revocationstore import REVOCATIONS_CONFIGMAP, next_list
     from agenttoken.times import parse_time
 
     cluster = Cluster()
@@ -347,15 +332,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     entry = revocation.Revoked(token_id, expires, namespace, args.name, now, "Revoked")
     for _attempt in range(5):
         cm = cluster.configmap(args.operator_namespace, REVOCATIONS_CONFIGMAP)
-        entries = revocation.from_json(((cm or {}).get("data") or {}).get(LIST_KEY, ""))
-        entries = revocation.prune(revocation.add(entries, [entry]), now)
+        body, _ = next_list(cm, [entry], now, args.operator_namespace)
         try:
-            cluster.write_configmap(
-                args.operator_namespace,
-                REVOCATIONS_CONFIGMAP,
-                {LIST_KEY: revocation.to_json(entries)},
-                ((cm or {}).get("metadata") or {}).get("resourceVersion"),
-            )
+            cluster.write_configmap(args.operator_namespace, body)
             break
         except cluster.kubernetes.client.exceptions.ApiException as exc:
             if exc.status != 409:

@@ -159,27 +159,15 @@ class Kube:
             self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
         )
 
-    async def write_configmap(
-        self, namespace: str, name: str, data: dict[str, str], *, resource_version: str | None
-    ) -> dict[str, Any]:
-        """Create (no resourceVersion) or replace at `resource_version` (409 if it moved)."""
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": name,
-                "namespace": namespace,
-                "labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
-            },
-            "data": data,
-        }
-        if resource_version is None:
+    async def write_configmap(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create `body`, or replace it when it carries a resourceVersion (KubeError 409 if it moved)."""
+        name = body["metadata"]["name"]
+        if body["metadata"].get("resourceVersion") is None:
             return await _json(
                 self.core.create_namespaced_config_map(
                     namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
                 )
             )
-        body["metadata"]["resourceVersion"] = resource_version
         return await _json(
             self.core.replace_namespaced_config_map(
                 name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False

@@ -11,12 +11,37 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from agenttoken import revocation
+from agenttoken import api, revocation
 from agenttoken.kube import Kube, KubeError
 from agenttoken.revocation import Revoked
 
 REVOCATIONS_CONFIGMAP = "agenttoken-revocations"
 LIST_KEY = "revoked.json"
+
+
+def next_list(
+    configmap: Mapping[str, Any] | None, new: Iterable[Revoked], now: datetime.datetime, namespace: str
+) -> tuple[dict[str, Any], tuple[Revoked, ...]]:
+    """One read-modify-write step, shared by the operator and `agenttoken revoke`: the ConfigMap
+    body holding the stored list plus `new`, expired entries pruned. It carries the stored
+    resourceVersion (a concurrent writer makes the write fail with 409) or none (create)."""
+    current = revocation.from_json(((configmap or {}).get("data") or {}).get(LIST_KEY, ""))
+    entries = revocation.prune(revocation.add(current, new), now)
+    metadata: dict[str, Any] = {
+        "name": REVOCATIONS_CONFIGMAP,
+        "namespace": namespace,
+        "labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+    }
+    version = ((configmap or {}).get("metadata") or {}).get("resourceVersion")
+    if version is not None:
+        metadata["resourceVersion"] = version
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "data": {LIST_KEY: revocation.to_json(entries)},
+    }
+    return body, entries
 
 
 class RevocationStore:
@@ -38,15 +63,9 @@ class RevocationStore:
         async with self._lock:
             for _attempt in range(5):
                 cm = await self.kube.get_configmap(self.namespace, REVOCATIONS_CONFIGMAP)
-                current = revocation.from_json(((cm or {}).get("data") or {}).get(LIST_KEY, ""))
-                entries = revocation.prune(revocation.add(current, new), self.clock())
+                body, entries = next_list(cm, new, self.clock(), self.namespace)
                 try:
-                    await self.kube.write_configmap(
-                        self.namespace,
-                        REVOCATIONS_CONFIGMAP,
-                        {LIST_KEY: revocation.to_json(entries)},
-                        resource_version=((cm or {}).get("metadata") or {}).get("resourceVersion"),
-                    )
+                    await self.kube.write_configmap(self.namespace, body)
                 except KubeError as exc:
                     if exc.conflict:
                         continue

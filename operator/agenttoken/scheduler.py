@@ -136,6 +136,7 @@ class Controller:
         self._warned_consumers: set[str] = set()
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
+        self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
         self.options = options
         self.clock = clock
         self.tokens = _Cache()
@@ -160,6 +161,9 @@ class Controller:
             self.tokens.drop(key)
             self._due.pop(key, None)
             self._by_namespace.get(key[0], {}).pop(key[1], None)
+            issuer = self._issuer_of.pop(key, None)
+            if issuer is not None:
+                self._by_issuer.get(issuer, set()).discard(key)
             metrics.forget(key)
             return
         if not self.tokens.offer(key, body):
@@ -602,8 +606,11 @@ class Controller:
         namespace = key[0]
         kind = spec.issuer_kind
         ikey = (kind, namespace if kind == api.TOKENISSUER_KIND else "", spec.issuer_name)
-        for deps in self._by_issuer.values():
-            deps.discard(key)
+        before = self._issuer_of.get(key)
+        if before != ikey:
+            if before is not None:
+                self._by_issuer.get(before, set()).discard(key)
+            self._issuer_of[key] = ikey
         self._by_issuer.setdefault(ikey, set()).add(key)
         body = self.issuers.get(ikey)
         where = f" in namespace {namespace}" if kind == api.TOKENISSUER_KIND else ""
