@@ -48,6 +48,11 @@ ISSUER_REQUEST_DURATION = Histogram(
     ["type"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+VERIFICATIONS = Counter(
+    "agenttoken_verifications",
+    "spec.verify checks of new tokens by result (success, failure).",
+    ["result"],
+)
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 
 # (namespace, name) -> (expires, renews, ready) as last seen; only timestamps and a status word.

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agenttoken import api
+from agenttoken import api, connectivity
+from agenttoken.connectivity import VerifySpec
 from agenttoken.restarts import RolloutSpec, parse_rollout
 from agenttoken.schedule import RenewalPolicy, parse_duration
 from agenttoken.times import parse_time
@@ -33,9 +35,19 @@ class SecretKeys:
     token: str = api.DEFAULT_TOKEN_KEY
     expires_at: str = api.DEFAULT_EXPIRES_AT_KEY
     bundle: str = api.DEFAULT_BUNDLE_KEY
+    # Optional: the raw token again under an env-var name, so `envFrom` exposes it as is.
+    env: str | None = None
 
     def managed(self) -> tuple[str, ...]:
-        return (self.token, self.expires_at, self.bundle)
+        return (self.token, self.expires_at, self.bundle, *((self.env,) if self.env else ()))
+
+
+@dataclass(frozen=True)
+class ConfigTemplate:
+    """spec.secret.config: a template rendered into its own key (see configtemplate)."""
+
+    key: str
+    template: str
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class AgentTokenSpec:
     renewal: RenewalPolicy
     secret_name: str
     keys: SecretKeys = SecretKeys()
+    config: ConfigTemplate | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     subject: str | None = None
@@ -55,6 +68,7 @@ class AgentTokenSpec:
     allowed_cidrs: tuple[str, ...] = ()
     suspend: bool = False
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    verify: VerifySpec | None = None
 
     def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
         return TokenRequest(
@@ -129,9 +143,16 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         token=raw_keys.get("token", api.DEFAULT_TOKEN_KEY),
         expires_at=raw_keys.get("expiresAt", api.DEFAULT_EXPIRES_AT_KEY),
         bundle=raw_keys.get("bundle", api.DEFAULT_BUNDLE_KEY),
+        env=raw_keys.get("env") or None,
     )
-    if len(set(keys.managed())) != 3:
-        raise InvalidSpec("spec.secret.keys must name three different keys")
+    if keys.env is not None and not _ENV_NAME.fullmatch(keys.env):
+        raise InvalidSpec(
+            "spec.secret.keys.env must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        )
+    config = _config(secret.get("config"))
+    all_keys = (*keys.managed(), *((config.key,) if config else ()))
+    if len(set(all_keys)) != len(all_keys):
+        raise InvalidSpec("spec.secret.keys and spec.secret.config.key must all name different keys")
     template = secret.get("template") or {}
     issuer = spec.get("issuerRef") or {}
     parsed = AgentTokenSpec(
@@ -141,6 +162,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         renewal=RenewalPolicy(renew_before=renew_before, renew_before_percentage=percentage),
         secret_name=secret_name,
         keys=keys,
+        config=config,
         labels=dict(template.get("labels") or {}),
         annotations=dict(template.get("annotations") or {}),
         subject=spec.get("subject") or None,
@@ -150,12 +172,40 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         allowed_cidrs=_strings(spec.get("allowedCIDRs"), "spec.allowedCIDRs", required=False),
         suspend=bool(spec.get("suspend", False)),
         rollout=_rollout(spec.get("rollout")),
+        verify=_verify(spec.get("verify")),
     )
     try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
         parsed.token_request("namespace", "name", "uid")
     except ValueError as exc:
         raise InvalidSpec(str(exc).removeprefix("token request: ")) from None
     return parsed
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _config(raw: Any) -> ConfigTemplate | None:
+    """Shape only; the controller checks the template itself (`configtemplate.check`) and stalls
+    with its own reason, before anything is minted."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("key"), str)
+        or not isinstance(raw.get("template"), str)
+    ):
+        raise InvalidSpec("spec.secret.config needs key and template")
+    if not _SECRET_KEY.fullmatch(raw["key"]):
+        raise InvalidSpec("spec.secret.config.key must be a valid Secret key")
+    return ConfigTemplate(key=raw["key"], template=raw["template"])
+
+
+def _verify(raw: Any) -> VerifySpec | None:
+    try:
+        return connectivity.parse(raw, parse_duration)
+    except ValueError as exc:
+        raise InvalidSpec(str(exc)) from None
 
 
 def _rollout(raw: Any) -> RolloutSpec:
@@ -191,6 +241,7 @@ class TokenStatus:
     last_handled_rotate_request: str | None = None
     observed_generation: int | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
+    verification: Mapping[str, Any] | None = None  # the last successful spec.verify check
 
 
 def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
@@ -208,4 +259,5 @@ def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
         last_handled_rotate_request=status.get("lastHandledRotateRequest"),
         observed_generation=status.get("observedGeneration"),
         conditions=tuple(status.get("conditions") or ()),
+        verification=status.get("verification"),
     )

@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agenttoken import api, metrics
+from agenttoken import api, configtemplate, metrics, probe
 from agenttoken.conditions import Reason
 from agenttoken.conditions import summarize as summarize_conditions
+from agenttoken.configtemplate import TemplateError
+from agenttoken.connectivity import Result as VerifyResult
 from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
 from agenttoken.issuers import builtin as builtin_issuer
 from agenttoken.issuers import kubernetes as kubernetes_issuer
@@ -71,6 +73,14 @@ def _test_crash_point(name: str) -> None:
         with open(marker, "w") as f:
             f.write(name)
         os._exit(137)
+
+
+class _VerificationFailed(Exception):
+    """The new token did not pass spec.verify; the message never carries the token or a body."""
+
+
+def _template_problem(exc: TemplateError) -> Reason:
+    return Reason(api.REASON_INVALID_CONFIG_TEMPLATE, f"spec.secret.config.template: {exc}")
 
 
 def utcnow() -> datetime.datetime:
@@ -133,7 +143,7 @@ class Controller:
         # namespace -> AgentToken name -> (Secret name, rollout spec), for workload events
         self._by_namespace: dict[str, dict[str, tuple[str, RolloutSpec]]] = {}
         self._warned_slow: set[tuple[str, str]] = set()
-        self._warned_consumers: set[str] = set()
+        self._warned_consumers: set[tuple[str, str, tuple[str, ...]]] = set()
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
@@ -151,6 +161,11 @@ class Controller:
         self._slots = asyncio.Semaphore(options.workers)
         self._warned_expiry: set[tuple[Key, str]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        # spec.verify: a minted token that has not passed its check yet, kept in memory only
+        # (never in the Secret, status or anywhere else) so a retry re-checks the same token
+        # instead of minting another. Keyed by what it was minted for; an operator restart
+        # loses it and the next attempt mints once more (nothing was delivered either way).
+        self._held: dict[Key, tuple[tuple[str, str | None], Issued]] = {}
 
     # -- feeding --
 
@@ -159,6 +174,7 @@ class Controller:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if kind == "DELETED":
             self.tokens.drop(key)
+            self._held.pop(key, None)
             self._due.pop(key, None)
             self._by_namespace.get(key[0], {}).pop(key[1], None)
             issuer = self._issuer_of.pop(key, None)
@@ -285,6 +301,15 @@ class Controller:
                 Outcome(stalled=Reason(api.REASON_INVALID_SPEC, str(exc))),
             )
             return
+        if spec.config is not None:
+            try:
+                configtemplate.check(spec.config.template)
+            except TemplateError as exc:
+                await self._write_status(
+                    body, previous, generation, spec, None, uid, Outcome(stalled=_template_problem(exc))
+                )
+                self._index_for_workloads(key, spec)
+                return
         issuer_or_reason = await self._resolve_issuer(key, spec)
         if isinstance(issuer_or_reason, Reason):
             await self._write_status(
@@ -328,7 +353,8 @@ class Controller:
                     c
                     for c in previous.conditions
                     if c.get("type") == api.COND_RECONCILING
-                    and c.get("reason") in (api.REASON_RENEWAL_FAILED, api.REASON_ISSUE_FAILED)
+                    and c.get("reason")
+                    in (api.REASON_RENEWAL_FAILED, api.REASON_ISSUE_FAILED, api.REASON_VERIFICATION_FAILED)
                 ),
                 None,
             )
@@ -346,8 +372,12 @@ class Controller:
         elif decision.action is Action.MINT:
             record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
-            await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
-            await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
+            try:
+                await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
+            except TemplateError as exc:
+                outcome = dataclasses.replace(outcome, stalled=_template_problem(exc))
+            else:
+                await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
 
         self._index_for_workloads(key, spec)
         extra: dict[str, Any] = {}
@@ -374,21 +404,27 @@ class Controller:
         now = self.clock()
         old = snap.secret.record if snap.secret.token_intact else None
         first = snap.status.token_id is None and old is None
+        key = (namespace, name)
+        verification: dict[str, Any] | None = None
         try:
-            started = time.perf_counter()
-            labels = {
-                "kind": issuer.kind,
-                "namespace": issuer.namespace,
-                "name": issuer.name,
-                "type": issuer.type,
-            }
-            try:
-                minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
-            except BaseException:
-                metrics.ISSUER_REQUESTS.labels(**labels, result="failure").inc()
-                raise
-            metrics.ISSUER_REQUESTS.labels(**labels, result="success").inc()
-            metrics.ISSUER_REQUEST_DURATION.labels(type=issuer.type).observe(time.perf_counter() - started)
+            held_for = (spec.claims_hash(), snap.rotate_request)
+            minted = self._held_token(key, held_for, now) if spec.verify else None
+            if minted is None:
+                minted = await self._issue_counted(issuer, spec, snap, namespace, name, uid, now)
+            if spec.verify is not None:
+                # Fail safe: the new token reaches the Secret (and so any workload) only once the
+                # API accepted it. Until then the old token stays in place.
+                self._held[key] = (held_for, minted)
+                result = await self._verify(namespace, spec, minted.token)
+                metrics.VERIFICATIONS.labels(result="success" if result.ok else "failure").inc()
+                if not result.ok:
+                    raise _VerificationFailed(result.message)
+                verification = {
+                    "tokenId": minted.token_id,
+                    "lastSuccessTime": format_time(self.clock()),
+                    "statusCode": result.status_code,
+                    "request": spec.verify.target,
+                }
             revision = max(snap.status.revision, old.revision if old else 0) + 1
             record = TokenRecord(
                 token_id=minted.token_id,
@@ -404,6 +440,23 @@ class Controller:
             )
             await self._write_secret(
                 namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
+            )
+            self._held.pop(key, None)
+        except TemplateError as exc:
+            self._held.pop(key, None)
+            return old, dataclasses.replace(outcome, stalled=_template_problem(exc))
+        except _VerificationFailed as exc:
+            attempts = snap.status.failed_attempts + 1
+            metrics.RENEWALS.labels(result="failure").inc()
+            message = f"{decision.message}: the new token failed verification: {exc}"
+            await self._event(
+                body, True, api.REASON_VERIFICATION_FAILED, f"{message} (attempt {attempts}); not delivered"
+            )
+            return old, dataclasses.replace(
+                outcome,
+                failed_attempts=attempts,
+                last_failure_time=now,
+                failure=Reason(api.REASON_VERIFICATION_FAILED, message),
             )
         except (KubeError, RuntimeError, ValueError, IssueError) as exc:
             attempts = snap.status.failed_attempts + 1
@@ -425,7 +478,64 @@ class Controller:
         else:
             reason, text = api.REASON_RENEWED, f"{decision.message}; issued token {record.token_id}"
         await self._event(body, False, reason, f"{text}, expires {record.expires_at.isoformat()}")
-        return record, dataclasses.replace(outcome, failed_attempts=0, last_failure_time=None, failure=None)
+        return record, dataclasses.replace(
+            outcome, failed_attempts=0, last_failure_time=None, failure=None, verification=verification
+        )
+
+    def _held_token(
+        self, key: Key, held_for: tuple[str, str | None], now: datetime.datetime
+    ) -> Issued | None:
+        """The token minted for the same spec and rotate request, if at least half its life is left."""
+        held = self._held.get(key)
+        if held is None or held[0] != held_for:
+            return None
+        issued = held[1]
+        if issued.expires_at - now < (issued.expires_at - issued.issued_at) / 2:
+            return None
+        return issued
+
+    async def _issue_counted(
+        self,
+        issuer: IssuerSpec,
+        spec: AgentTokenSpec,
+        snap: Snapshot,
+        namespace: str,
+        name: str,
+        uid: str,
+        now: datetime.datetime,
+    ) -> Issued:
+        started = time.perf_counter()
+        labels = {
+            "kind": issuer.kind,
+            "namespace": issuer.namespace,
+            "name": issuer.name,
+            "type": issuer.type,
+        }
+        try:
+            minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
+        except BaseException:
+            metrics.ISSUER_REQUESTS.labels(**labels, result="failure").inc()
+            raise
+        metrics.ISSUER_REQUESTS.labels(**labels, result="success").inc()
+        metrics.ISSUER_REQUEST_DURATION.labels(type=issuer.type).observe(time.perf_counter() - started)
+        return minted
+
+    async def _verify(self, namespace: str, spec: AgentTokenSpec, token: str) -> VerifyResult:
+        """spec.verify with the new token; the CA bundle inline or from a ConfigMap/Secret here."""
+        verify = spec.verify
+        assert verify is not None
+        ca = verify.ca_bundle
+        if verify.ca_ref is not None:
+            ref = verify.ca_ref
+            if ref.kind == "Secret":
+                body = await self.kube.get_secret(namespace, ref.name)
+                ca = decode_data((body or {}).get("data")).get(ref.key)
+            else:
+                body = await self.kube.get_configmap(namespace, ref.name)
+                ca = ((body or {}).get("data") or {}).get(ref.key)
+            if not ca:
+                return VerifyResult(False, f"caBundleRef: {ref.kind} {ref.name} (key {ref.key!r}) not found")
+        return await probe.check(verify, token, ca_bundle=ca)
 
     async def _write_secret(
         self,
@@ -722,10 +832,14 @@ class Controller:
             if w.consumes_secret(spec.secret_name)
         ]
         restart = spec.rollout.strategy == "Restart"
+        selected = select(spec.rollout, spec.secret_name, workloads) if restart else []
+        restarted = {(w.ref.kind, w.ref.name) for w in selected}
+        for c in consumers:
+            c["restartedOnRenewal"] = (c["kind"], c["name"]) in restarted
         entries: list[dict[str, Any]] = []
         if restart:
             old_entries = {(t.get("kind"), t.get("name")): t for t in previous.get("targets") or []}
-            for w in select(spec.rollout, spec.secret_name, workloads):
+            for w in selected:
                 if needs_restart(w, key, record.token_id) and self.rollouts:
                     self.rollouts.request(w.ref, key, record.token_id)
                 entries.append(
@@ -762,15 +876,22 @@ class Controller:
             elif state == "Failed":
                 await self._event(body, True, api.REASON_ROLLOUT_FAILED, message)
 
-        if not restart and any(c["needsRestart"] for c in consumers) and name not in self._warned_consumers:
-            self._warned_consumers.add(name)
+        stranded = tuple(
+            f"{c['kind']}/{c['name']}" for c in consumers if c["needsRestart"] and not c["restartedOnRenewal"]
+        )
+        if stranded and (namespace, name, stranded) not in self._warned_consumers:
+            self._warned_consumers.add((namespace, name, stranded))
+            why = (
+                "spec.rollout.strategy is None"
+                if not restart
+                else "they are not rollout targets (add them to spec.rollout.targets or set autoDiscover)"
+            )
             await self._event(
                 body,
                 True,
                 api.REASON_CONSUMER_NEEDS_RESTART,
-                "some consumers read the token through env vars or subPath mounts and will not see renewals "
-                "without a restart, but spec.rollout.strategy is None: "
-                + ", ".join(f"{c['kind']}/{c['name']}" for c in consumers if c["needsRestart"]),
+                "consumers read the token through env vars or subPath mounts and will not see renewals "
+                f"without a restart, but {why}: " + ", ".join(stranded),
             )
 
         revoked_id = previous.get("revokedTokenId")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
+from agenttoken.configtemplate import TemplateError, render
 from agenttoken.model import AgentTokenSpec
 from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
@@ -83,9 +85,9 @@ class TokenRecord:
         )
 
 
-def bundle(token: str, record: TokenRecord, spec: AgentTokenSpec) -> str:
-    """One file with the token and its metadata, so a reader never pairs a new token with old metadata."""
-    doc = {
+def token_values(token: str, record: TokenRecord, spec: AgentTokenSpec) -> dict[str, Any]:
+    """The token and its metadata: the bundle's fields, and the variables of a config template."""
+    return {
         "token": token,
         "tokenId": record.token_id,
         "issuedAt": format_time(record.issued_at),
@@ -94,16 +96,27 @@ def bundle(token: str, record: TokenRecord, spec: AgentTokenSpec) -> str:
         "scopes": list(spec.scopes),
         "audience": list(spec.audience),
     }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def bundle(token: str, record: TokenRecord, spec: AgentTokenSpec) -> str:
+    """One file with the token and its metadata, so a reader never pairs a new token with old metadata."""
+    return json.dumps(token_values(token, record, spec), sort_keys=True, separators=(",", ":"))
 
 
 def managed_data(token: str, record: TokenRecord, spec: AgentTokenSpec) -> dict[str, str]:
-    """The managed keys as plain strings (the adapter base64-encodes them)."""
-    return {
+    """The managed keys as plain strings (the adapter base64-encodes them).
+
+    Raises `TemplateError` when the config template cannot render: nothing is written then."""
+    data = {
         spec.keys.token: token,
         spec.keys.expires_at: format_time(record.expires_at) or "",
         spec.keys.bundle: bundle(token, record, spec),
     }
+    if spec.keys.env:
+        data[spec.keys.env] = token
+    if spec.config is not None:
+        data[spec.config.key] = render(spec.config.template, token_values(token, record, spec))
+    return data
 
 
 def owner_reference(namespace: str, name: str, uid: str) -> dict[str, Any]:
@@ -199,7 +212,12 @@ def observe(body: Mapping[str, Any] | None, *, name: str, uid: str, spec: AgentT
     intact = bool(record and token and token_hash(token) == record.token_hash)
     drift: list[str] = []
     if intact and record and token:
-        expected = managed_data(token, record, spec)
+        try:
+            expected = managed_data(token, record, spec)
+        except TemplateError:
+            # A template that cannot render is reported by the controller (Stalled); the
+            # other keys are still compared.
+            expected = managed_data(token, record, dataclasses.replace(spec, config=None))
         drift += [f"data[{k}]" for k, v in expected.items() if data.get(k) != v]
     want_labels = managed_labels(name, spec)
     drift += [f"label {k}" for k, v in want_labels.items() if labels.get(k) != v]

@@ -28,6 +28,8 @@ class Outcome:
     suspended: bool = False
     failed_attempts: int = 0
     last_failure_time: datetime.datetime | None = None
+    # status.verification after a successful spec.verify check of a new token (else kept as is)
+    verification: Mapping[str, Any] | None = None
 
 
 def render(
@@ -52,6 +54,14 @@ def render(
             ready = Reason(
                 api.REASON_SUSPENDED, f"token valid until {format_time(record.expires_at)}; renewal suspended"
             )
+        elif outcome.failure is not None and outcome.failure.reason == api.REASON_VERIFICATION_FAILED:
+            # A new token the API refused is not delivered; the old one, still valid, keeps Ready
+            # True, and the reason says why renewal is not happening.
+            ready = Reason(
+                api.REASON_VERIFICATION_FAILED,
+                f"token {record.token_id} valid until {format_time(record.expires_at)}; "
+                f"its successor is held back: {outcome.failure.message}",
+            )
         elif outcome.failure is not None:
             ready = Reason(
                 api.REASON_READY,
@@ -63,6 +73,11 @@ def render(
             )
     elif record is not None:
         not_ready = Reason(api.REASON_EXPIRED, f"the token expired at {format_time(record.expires_at)}")
+        if outcome.failure is not None and outcome.failure.reason == api.REASON_VERIFICATION_FAILED:
+            not_ready = Reason(
+                api.REASON_VERIFICATION_FAILED,
+                f"{not_ready.message}; its successor is held back: {outcome.failure.message}",
+            )
         if outcome.suspended:
             not_ready = Reason(api.REASON_SUSPENDED, not_ready.message + "; renewal is suspended")
     else:
@@ -88,6 +103,11 @@ def render(
         "revision": max(previous.revision, record.revision if record else 0),
         "failedAttempts": outcome.failed_attempts,
         "lastFailureTime": format_time(outcome.last_failure_time),
+        "verification": (
+            None
+            if spec is not None and spec.verify is None
+            else (outcome.verification or previous.verification)
+        ),
         "lastHandledRotateRequest": (
             record.rotate_request
             if record and record.rotate_request

@@ -67,4 +67,8 @@ app.kubernetes.io/part-of: agent-token-operator
   resources: ["deployments", "statefulsets", "daemonsets"]
   # patch: the one pod-template annotation agenttoken.dev/revision.<name>
   verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  # spec.verify.caBundleRef of kind ConfigMap: the CA bundle for the connectivity check
+  verbs: ["get"]
 {{- end -}}
