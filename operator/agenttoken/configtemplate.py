@@ -175,18 +175,20 @@ def _render(template: jinja2.Template, values: Mapping[str, Any]) -> str:
 
 
 def render(source: str, values: Mapping[str, Any]) -> str:
-    """The rendered config. On error, only the kind of error and its line: never a value."""
+    """The rendered config. On error, only the kind of error: never a value, and no chained
+    exception (jinja's own message may quote the token)."""
     template = compile_template(source)
     try:
         return _render(template, values)
     except _OutputTooLarge:
-        raise TemplateError(f"the rendered config is larger than {MAX_OUTPUT_CHARS} characters") from None
+        problem = f"the rendered config is larger than {MAX_OUTPUT_CHARS} characters"
     except jinja2.UndefinedError:
-        raise TemplateError("the template uses an undefined variable or attribute") from None
+        problem = "the template uses an undefined variable or attribute"
     except jinja2.exceptions.SecurityError:
-        raise TemplateError("the template tried an operation the sandbox forbids") from None
+        problem = "the template tried an operation the sandbox forbids"
     except Exception as exc:
-        raise TemplateError(f"the template failed to render ({type(exc).__name__})") from None
+        problem = f"the template failed to render ({type(exc).__name__})"
+    raise TemplateError(problem)  # outside the handlers, so no __context__ carries the original
 
 
 PLACEHOLDERS: Mapping[str, Any] = {
