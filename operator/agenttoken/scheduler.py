@@ -21,7 +21,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from agenttoken import api, configtemplate, metrics, probe
@@ -410,7 +410,9 @@ class Controller:
             held_for = (spec.claims_hash(), snap.rotate_request)
             minted = self._held_token(key, held_for, now) if spec.verify else None
             if minted is None:
-                minted = await self._issue_counted(issuer, spec, snap, namespace, name, uid, now)
+                minted = await self._counted(
+                    issuer, self._issue(issuer, spec, snap, namespace, name, uid, now)
+                )
             if spec.verify is not None:
                 # Fail safe: the new token reaches the Secret (and so any workload) only once the
                 # API accepted it. Until then the old token stays in place.
@@ -494,16 +496,8 @@ class Controller:
             return None
         return issued
 
-    async def _issue_counted(
-        self,
-        issuer: IssuerSpec,
-        spec: AgentTokenSpec,
-        snap: Snapshot,
-        namespace: str,
-        name: str,
-        uid: str,
-        now: datetime.datetime,
-    ) -> Issued:
+    async def _counted(self, issuer: IssuerSpec, minting: Awaitable[Issued]) -> Issued:
+        """Await a mint, counting it per issuer and result."""
         started = time.perf_counter()
         labels = {
             "kind": issuer.kind,
@@ -512,7 +506,7 @@ class Controller:
             "type": issuer.type,
         }
         try:
-            minted = await self._issue(issuer, spec, snap, namespace, name, uid, now)
+            minted = await minting
         except BaseException:
             metrics.ISSUER_REQUESTS.labels(**labels, result="failure").inc()
             raise
