@@ -435,3 +435,61 @@ def test_verify_with_a_missing_ca_bundle_delivers_nothing(
     assert ready["status"] == "False"
     assert "ConfigMap api-ca" in ready["message"]
     assert kube.get_json("secret", "unsure-token", "-n", namespace) is None, "no unverified token delivered"
+
+
+def test_kill9_while_a_new_token_is_held_back_remints_only_that_one(
+    kube: Kube, operator: OperatorProcess, namespace: str, tickets_api: str
+) -> None:
+    kube.apply(agenttoken("bystander", "bystander-token"), "-n", namespace)
+    kube.apply(deployment("guarded", env_from_pod("guarded-token"), replicas=1), "-n", namespace)
+    kube.apply(
+        token_spec(
+            "guarded",
+            "guarded-token",
+            rollout={"targets": [{"kind": "Deployment", "name": "guarded"}]},
+            verify={"url": tickets_api},
+        ),
+        "-n",
+        namespace,
+    )
+    wait_ready(kube, namespace, "bystander")
+    first = wait_rolled(kube, namespace, "guarded")
+    bystander = status(kube, namespace, "bystander")
+    data = secret_data(kube, namespace, "guarded-token")
+    assert data is not None
+    old_token = data["token"]
+
+    TicketsAPI.accepting = False
+    rotate(kube, namespace, "guarded", "r1")
+    wait_for("a rejected check", lambda: len(TicketsAPI.seen) >= 2, timeout=60)
+    operator.kill9()
+    operator.start()
+    operator.wait_reconciled(kube)
+    wait_for("a check after the restart", lambda: len(set(TicketsAPI.seen[1:])) >= 2, timeout=120)
+    # The held token died with the process: one more token was minted for the rotation, and
+    # it was held back too. Nothing else was re-minted or restarted.
+    assert len(set(TicketsAPI.seen[1:])) == 2
+    after_restart = status(kube, namespace, "bystander")
+    assert (after_restart["tokenId"], after_restart["revision"]) == (
+        bystander["tokenId"],
+        bystander["revision"],
+    )
+    data = secret_data(kube, namespace, "guarded-token")
+    assert data is not None
+    assert data["token"] == old_token
+    assert template_annotation(kube, namespace, "guarded", "guarded") == first["tokenId"]
+
+    TicketsAPI.accepting = True
+    after = wait_for(
+        "the rollout of the verified token",
+        lambda: (
+            (r := status(kube, namespace, "guarded").get("rollout") or {}).get("tokenId") != first["tokenId"]
+            and r.get("state") == "Complete"
+            and r
+        ),
+        timeout=400,
+    )
+    data = secret_data(kube, namespace, "guarded-token")
+    assert data is not None
+    assert data["token"] == TicketsAPI.seen[-1], "the token delivered is the last one checked"
+    assert claims_of(data["token"])["jti"] == after["tokenId"]
