@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from .kube import Kube
 from .operator import OperatorProcess
 from .test_lifecycle import SEEN_TOKENS
+from .test_practices_delivery import NEVER_DELIVERED
 
 
 def test_objects_carry_no_kopf_bookkeeping(kube: Kube, operator: OperatorProcess) -> None:
@@ -34,3 +36,17 @@ def test_minted_tokens_appear_nowhere_but_their_secrets(kube: Kube, operator: Op
         # Report only a count: printing a token on failure would itself be a leak.
         leaked = sum(1 for token in SEEN_TOKENS if token in text)
         assert leaked == 0, f"{leaked} minted token(s) found in {where}"
+
+
+def test_tokens_held_back_by_verify_reached_no_secret(kube: Kube, operator: OperatorProcess) -> None:
+    if not NEVER_DELIVERED:
+        return  # the spec.verify tests did not run in this session
+    secrets = kube.kubectl("get", "secrets", "-A", "-o", "json").stdout
+    # Secret data is base64: compare decoded values, and report only a count.
+    values = {
+        base64.b64decode(v).decode(errors="replace")
+        for s in json.loads(secrets)["items"]
+        for v in (s.get("data") or {}).values()
+    }
+    leaked = sum(1 for token in NEVER_DELIVERED if any(token in v for v in values))
+    assert leaked == 0, f"{leaked} token(s) that failed spec.verify found in Secret data"
