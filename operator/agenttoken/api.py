@@ -38,6 +38,8 @@ ANN_SPEC_HASH: Final = f"{GROUP}/spec-hash"
 ANN_ROTATE_REQUEST: Final = f"{GROUP}/rotate-request"
 ANN_PREVIOUS_TOKEN_ID: Final = f"{GROUP}/previous-token-id"
 ANN_PREVIOUS_EXPIRES_AT: Final = f"{GROUP}/previous-expires-at"
+# The data keys the operator wrote, so a key dropped from the spec is removed, not left stale.
+ANN_MANAGED_KEYS: Final = f"{GROUP}/managed-keys"
 
 # Annotation a user sets on an AgentToken to ask for one new token per new value.
 ANN_ROTATE: Final = f"{GROUP}/rotate"

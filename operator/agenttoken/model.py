@@ -150,7 +150,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
             "spec.secret.keys.env must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
         )
     config = _config(secret.get("config"))
-    all_keys = (*keys.managed(), *((config.key,) if config else ()))
+    all_keys = (*keys.managed(), *((config.key,) if config else ()))  # as secrets.managed_keys
     if len(set(all_keys)) != len(all_keys):
         raise InvalidSpec("spec.secret.keys and spec.secret.config.key must all name different keys")
     template = secret.get("template") or {}

@@ -373,7 +373,16 @@ class Controller:
             record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
             try:
-                await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
+                await self._write_secret(
+                    namespace,
+                    name,
+                    uid,
+                    spec,
+                    snap.secret.token,
+                    record,
+                    exists=True,
+                    stale=snap.secret.stale_keys,
+                )
             except TemplateError as exc:
                 outcome = dataclasses.replace(outcome, stalled=_template_problem(exc))
             else:
@@ -441,7 +450,14 @@ class Controller:
                 previous_expires_at=old.expires_at if old else None,
             )
             await self._write_secret(
-                namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
+                namespace,
+                name,
+                uid,
+                spec,
+                minted.token,
+                record,
+                exists=snap.secret.exists,
+                stale=snap.secret.stale_keys,
             )
             self._held.pop(key, None)
         except TemplateError as exc:
@@ -541,13 +557,15 @@ class Controller:
         record: TokenRecord,
         *,
         exists: bool,
+        stale: tuple[str, ...] = (),
     ) -> None:
         desired = desired_secret(
-            namespace=namespace, name=name, uid=uid, spec=spec, token=token, record=record
+            namespace=namespace, name=name, uid=uid, spec=spec, token=token, record=record, stale=stale
         )
         if exists:
             written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
         else:
+            desired["data"] = {k: v for k, v in desired["data"].items() if v is not None}
             try:
                 written = await self.kube.create_secret(namespace, desired)
             except KubeError as exc:

@@ -119,6 +119,10 @@ def managed_data(token: str, record: TokenRecord, spec: AgentTokenSpec) -> dict[
     return data
 
 
+def managed_keys(spec: AgentTokenSpec) -> tuple[str, ...]:
+    return (*spec.keys.managed(), *((spec.config.key,) if spec.config else ()))
+
+
 def owner_reference(namespace: str, name: str, uid: str) -> dict[str, Any]:
     del namespace  # owners are always in the Secret's own namespace
     return {
@@ -152,12 +156,21 @@ def desired_secret_metadata(*, namespace: str, name: str, uid: str, spec: AgentT
 
 
 def desired_secret(
-    *, namespace: str, name: str, uid: str, spec: AgentTokenSpec, token: str, record: TokenRecord
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    spec: AgentTokenSpec,
+    token: str,
+    record: TokenRecord,
+    stale: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A full Secret body (for create) or merge patch (for update): only keys we manage."""
+    """A full Secret body (for create) or merge patch (for update): only keys we manage, and
+    `null` for `stale` keys we wrote before and the spec no longer names (patch only)."""
     body = desired_secret_metadata(namespace=namespace, name=name, uid=uid, spec=spec)
     body["metadata"]["annotations"].update(record.annotations())
-    body["data"] = encode_data(managed_data(token, record, spec))
+    body["metadata"]["annotations"][api.ANN_MANAGED_KEYS] = ",".join(managed_keys(spec))
+    body["data"] = {**encode_data(managed_data(token, record, spec)), **dict.fromkeys(stale)}
     return body
 
 
@@ -186,6 +199,7 @@ class ObservedSecret:
     token: str | None = None  # never logged; kept so a repair can rewrite derived keys
     token_intact: bool = False
     drift: tuple[str, ...] = ()
+    stale_keys: tuple[str, ...] = ()  # keys we wrote that the spec no longer names
 
     def __repr__(self) -> str:
         return (
@@ -219,6 +233,10 @@ def observe(body: Mapping[str, Any] | None, *, name: str, uid: str, spec: AgentT
             # other keys are still compared.
             expected = managed_data(token, record, dataclasses.replace(spec, config=None))
         drift += [f"data[{k}]" for k, v in expected.items() if data.get(k) != v]
+    # Only Secrets written since the annotation exists know their keys; older ones are left alone.
+    written = [k for k in (ann.get(api.ANN_MANAGED_KEYS) or "").split(",") if k]
+    stale = tuple(k for k in written if k not in managed_keys(spec) and k in data)
+    drift += [f"data[{k}] (no longer in the spec)" for k in stale]
     want_labels = managed_labels(name, spec)
     drift += [f"label {k}" for k, v in want_labels.items() if labels.get(k) != v]
     drift += [f"annotation {k}" for k, v in spec.annotations.items() if ann.get(k) != v]
@@ -232,6 +250,7 @@ def observe(body: Mapping[str, Any] | None, *, name: str, uid: str, spec: AgentT
         token=token,
         token_intact=intact,
         drift=tuple(drift),
+        stale_keys=stale,
     )
 
 

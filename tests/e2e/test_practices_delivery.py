@@ -218,6 +218,14 @@ def test_a_bad_template_fixed_later_renders_and_a_good_one_changes_without_a_new
         timeout=30,
     )
     assert status(kube, namespace, "cfg")["tokenId"] == token_id, "a template change mints nothing"
+    # Dropping the config from the spec removes its key rather than leaving a stale copy.
+    kube.apply(token_spec("cfg", {"name": "cfg-token"}), "-n", namespace)
+    wait_for(
+        "the config key removed",
+        lambda: (d := secret_data(kube, namespace, "cfg-token")) is not None and "c.json" not in d,
+        timeout=30,
+    )
+    assert status(kube, namespace, "cfg")["tokenId"] == token_id
 
 
 def test_env_consumers_the_strategy_cannot_restart_are_warned(

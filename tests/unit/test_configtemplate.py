@@ -203,3 +203,35 @@ def test_observing_with_a_broken_template_does_not_raise() -> None:
 def test_invalid_delivery_specs(secret: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidSpec, match=message):
         _spec(secret)
+
+
+def test_keys_dropped_from_the_spec_are_removed_not_left_stale() -> None:
+    before = _spec(
+        {"name": "s", "keys": {"env": "OLD_NAME"}, "config": {"key": "c", "template": "{{ token }}"}}
+    )
+    after = _spec({"name": "s", "keys": {"env": "NEW_NAME"}})
+    body = desired_secret(namespace="n", name="x", uid="u", spec=before, token=TOKEN, record=_record(before))
+    seen = observe(body, name="x", uid="u", spec=after)
+    assert seen.stale_keys == ("OLD_NAME", "c")
+    assert "data[OLD_NAME] (no longer in the spec)" in seen.drift
+    patch = desired_secret(
+        namespace="n",
+        name="x",
+        uid="u",
+        spec=after,
+        token=TOKEN,
+        record=_record(after),
+        stale=seen.stale_keys,
+    )
+    assert patch["data"]["OLD_NAME"] is None
+    assert patch["data"]["c"] is None
+    assert patch["data"]["NEW_NAME"]
+
+
+def test_secrets_written_before_the_managed_keys_annotation_are_left_alone() -> None:
+    spec = _spec({"name": "s"})
+    body = desired_secret(namespace="n", name="x", uid="u", spec=spec, token=TOKEN, record=_record(spec))
+    del body["metadata"]["annotations"]["agenttoken.dev/managed-keys"]
+    body["data"]["someone-elses"] = "eA=="
+    seen = observe(body, name="x", uid="u", spec=spec)
+    assert (seen.stale_keys, seen.drift) == ((), ())
