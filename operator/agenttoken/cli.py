@@ -204,6 +204,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
             ],
         },
         "consumers": st.get("consumers") or [],
+        "verification": st.get("verification"),
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in st.get("conditions") or []
         ],
@@ -230,6 +231,14 @@ def _status_table(items: list[dict[str, Any]]) -> str:
     )
 
 
+def _restart_note(consumer: dict[str, Any]) -> str:
+    if not consumer.get("needsRestart"):
+        return ""
+    if consumer.get("restartedOnRenewal") is False:
+        return " (needs restart; NOT restarted on renewal: keeps the old token)"
+    return " (needs restart)"
+
+
 def _status_detail(item: dict[str, Any]) -> str:
     lines = [
         f"Name:          {item['namespace']}/{item['name']}",
@@ -241,15 +250,17 @@ def _status_detail(item: dict[str, Any]) -> str:
         f"Expires:       {item['expiresAt']}",
         f"Renews:        {item['renewalTime']}",
         f"Failures:      {item['failedAttempts']}",
+        *(
+            [f"Verified:      {v.get('request')} -> HTTP {v.get('statusCode')} at {v.get('lastSuccessTime')}"]
+            if (v := item.get("verification"))
+            else []
+        ),
         "Conditions:",
         *[f"  {c['type']}={c['status']} {c['reason']}: {c['message']}" for c in item["conditions"]],
         f"Rollout:       {item['rollout']['state']}: {item['rollout']['message']}",
         *[f"  {t['kind']}/{t['name']}: {t['state']} ({t['message']})" for t in item["rollout"]["targets"]],
         "Consumers:",
-        *[
-            f"  {c['kind']}/{c['name']} via {','.join(c['via'])}{' (needs restart)' if c['needsRestart'] else ''}"
-            for c in item["consumers"]
-        ],
+        *[f"  {c['kind']}/{c['name']} via {','.join(c['via'])}{_restart_note(c)}" for c in item["consumers"]],
         "Events:",
         *[f"  {e}" for e in item.get("events", [])],
     ]
