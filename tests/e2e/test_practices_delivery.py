@@ -15,7 +15,7 @@ import yaml
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
-from .test_lifecycle import SEEN_TOKENS, agenttoken, claims_of, secret_data, status, wait_ready
+from .test_lifecycle import REPO, SEEN_TOKENS, agenttoken, claims_of, secret_data, status, wait_ready
 from .test_rollouts import KEY_PREFIX, replicasets, rotate, wait_rolled
 
 # Tokens spec.verify held back and that were never delivered: the final leak scan checks that
@@ -507,3 +507,12 @@ def test_kill9_while_a_new_token_is_held_back_remints_only_that_one(
     NEVER_DELIVERED.update(set(TicketsAPI.seen) - {old_token, data["token"]})
     assert NEVER_DELIVERED, "the token held when the operator was killed"
     assert claims_of(data["token"])["jti"] == after["tokenId"]
+
+
+def test_delivery_example_applies_and_renders(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
+    kube.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "agenttoken-delivery.yaml"))
+    wait_ready(kube, namespace, "config-agent")
+    data = secret_data(kube, namespace, "config-agent-token")
+    assert data is not None
+    assert data["AGENT_API_TOKEN"] == data["token"]
+    assert yaml.safe_load(data["config.yaml"])["api_token"] == data["token"]
