@@ -516,3 +516,5 @@ def test_delivery_example_applies_and_renders(kube: Kube, operator: OperatorProc
     assert data is not None
     assert data["AGENT_API_TOKEN"] == data["token"]
     assert yaml.safe_load(data["config.yaml"])["api_token"] == data["token"]
+    full = REPO / "examples" / "agenttoken-full.yaml"
+    kube.kubectl("apply", "-n", namespace, "--dry-run=server", "-f", str(full))
