@@ -588,7 +588,9 @@ class Controller:
                 raise
 
     async def _issuer_problem(self, issuer: IssuerSpec) -> Reason | None:
-        if issuer.type == "builtin":
+        if issuer.type == "builtin" or (
+            issuer.type == "oauth2" and oauth2_issuer.uses_builtin_keys(issuer.config)
+        ):
             try:
                 self.keys.signing_key()
             except RuntimeError as exc:
@@ -663,11 +665,38 @@ class Controller:
             ctx = dataclasses.replace(ctx, secret_uid=secret["metadata"]["uid"])
             return await kubernetes_issuer.issue(self.kube, ctx, issuer.config, now=now)
         if issuer.type == "oauth2":
-            client_secret = await self._credential(issuer, issuer.config["clientSecretRef"], "clientSecret")
-            assert client_secret is not None  # a ref is required; a missing Secret raised IssueError
-            return await oauth2_issuer.issue(ctx, issuer.config, client_secret=client_secret, now=now)
+            creds = await self._oauth2_credentials(issuer, ctx, now)
+            return await oauth2_issuer.issue(ctx, issuer.config, creds, now=now)
         bearer = await self._credential(issuer, issuer.config.get("authSecretRef"), "token")
         return await webhook_issuer.issue(ctx, issuer.config, bearer=bearer, now=now)
+
+    async def _oauth2_credentials(
+        self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime
+    ) -> oauth2_issuer.Credentials:
+        """The client's credential (secret or signing key) and, for assertion grants, a subject token."""
+        config = issuer.config
+        secret = key = subject = None
+        if oauth2_issuer.client_auth_method(config) == "private_key_jwt":
+            key = self.keys.signing_key()
+        else:
+            secret = await self._credential(issuer, config.get("clientSecretRef"), "clientSecret")
+        if oauth2_issuer.needs_subject_token(config):
+            req = ctx.request
+            if oauth2_issuer.subject_source(config) == "serviceAccount":
+                account = str((config.get("subjectToken") or {}).get("serviceAccountName"))
+                spec = {
+                    "audiences": list(oauth2_issuer.subject_audience(config)),
+                    "expirationSeconds": kubernetes_issuer.MIN_EXPIRATION_SECONDS,
+                }
+                subject, _ = await kubernetes_issuer.request_token(self.kube, req.namespace, account, spec)
+            else:
+                subject = builtin_issuer.issue(
+                    dataclasses.replace(ctx, request=oauth2_issuer.subject_request(req, config)),
+                    self.keys.signing_key(),
+                    issuer_url=self.options.issuer_url,
+                    now=now,
+                ).token
+        return oauth2_issuer.Credentials(client_secret=secret, signing_key=key, subject_token=subject)
 
     async def _credential(
         self, issuer: IssuerSpec, ref: Mapping[str, Any] | None, default_key: str
