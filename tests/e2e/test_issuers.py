@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -509,3 +510,186 @@ def test_oauth2_issuer_against_keycloak(
         rf'agenttoken_issuer_requests_total\{{kind="TokenIssuer",name="keycloak-wrong",namespace="{namespace}",result="failure",type="oauth2"\}} [1-9]',
         metrics,
     )
+
+
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return result
+
+
+def lifetime_of(st: dict[str, Any]) -> float:
+    return time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+
+
+def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
+    kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
+) -> None:
+    """No client secret at all: Keycloak verifies the client assertion and the subject tokens
+    against the operator's published JWKS (client "Signed JWT" authenticator, an identity provider
+    with the JWT Authorization Grant switched on, a legacy token-exchange permission)."""
+    from . import keycloak as kc
+
+    with urllib.request.urlopen(f"{operator.base_url}/.well-known/openid-configuration", timeout=5) as resp:
+        discovery = json.loads(resp.read())
+    kc.trust_operator(
+        keycloak,
+        alias="operator",
+        client_id="agent-signed",
+        issuer=discovery["issuer"],
+        jwks_url=f"{operator.base_url}/jwks.json",
+    )
+    common = {
+        "issuerURL": keycloak.issuer,
+        "clientID": "agent-signed",
+        "clientAuthMethod": "private_key_jwt",
+    }
+    grants = {
+        "signed": {},
+        "bearer": {"grant": "jwt_bearer"},
+        "exchange": {
+            "grant": "token_exchange",
+            "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+        },
+    }
+    for name, extra in grants.items():
+        spec = {"oauth2": common | extra, "policy": {"allowedScopes": ["tickets:*"]}}
+        kube.apply(issuer("TokenIssuer", name, spec), "-n", namespace)
+        if name != "signed":  # the subject token's `sub` is the AgentToken's subject: link it
+            kc.link_user(keycloak, alias="operator", subject=f"agenttoken:{namespace}:{name}-agent")
+    for name in grants:
+        kube.apply(
+            agenttoken(
+                f"{name}-agent",
+                f"{name}-token",
+                issuerRef={"kind": "TokenIssuer", "name": name},
+                scopes=["tickets:read"],
+            ),
+            "-n",
+            namespace,
+        )
+    users = {
+        "signed": "service-account-agent-signed",
+        "bearer": f"linked-agenttoken-{namespace}-bearer-agent",
+        "exchange": f"linked-agenttoken-{namespace}-exchange-agent",
+    }
+    tokens = []
+    for name, user in users.items():
+        wait_ready(kube, namespace, f"{name}-agent", timeout=60)
+        data = secret_data(kube, namespace, f"{name}-token")
+        assert data is not None
+        tokens.append(data["token"])
+        claims = claims_of(data["token"])
+        assert claims["iss"] == keycloak.issuer
+        assert claims["azp"] == "agent-signed"
+        assert claims["preferred_username"] == user, name
+        assert "tickets:read" in claims["scope"].split()
+        st = status(kube, namespace, f"{name}-agent")
+        assert st["tokenId"] == claims["jti"]
+        assert 55 <= lifetime_of(st) <= 65, "Keycloak's expires_in decides"
+
+    # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
+    kube.apply(
+        agenttoken(
+            "stranger",
+            "stranger-token",
+            issuerRef={"kind": "TokenIssuer", "name": "bearer"},
+            scopes=["tickets:read"],
+        ),
+        "-n",
+        namespace,
+    )
+    cond = wait_reason(kube, namespace, "stranger", "IssueFailed")
+    assert re.search(r"refused: invalid_\w+$", cond["message"]), cond["message"]
+    assert secret_data(kube, namespace, "stranger-token") is None
+    # No client assertion, subject token or access token in the log, Events or status.
+    log = operator.log_text()
+    assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"
+    events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    statuses = kube.kubectl("get", "agenttokens", "-n", namespace, "-o", "json").stdout
+    for text in (events, statuses):
+        assert not JWT_SHAPE.search(text)
+
+
+def test_oauth2_serviceaccount_subject_tokens_against_keycloak(
+    kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
+) -> None:
+    """Subject tokens from TokenRequest: Keycloak trusts the apiserver's ServiceAccount issuer
+    (its JWKS given inline: the apiserver's JWKS endpoint needs authentication)."""
+    from . import keycloak as kc
+
+    sa_discovery = json.loads(kube.kubectl("get", "--raw", "/.well-known/openid-configuration").stdout)
+    sa_jwks = json.loads(kube.kubectl("get", "--raw", "/openid/v1/jwks").stdout)
+    kc.trust_operator(
+        keycloak, alias="kubernetes", client_id="agent-sa", issuer=sa_discovery["issuer"], jwks=sa_jwks
+    )
+    kube.kubectl("create", "serviceaccount", "agent", "-n", namespace)
+    kc.link_user(keycloak, alias="kubernetes", subject=f"system:serviceaccount:{namespace}:agent")
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "kc-sa-client",
+        "-n",
+        namespace,
+        f"--from-literal=clientSecret={kc.CLIENT_SECRET}",
+    )
+    for name, grant in (("sa-bearer", {"grant": "jwt_bearer"}), ("sa-exchange", {"grant": "token_exchange"})):
+        spec = {
+            "oauth2": {
+                "issuerURL": keycloak.issuer,
+                "clientID": "agent-sa",
+                "clientSecretRef": {"name": "kc-sa-client"},
+                "subjectToken": {"source": "serviceAccount", "serviceAccountName": "agent"},
+                **grant,
+            }
+        }
+        kube.apply(issuer("TokenIssuer", name, spec), "-n", namespace)
+        kube.apply(
+            agenttoken(
+                name,
+                f"{name}-token",
+                issuerRef={"kind": "TokenIssuer", "name": name},
+                scopes=["tickets:read"],
+            ),
+            "-n",
+            namespace,
+        )
+    for name in ("sa-bearer", "sa-exchange"):
+        wait_ready(kube, namespace, name, timeout=60)
+        data = secret_data(kube, namespace, f"{name}-token")
+        assert data is not None
+        claims = claims_of(data["token"])
+        assert claims["iss"] == keycloak.issuer
+        assert claims["azp"] == "agent-sa"
+        assert claims["preferred_username"] == f"linked-system-serviceaccount-{namespace}-agent"
+    # A ServiceAccount Keycloak has no user for: the OAuth error code, nothing minted.
+    kube.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    spec = {
+        "oauth2": {
+            "issuerURL": keycloak.issuer,
+            "clientID": "agent-sa",
+            "clientSecretRef": {"name": "kc-sa-client"},
+            "grant": "jwt_bearer",
+            "subjectToken": {"source": "serviceAccount", "serviceAccountName": "nobody"},
+        }
+    }
+    kube.apply(issuer("TokenIssuer", "sa-nobody", spec), "-n", namespace)
+    kube.apply(
+        agenttoken(
+            "nobody",
+            "nobody-token",
+            issuerRef={"kind": "TokenIssuer", "name": "sa-nobody"},
+            scopes=["tickets:read"],
+        ),
+        "-n",
+        namespace,
+    )
+    cond = wait_reason(kube, namespace, "nobody", "IssueFailed")
+    assert re.search(r"refused: invalid_\w+$", cond["message"]), cond["message"]
+    assert not JWT_SHAPE.search(operator.log_text())
