@@ -38,36 +38,52 @@ def wait_reason(kube: Kube, namespace: str, name: str, reason: str, timeout: flo
     )
 
 
-@pytest.fixture
-def strict_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
-    """A ClusterTokenIssuer with a tight policy and a namespace selector."""
-    name = f"strict-{uuid.uuid4().hex[:6]}"
-    kube.apply(
-        issuer(
-            "ClusterTokenIssuer",
-            name,
-            {
-                "builtin": {},
-                "policy": {
-                    "allowedScopes": ["tickets:*", "read"],
-                    "allowedAudiences": ["https://tickets.example.com", "https://*.internal.example.com"],
-                    "minTTL": "5m",
-                    "maxTTL": "2h",
-                    "namespaceSelector": {"matchLabels": {"agents": "allowed"}},
-                },
-            },
-        )
-    )
+STRICT_POLICY: dict[str, Any] = {
+    "allowedScopes": ["tickets:*", "read"],
+    "allowedAudiences": ["https://tickets.example.com", "https://*.internal.example.com"],
+    "minTTL": "5m",
+    "maxTTL": "2h",
+    "namespaceSelector": {"matchLabels": {"agents": "allowed"}},
+}
+
+
+def issuer_ready(kube: Kube, kind: str, name: str, namespace: str | None = None) -> None:
+    where = ["-n", namespace] if namespace else []
     wait_for(
-        "the issuer to be Ready",
+        f"{kind} {name} to be Ready",
         lambda: any(
             c["type"] == "Ready" and c["status"] == "True"
-            for c in ((kube.get_json("clustertokenissuer", name) or {}).get("status") or {}).get(
+            for c in ((kube.get_json(kind.lower(), name, *where) or {}).get("status") or {}).get(
                 "conditions", []
             )
         ),
         timeout=30,
     )
+
+
+def admission_denies(kube: Kube, manifest: str, namespace: str, text: str, timeout: float = 15) -> str:
+    """`kubectl apply` is refused by the admission policy with `text` (polled: a new policy or
+    param takes the apiserver a moment to see)."""
+
+    def denied() -> str | None:
+        result = kube.apply(manifest, "-n", namespace, check=False)
+        if result.returncode == 0:  # admitted before the policy saw the issuer: undo, try again
+            kube.kubectl("delete", "-f", "-", "-n", namespace, "--wait=false", input=manifest, check=False)
+            return None
+        assert "ValidatingAdmissionPolicy" in result.stderr, result.stderr
+        return result.stderr
+
+    stderr = wait_for("the admission policy to deny", denied, timeout=timeout, interval=1)
+    assert text in stderr, stderr
+    return stderr
+
+
+@pytest.fixture
+def strict_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
+    """A ClusterTokenIssuer with a tight policy and a namespace selector."""
+    name = f"strict-{uuid.uuid4().hex[:6]}"
+    kube.apply(issuer("ClusterTokenIssuer", name, {"builtin": {}, "policy": STRICT_POLICY}))
+    issuer_ready(kube, "ClusterTokenIssuer", name)
     yield name
     kube.kubectl("delete", "clustertokenissuer", name, "--wait=false", check=False)
 
@@ -107,33 +123,78 @@ def test_cluster_issuer_policy(
     kube.kubectl("label", "namespace", namespace, "agents=allowed")
     spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
     spec |= change
+    # At admission: the apiserver refuses it with the same words the operator would use.
+    manifest = agenttoken(
+        "asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
+    )
+    admission_denies(kube, manifest, namespace, f"ClusterTokenIssuer '{strict_issuer}': {text}")
+    # At reconcile: an issuer that appears after the token (admission had nothing to check).
+    late = f"{strict_issuer}-late"
     kube.apply(
-        agenttoken(
-            "asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
-        ),
+        agenttoken("asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": late}, **spec),
         "-n",
         namespace,
     )
-    cond = wait_reason(kube, namespace, "asker", reason)
-    assert cond["status"] == "False"
-    assert text in cond["message"], cond["message"]
-    assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
-    assert events is not None
-    assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+    wait_reason(kube, namespace, "asker", "IssuerNotFound")
+    kube.apply(issuer("ClusterTokenIssuer", late, {"builtin": {}, "policy": STRICT_POLICY}))
+    try:
+        cond = wait_reason(kube, namespace, "asker", reason)
+        assert cond["status"] == "False"
+        assert text in cond["message"], cond["message"]
+        assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
+        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
+        assert events is not None
+        assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", late, "--wait=false", check=False)
 
 
 def test_cluster_issuer_namespace_selector(kube: Kube, strict_issuer: str, namespace: str) -> None:
     spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
     ref = {"kind": "ClusterTokenIssuer", "name": strict_issuer}
-    kube.apply(agenttoken("outsider", "outsider-token", issuerRef=ref, **spec), "-n", namespace)
-    cond = wait_reason(kube, namespace, "outsider", "PolicyViolation")
-    assert f"namespace '{namespace}' is not selected by the issuer (agents=allowed)" in cond["message"]
+    manifest = agenttoken("outsider", "outsider-token", issuerRef=ref, **spec)
+    admission_denies(
+        kube,
+        manifest,
+        namespace,
+        f"ClusterTokenIssuer '{strict_issuer}': namespace '{namespace}' is not selected by the issuer (agents=allowed)",
+    )
     # Selecting the namespace lets the same request through.
     kube.kubectl("label", "namespace", namespace, "agents=allowed")
-    kube.kubectl("annotate", "agenttoken", "outsider", "-n", namespace, "agenttoken.dev/rotate=now")
+    kube.apply(manifest, "-n", namespace)
     wait_ready(kube, namespace, "outsider")
     assert secret_data(kube, namespace, "outsider-token") is not None
+    # Unselecting it later is for the reconcile-time check to catch (admission saw a valid request).
+    kube.kubectl("label", "namespace", namespace, "agents-")
+    kube.kubectl("annotate", "agenttoken", "outsider", "-n", namespace, "agenttoken.dev/rotate=now")
+    cond = wait_reason(kube, namespace, "outsider", "PolicyViolation")
+    assert f"namespace '{namespace}' is not selected by the issuer (agents=allowed)" in cond["message"]
+
+
+def test_admission_policy_ignores_other_issuers_and_metadata_edits(
+    kube: Kube, strict_issuer: str, namespace: str
+) -> None:
+    """Only the named issuer's policy applies; a token of another issuer with the same spec passes,
+    and so do label edits on a token whose issuer was tightened afterwards."""
+    spec = {"audience": ["https://billing.example.com"], "scopes": ["billing:write"], "ttl": "3h"}
+    kube.apply(agenttoken("other", "other-token", **spec), "-n", namespace)  # the default builtin issuer
+    wait_ready(kube, namespace, "other")
+    loose = f"{strict_issuer}-loose"
+    kube.apply(issuer("ClusterTokenIssuer", loose, {"builtin": {}}))
+    try:
+        issuer_ready(kube, "ClusterTokenIssuer", loose)
+        ref = {"kind": "ClusterTokenIssuer", "name": loose}
+        kube.apply(agenttoken("tight", "tight-token", issuerRef=ref, **spec), "-n", namespace)
+        wait_ready(kube, namespace, "tight")
+        kube.apply(issuer("ClusterTokenIssuer", loose, {"builtin": {}, "policy": {"maxTTL": "1h"}}))
+        kube.kubectl("label", "agenttoken", "tight", "-n", namespace, "team=a")  # metadata only: admitted
+        cond = wait_reason(kube, namespace, "tight", "PolicyViolation")
+        assert "ttl 3h is above the issuer's maximum 1h" in cond["message"]
+        # Changing the spec now meets the tightened policy at admission.
+        changed = agenttoken("tight", "tight-token", issuerRef=ref, **(spec | {"ttl": "2h"}))
+        admission_denies(kube, changed, namespace, "ttl 2h is above the issuer's maximum 1h")
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", loose, "--wait=false", check=False)
 
 
 def test_within_policy_mints(kube: Kube, strict_issuer: str, namespace: str) -> None:
@@ -164,8 +225,15 @@ def test_namespaced_issuer_serves_only_its_namespace(
         # In its own namespace it serves, within its policy.
         kube.apply(agenttoken("owner", "owner-token", issuerRef=ref), "-n", other)
         wait_ready(kube, other, "owner")
-        kube.apply(agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]), "-n", other)
-        assert "scope 'write'" in wait_reason(kube, other, "greedy", "PolicyViolation")["message"]
+        admission_denies(
+            kube,
+            agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]),
+            other,
+            "TokenIssuer 'local': scope 'write' is not allowed by the issuer (allowed: read)",
+        )
+        # The same issuer name in another namespace is not this namespace's param.
+        kube.apply(agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]), "-n", namespace)
+        wait_reason(kube, namespace, "greedy", "IssuerNotFound")
         kube.apply(
             agenttoken("missing", "missing-token", issuerRef={"kind": "ClusterTokenIssuer", "name": "nope"}),
             "-n",
