@@ -176,6 +176,21 @@ def test_admission_policy_ignores_other_issuers_and_metadata_edits(
 ) -> None:
     """Only the named issuer's policy applies; a token of another issuer with the same spec passes,
     and so do label edits on a token whose issuer was tightened afterwards."""
+    # The apiserver type-checked every CEL expression against the CRD schemas without a warning.
+    for kind in ("tokenissuer", "clustertokenissuer"):
+        name = f"agent-token-operator-{kind}-policy"
+        checked = wait_for(
+            f"type checking of {name}",
+            lambda name=name: (
+                (vap := kube.get_json("validatingadmissionpolicy", name) or {})
+                .get("status", {})
+                .get("observedGeneration")
+                == vap["metadata"]["generation"]
+                and vap["status"]
+            ),
+            timeout=60,
+        )
+        assert not checked.get("typeChecking", {}).get("expressionWarnings"), checked
     spec = {"audience": ["https://billing.example.com"], "scopes": ["billing:write"], "ttl": "3h"}
     kube.apply(agenttoken("other", "other-token", **spec), "-n", namespace)  # the default builtin issuer
     wait_ready(kube, namespace, "other")
