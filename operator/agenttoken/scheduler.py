@@ -137,6 +137,8 @@ class Controller:
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
+        # Namespace labels from a namespaces watch (cluster-wide mode); a miss falls back to a GET.
+        self.namespace_labels: dict[str, dict[str, str]] = {}
         self.options = options
         self.clock = clock
         self.tokens = _Cache()
@@ -561,6 +563,28 @@ class Controller:
         for key in list(self._by_issuer.get(ikey, ())):
             self.schedule(key, self.clock())
 
+    def on_namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Keep namespace labels for issuer namespace selectors; a label change re-checks the
+        namespace's AgentTokens (a ClusterTokenIssuer may now select, or no longer select, them)."""
+        meta = body.get("metadata", {})
+        name = meta.get("name", "")
+        before = self.namespace_labels.get(name)
+        if event_type == "DELETED":
+            self.namespace_labels.pop(name, None)
+            return
+        labels = dict(meta.get("labels") or {})
+        self.namespace_labels[name] = labels
+        if before is not None and before != labels:
+            for token in self._by_namespace.get(name, {}):
+                self.schedule((name, token), self.clock())
+
+    async def _namespace_labels(self, namespace: str) -> dict[str, str]:
+        cached = self.namespace_labels.get(namespace)
+        if cached is not None:
+            return cached
+        ns = await self.kube.get_namespace(namespace)
+        return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
         """Issuer status: Ready with a reason (spec valid, credentials present, keys loaded)."""
         meta = body.get("metadata", {})
@@ -622,10 +646,7 @@ class Controller:
             issuer = parse_issuer(kind, body)
         except InvalidSpec as exc:
             return Reason("IssuerNotReady", f"{kind} {spec.issuer_name!r} is not ready: {exc}")
-        labels: dict[str, str] = {}
-        if issuer.policy.namespace_selector:
-            ns = await self.kube.get_namespace(namespace)
-            labels = dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+        labels = await self._namespace_labels(namespace) if issuer.policy.namespace_selector else {}
         violation = check_policy(
             issuer.policy,
             PolicyRequest(
