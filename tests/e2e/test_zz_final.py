@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from .kube import Kube
 from .operator import OperatorProcess
@@ -34,3 +35,18 @@ def test_minted_tokens_appear_nowhere_but_their_secrets(kube: Kube, operator: Op
         # Report only a count: printing a token on failure would itself be a leak.
         leaked = sum(1 for token in SEEN_TOKENS if token in text)
         assert leaked == 0, f"{leaked} minted token(s) found in {where}"
+
+
+def test_no_jwt_appears_in_logs_events_or_status(kube: Kube, operator: OperatorProcess) -> None:
+    """Tokens that are never stored (client assertions, subject tokens for token exchange and
+    jwt-bearer) or that other checks do not know: nothing JWT-shaped outside Secrets."""
+    jwt_shape = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+    haystacks = {
+        "operator log": operator.log_text(),
+        "events": kube.kubectl("get", "events", "-A", "-o", "json").stdout,
+        "agenttokens": kube.kubectl("get", "agenttokens", "-A", "-o", "json").stdout,
+        "issuers": kube.kubectl("get", "tokenissuers,clustertokenissuers", "-A", "-o", "json").stdout,
+        "configmaps": kube.kubectl("get", "configmaps", "-A", "-o", "json").stdout,
+    }
+    for where, text in haystacks.items():
+        assert not jwt_shape.search(text), f"a JWT-shaped string in {where}"
