@@ -495,6 +495,32 @@ def test_issuer_status_reports_missing_credentials(
     assert f"Secret {namespace}/absent" in cond["message"]
 
 
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return result
+
+
+def lifetime_of(st: dict[str, Any]) -> float:
+    return time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+
+
+def refused(kube: Kube, namespace: str, name: str, issuer_name: str, code: str) -> str:
+    """An AgentToken of `issuer_name` that the provider refuses: the reason carries the OAuth
+    error code (regex `code`), nothing is minted. Returns the message."""
+    ref = {"kind": "TokenIssuer", "name": issuer_name}
+    kube.apply(agenttoken(name, f"{name}-token", issuerRef=ref, scopes=["tickets:read"]), "-n", namespace)
+    message = str(wait_reason(kube, namespace, name, "IssueFailed")["message"])
+    assert re.search(rf"refused: {code}$", message), message
+    assert secret_data(kube, namespace, f"{name}-token") is None
+    return message
+
+
 @pytest.fixture(scope="module")
 def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from . import keycloak as kc
@@ -547,18 +573,14 @@ def test_oauth2_issuer_against_keycloak(
     wait_ready(kube, namespace, "idp", timeout=60)
     data = secret_data(kube, namespace, "idp-token")
     assert data is not None
-    payload = data["token"].split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims = claims_of(data["token"])
     assert claims["iss"] == keycloak.issuer
     assert claims["azp"] == CLIENT_ID
     assert "tickets:read" in claims["scope"].split()
     st = status(kube, namespace, "idp")
     assert st["tokenId"] == claims["jti"]
     # The provider's expires_in (60 s in this realm) decides the lifetime, not spec.ttl (1h).
-    lifetime = time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
-        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
-    )
-    assert 55 <= lifetime <= 65
+    assert 55 <= lifetime_of(st) <= 65
     renewed = wait_for(
         "a renewal before expires_in",
         lambda: (s := status(kube, namespace, "idp"))["revision"] >= 2 and s,
@@ -567,20 +589,8 @@ def test_oauth2_issuer_against_keycloak(
     assert renewed["tokenId"] != st["tokenId"]
 
     # A wrong client secret: the OAuth error code is the reason, the secret appears nowhere.
-    kube.apply(
-        agenttoken(
-            "idp-bad",
-            "idp-bad-token",
-            issuerRef={"kind": "TokenIssuer", "name": "keycloak-wrong"},
-            scopes=["tickets:read"],
-        ),
-        "-n",
-        namespace,
-    )
-    cond = wait_reason(kube, namespace, "idp-bad", "IssueFailed")
     # RFC 6749 says invalid_client; Keycloak answers unauthorized_client. Either way: the OAuth code.
-    assert re.search(r"refused: (invalid_client|unauthorized_client)$", cond["message"]), cond["message"]
-    assert secret_data(kube, namespace, "idp-bad-token") is None
+    refused(kube, namespace, "idp-bad", "keycloak-wrong", "(invalid_client|unauthorized_client)")
     for text in (operator.log_text(), kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout):
         assert CLIENT_SECRET not in text
         assert data["token"] not in text
@@ -592,21 +602,6 @@ def test_oauth2_issuer_against_keycloak(
     assert re.search(
         rf'agenttoken_issuer_requests_total\{{kind="TokenIssuer",name="keycloak-wrong",namespace="{namespace}",result="failure",type="oauth2"\}} [1-9]',
         metrics,
-    )
-
-
-JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    payload = token.split(".")[1]
-    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return result
-
-
-def lifetime_of(st: dict[str, Any]) -> float:
-    return time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
-        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
     )
 
 
@@ -677,19 +672,7 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
         assert 55 <= lifetime_of(st) <= 65, "Keycloak's expires_in decides"
 
     # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
-    kube.apply(
-        agenttoken(
-            "stranger",
-            "stranger-token",
-            issuerRef={"kind": "TokenIssuer", "name": "bearer"},
-            scopes=["tickets:read"],
-        ),
-        "-n",
-        namespace,
-    )
-    cond = wait_reason(kube, namespace, "stranger", "IssueFailed")
-    assert re.search(r"refused: invalid_\w+$", cond["message"]), cond["message"]
-    assert secret_data(kube, namespace, "stranger-token") is None
+    refused(kube, namespace, "stranger", "bearer", r"invalid_\w+")
     # No client assertion, subject token or access token in the log, Events or status.
     log = operator.log_text()
     assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"
@@ -763,16 +746,5 @@ def test_oauth2_serviceaccount_subject_tokens_against_keycloak(
         }
     }
     kube.apply(issuer("TokenIssuer", "sa-nobody", spec), "-n", namespace)
-    kube.apply(
-        agenttoken(
-            "nobody",
-            "nobody-token",
-            issuerRef={"kind": "TokenIssuer", "name": "sa-nobody"},
-            scopes=["tickets:read"],
-        ),
-        "-n",
-        namespace,
-    )
-    cond = wait_reason(kube, namespace, "nobody", "IssueFailed")
-    assert re.search(r"refused: invalid_\w+$", cond["message"]), cond["message"]
+    refused(kube, namespace, "nobody", "sa-nobody", r"invalid_\w+")
     assert not JWT_SHAPE.search(operator.log_text())
