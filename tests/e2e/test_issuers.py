@@ -510,11 +510,12 @@ def lifetime_of(st: dict[str, Any]) -> float:
     )
 
 
-def refused(kube: Kube, namespace: str, name: str, issuer_name: str, code: str) -> str:
+def refused(kube: Kube, namespace: str, name: str, issuer_name: str, code: str, **spec: Any) -> str:
     """An AgentToken of `issuer_name` that the provider refuses: the reason carries the OAuth
     error code (regex `code`), nothing is minted. Returns the message."""
     ref = {"kind": "TokenIssuer", "name": issuer_name}
-    kube.apply(agenttoken(name, f"{name}-token", issuerRef=ref, scopes=["tickets:read"]), "-n", namespace)
+    manifest = agenttoken(name, f"{name}-token", issuerRef=ref, scopes=["tickets:read"], **spec)
+    kube.apply(manifest, "-n", namespace)
     message = str(wait_reason(kube, namespace, name, "IssueFailed")["message"])
     assert re.search(rf"refused: {code}$", message), message
     assert secret_data(kube, namespace, f"{name}-token") is None
@@ -673,6 +674,10 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
 
     # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
     refused(kube, namespace, "stranger", "bearer", r"invalid_\w+")
+    # spec.subject cannot borrow a linked identity: the subject token names the AgentToken itself.
+    refused(
+        kube, namespace, "impostor", "bearer", r"invalid_\w+", subject=f"agenttoken:{namespace}:bearer-agent"
+    )
     # No client assertion, subject token or access token in the log, Events or status.
     log = operator.log_text()
     assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -97,7 +98,9 @@ def test_missing_credentials_are_refused() -> None:
 
 
 def test_subject_request_is_short_and_for_the_provider() -> None:
-    sub = subject_request(REQ, {"issuerURL": "https://idp.example.com/realms/a"})
+    claimed = dataclasses.replace(REQ, subject="admin")
+    sub = subject_request(claimed, {"issuerURL": "https://idp.example.com/realms/a"})
+    assert sub.subject is None, "the subject token names the AgentToken, never a claimed spec.subject"
     assert sub.audience == ("https://idp.example.com/realms/a",)
     assert sub.scopes == REQ.scopes
     assert sub.ttl == timedelta(minutes=2)

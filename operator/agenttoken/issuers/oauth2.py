@@ -90,12 +90,16 @@ def subject_audience(config: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def subject_request(req: TokenRequest, config: Mapping[str, Any]) -> TokenRequest:
-    """The built-in subject token: the AgentToken's subject and scopes, for the provider."""
+    """The built-in subject token: the AgentToken's identity and scopes, for the provider.
+
+    Its `sub` is always `agenttoken:<namespace>:<name>`, never `spec.subject`: the provider maps
+    `sub` to one of its users, and a namespace user must not be able to claim any identity there.
+    """
     return TokenRequest(
         namespace=req.namespace,
         name=req.name,
         uid=req.uid,
-        subject=req.subject,
+        subject=None,
         audience=subject_audience(config),
         scopes=req.scopes,
         ttl=SUBJECT_TOKEN_LIFETIME,
