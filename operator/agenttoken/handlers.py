@@ -146,6 +146,16 @@ async def _issuer_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> Non
         await controller.reconcile_issuer(kind, body)
 
 
+async def namespace_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_namespace_event(event.get("type"), event["object"])
+
+
+def watch_namespaces() -> None:
+    """Feed namespace labels from a watch instead of a GET per check. Only in cluster-wide mode:
+    namespaced mode has no permission to list namespaces (and a GET per check stays cheap there)."""
+    kopf.on.event("v1", "namespaces")(namespace_event)
+
+
 # Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting
 # handlers, so kopf writes nothing onto them.
 @kopf.on.event("apps", "v1", "deployments")

@@ -1,14 +1,17 @@
 """Does an AgentToken's request fit its issuer's policy? A chain of pure checks, first miss wins.
 
 Each check names the offending field and value, so the reason reaches the AgentToken's Ready
-condition (`PolicyViolation`) and a Warning Event verbatim. Globs are shell-style (`tickets:*`,
-`https://*.example.com`), matched case-sensitively.
+condition (`PolicyViolation`) and a Warning Event verbatim. Globs (`tickets:*`,
+`https://*.example.com`) know two wildcards, `*` (any run of characters) and `?` (one character);
+everything else is literal and case-sensitive. The chart's admission policy translates globs to
+regular expressions the same way in CEL, so admission and reconcile agree.
 """
 
 from __future__ import annotations
 
 import datetime
-import fnmatch
+import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,8 +46,13 @@ class Violation:
         return self.message
 
 
+@functools.lru_cache(maxsize=1024)
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
+
+
 def _allowed(value: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+    return any(glob_regex(p).fullmatch(value) for p in patterns)
 
 
 def _namespace(policy: IssuerPolicy, req: Request) -> Violation | None:

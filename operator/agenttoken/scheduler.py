@@ -147,6 +147,8 @@ class Controller:
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
+        # Namespace labels from a namespaces watch (cluster-wide mode); a miss falls back to a GET.
+        self.namespace_labels: dict[str, dict[str, str]] = {}
         self.options = options
         self.clock = clock
         self.tokens = _Cache()
@@ -683,6 +685,28 @@ class Controller:
         for key in list(self._by_issuer.get(ikey, ())):
             self.schedule(key, self.clock())
 
+    def on_namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Keep namespace labels for issuer namespace selectors; a label change re-checks the
+        namespace's AgentTokens (a ClusterTokenIssuer may now select, or no longer select, them)."""
+        meta = body.get("metadata", {})
+        name = meta.get("name", "")
+        before = self.namespace_labels.get(name)
+        if event_type == "DELETED":
+            self.namespace_labels.pop(name, None)
+            return
+        labels = dict(meta.get("labels") or {})
+        self.namespace_labels[name] = labels
+        if before is not None and before != labels:
+            for token in self._by_namespace.get(name, {}):
+                self.schedule((name, token), self.clock())
+
+    async def _namespace_labels(self, namespace: str) -> dict[str, str]:
+        cached = self.namespace_labels.get(namespace)
+        if cached is not None:
+            return cached
+        ns = await self.kube.get_namespace(namespace)
+        return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
         """Issuer status: Ready with a reason (spec valid, credentials present, keys loaded)."""
         meta = body.get("metadata", {})
@@ -710,7 +734,9 @@ class Controller:
                 raise
 
     async def _issuer_problem(self, issuer: IssuerSpec) -> Reason | None:
-        if issuer.type == "builtin":
+        if issuer.type == "builtin" or (
+            issuer.type == "oauth2" and oauth2_issuer.uses_builtin_keys(issuer.config)
+        ):
             try:
                 self.keys.signing_key()
             except RuntimeError as exc:
@@ -742,10 +768,7 @@ class Controller:
             issuer = parse_issuer(kind, body)
         except InvalidSpec as exc:
             return Reason("IssuerNotReady", f"{kind} {spec.issuer_name!r} is not ready: {exc}")
-        labels: dict[str, str] = {}
-        if issuer.policy.namespace_selector:
-            ns = await self.kube.get_namespace(namespace)
-            labels = dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+        labels = await self._namespace_labels(namespace) if issuer.policy.namespace_selector else {}
         violation = check_policy(
             issuer.policy,
             PolicyRequest(
@@ -785,11 +808,38 @@ class Controller:
             ctx = dataclasses.replace(ctx, secret_uid=secret["metadata"]["uid"])
             return await kubernetes_issuer.issue(self.kube, ctx, issuer.config, now=now)
         if issuer.type == "oauth2":
-            client_secret = await self._credential(issuer, issuer.config["clientSecretRef"], "clientSecret")
-            assert client_secret is not None  # a ref is required; a missing Secret raised IssueError
-            return await oauth2_issuer.issue(ctx, issuer.config, client_secret=client_secret, now=now)
+            creds = await self._oauth2_credentials(issuer, ctx, now)
+            return await oauth2_issuer.issue(ctx, issuer.config, creds, now=now)
         bearer = await self._credential(issuer, issuer.config.get("authSecretRef"), "token")
         return await webhook_issuer.issue(ctx, issuer.config, bearer=bearer, now=now)
+
+    async def _oauth2_credentials(
+        self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime
+    ) -> oauth2_issuer.Credentials:
+        """The client's credential (secret or signing key) and, for assertion grants, a subject token."""
+        config = issuer.config
+        secret = key = subject = None
+        if oauth2_issuer.client_auth_method(config) == "private_key_jwt":
+            key = self.keys.signing_key()
+        else:
+            secret = await self._credential(issuer, config.get("clientSecretRef"), "clientSecret")
+        if oauth2_issuer.needs_subject_token(config):
+            req = ctx.request
+            if oauth2_issuer.subject_source(config) == "serviceAccount":
+                account = str((config.get("subjectToken") or {}).get("serviceAccountName"))
+                spec = {
+                    "audiences": list(oauth2_issuer.subject_audience(config)),
+                    "expirationSeconds": kubernetes_issuer.MIN_EXPIRATION_SECONDS,
+                }
+                subject, _ = await kubernetes_issuer.request_token(self.kube, req.namespace, account, spec)
+            else:
+                subject = builtin_issuer.issue(
+                    dataclasses.replace(ctx, request=oauth2_issuer.subject_request(req, config)),
+                    self.keys.signing_key(),
+                    issuer_url=self.options.issuer_url,
+                    now=now,
+                ).token
+        return oauth2_issuer.Credentials(client_secret=secret, signing_key=key, subject_token=subject)
 
     async def _credential(
         self, issuer: IssuerSpec, ref: Mapping[str, Any] | None, default_key: str

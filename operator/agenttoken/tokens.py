@@ -43,6 +43,7 @@ __all__ = [
     "TokenInvalid",
     "TokenRequest",
     "build_claims",
+    "client_assertion",
     "default_subject",
     "mint",
     "token_hash",
@@ -172,6 +173,36 @@ def mint(
         issued_at=datetime.fromtimestamp(claims["iat"], UTC),
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         claims=claims,
+    )
+
+
+def client_assertion(
+    key: SigningKey,
+    *,
+    client_id: str,
+    audience: str,
+    now: datetime,
+    lifetime: timedelta,
+    jti: str | None = None,
+) -> str:
+    """A `private_key_jwt` client assertion (RFC 7523 section 2.2, OIDC Core section 9).
+
+    iss = sub = the client id, aud = the authorization server's token endpoint, a fresh jti (servers
+    reject a replayed assertion) and a short lifetime.
+    """
+    _require_aware("now", now)
+    iat = math.floor(now.timestamp())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": iat,
+        "exp": iat + int(lifetime.total_seconds()),
+        "jti": jti or str(uuid.uuid4()),
+    }
+    header = {"alg": key.algorithm, "kid": key.kid, "typ": "JWT"}
+    return jwt.encode(
+        header, claims, key.joserfc_key, algorithms=[key.algorithm], registry=jws_registry([key.algorithm])
     )
 
 

@@ -76,6 +76,8 @@ def crds(kube: Kube) -> Path:
     if kube.get_json("namespace", "agenttoken-system") is None:
         kube.kubectl("create", "namespace", "agenttoken-system")
     kube.kubectl("apply", "-f", str(REPO / "examples" / "clustertokenissuer-builtin.yaml"))
+    # The chart's admission policy (ValidatingAdmissionPolicy): issuer policy checked by the apiserver.
+    kube.apply(render_chart("--show-only", "templates/admission-policy.yaml"))
     return REPO / "crds"
 
 

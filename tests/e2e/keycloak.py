@@ -29,6 +29,12 @@ CLIENT_ID = "agent-bot"
 CLIENT_SECRET = "bot-s3cret-value"  # a test credential; the leak checks look for it
 
 
+# Preview features the oauth2 grants need: RFC 7523 jwt-bearer (`jwt-authorization-grant`), and
+# RFC 8693 exchange of an external token (legacy `token-exchange` v1, whose per-IdP permission
+# needs fine-grained admin permissions v1; standard exchange v2 only takes this realm's tokens).
+FEATURES = ("jwt-authorization-grant", "token-exchange", "admin-fine-grained-authz:v1")
+
+
 def _java_home() -> str | None:
     candidates = [
         os.environ.get("KEYCLOAK_JAVA_HOME", ""),
@@ -85,6 +91,7 @@ class Keycloak:
     base: str
     proc: subprocess.Popen[bytes]
     log: Path
+    scope_id: str = ""
 
     @property
     def issuer(self) -> str:
@@ -118,7 +125,8 @@ def start(workdir: Path, timeout: float = 300) -> Keycloak:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(home / "bin" / "kc.sh"), "start-dev", "--db=dev-mem", "--http-host=127.0.0.1",
-             f"--http-port={port}", f"--http-management-port={management}", "--cache=local"],
+             f"--http-port={port}", f"--http-management-port={management}", "--cache=local",
+             f"--features={','.join(FEATURES)}"],
             env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -140,7 +148,7 @@ def start(workdir: Path, timeout: float = 300) -> Keycloak:
     return kc
 
 
-def _prepare(kc: Keycloak) -> None:
+def _admin_token(kc: Keycloak) -> str:
     status, _, raw = _request(
         "POST",
         f"{kc.base}/realms/master/protocol/openid-connect/token",
@@ -148,15 +156,24 @@ def _prepare(kc: Keycloak) -> None:
         form=True,
     )
     assert status == 200, raw[:300]
-    admin = json.loads(raw)["access_token"]
+    return str(json.loads(raw)["access_token"])
 
-    def call(method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
-        status, headers, raw = _request(method, f"{kc.base}/admin/realms{path}", body, token=admin)
-        assert status < 300, f"{method} {path}: {status} {raw[:300]!r}"
-        return status, headers, raw
 
-    call("POST", "", {"realm": REALM, "enabled": True, "accessTokenLifespan": 60})
-    _, headers, _ = call(
+def admin(kc: Keycloak, method: str, path: str, body: Any = None) -> tuple[dict[str, str], Any]:
+    """One admin REST call under /admin/realms: (headers, parsed JSON body or None)."""
+    status, headers, raw = _request(method, f"{kc.base}/admin/realms{path}", body, token=_admin_token(kc))
+    assert status < 300, f"{method} {path}: {status} {raw[:300]!r}"
+    return headers, (json.loads(raw) if raw.strip() else None)
+
+
+def _created_id(headers: dict[str, str]) -> str:
+    return headers["Location"].rsplit("/", 1)[1]
+
+
+def _prepare(kc: Keycloak) -> None:
+    admin(kc, "POST", "", {"realm": REALM, "enabled": True, "accessTokenLifespan": 60})
+    headers, _ = admin(
+        kc,
         "POST",
         f"/{REALM}/client-scopes",
         {
@@ -165,8 +182,9 @@ def _prepare(kc: Keycloak) -> None:
             "attributes": {"include.in.token.scope": "true"},
         },
     )
-    scope_id = headers["Location"].rsplit("/", 1)[1]
-    call(
+    kc.scope_id = _created_id(headers)
+    admin(
+        kc,
         "POST",
         f"/{REALM}/clients",
         {
@@ -179,6 +197,105 @@ def _prepare(kc: Keycloak) -> None:
             "secret": CLIENT_SECRET,
         },
     )
-    _, _, raw = call("GET", f"/{REALM}/clients?clientId={CLIENT_ID}")
-    client = json.loads(raw)[0]["id"]
-    call("PUT", f"/{REALM}/clients/{client}/optional-client-scopes/{scope_id}")
+    _, clients = admin(kc, "GET", f"/{REALM}/clients?clientId={CLIENT_ID}")
+    admin(kc, "PUT", f"/{REALM}/clients/{clients[0]['id']}/optional-client-scopes/{kc.scope_id}")
+
+
+def trust_operator(
+    kc: Keycloak, *, alias: str, client_id: str, issuer: str, jwks_url: str | None = None, jwks: Any = None
+) -> None:
+    """Make Keycloak trust tokens signed by the operator (or by the apiserver's ServiceAccount keys).
+
+    - an OpenID Connect identity provider `alias` whose issuer and keys (a JWKS URL, or a JWKS
+      given inline) are those of the subject tokens, with the JWT Authorization Grant switched on;
+    - a confidential client `client_id` that authenticates with `private_key_jwt` against the
+      operator's JWKS when `jwks_url` is given (else with CLIENT_SECRET), may use the jwt-bearer
+      grant with that provider, and may exchange its tokens (legacy token exchange permission).
+    """
+    keys = {"useJwksUrl": "true", "jwksUrl": jwks_url} if jwks_url else {
+        "useJwksUrl": "false", "publicKeySignatureVerifier": json.dumps(jwks)
+    }  # fmt: skip
+    admin(
+        kc,
+        "POST",
+        f"/{REALM}/identity-provider/instances",
+        {
+            "alias": alias,
+            "providerId": "oidc",
+            "enabled": True,
+            "config": {
+                "issuer": issuer,
+                "validateSignature": "true",
+                # Exchange v1 otherwise wants Keycloak's own `typ` claim (ID/Bearer) in the subject token.
+                "disableTypeClaimCheck": "true",
+                **keys,
+                "jwtAuthorizationGrantEnabled": "true",
+                # ServiceAccount tokens live at least 10 minutes (the default allows 5).
+                "jwtAuthorizationGrantMaxAllowedAssertionExpiration": "3600",
+                "clientId": "unused",
+                "clientSecret": "unused",
+                "clientAuthMethod": "client_secret_post",
+                "authorizationUrl": f"{issuer}/unused/authorize",
+                "tokenUrl": f"{issuer}/unused/token",
+                "syncMode": "IMPORT",
+            },
+        },
+    )
+    auth = (
+        {"clientAuthenticatorType": "client-jwt"}
+        if jwks_url
+        else {"clientAuthenticatorType": "client-secret", "secret": CLIENT_SECRET}
+    )
+    attributes = {
+        "oauth2.jwt.authorization.grant.enabled": "true",
+        "oauth2.jwt.authorization.grant.idp": alias,
+        **({"use.jwks.url": "true", "jwks.url": jwks_url} if jwks_url else {}),
+    }
+    headers, _ = admin(
+        kc,
+        "POST",
+        f"/{REALM}/clients",
+        {
+            "clientId": client_id,
+            "publicClient": False,
+            "serviceAccountsEnabled": True,
+            "standardFlowEnabled": False,
+            "directAccessGrantsEnabled": False,
+            **auth,
+            "attributes": attributes,
+        },
+    )
+    client = _created_id(headers)
+    admin(kc, "PUT", f"/{REALM}/clients/{client}/optional-client-scopes/{kc.scope_id}")
+    # Legacy token exchange: the client may exchange tokens of this identity provider.
+    _, perms = admin(
+        kc, "PUT", f"/{REALM}/identity-provider/instances/{alias}/management/permissions", {"enabled": True}
+    )
+    _, mgmt = admin(kc, "GET", f"/{REALM}/clients?clientId=realm-management")
+    authz = f"/{REALM}/clients/{mgmt[0]['id']}/authz/resource-server"
+    headers, _ = admin(
+        kc, "POST", f"{authz}/policy/client", {"name": f"{client_id}-may-exchange", "clients": [client]}
+    )
+    _, policies = admin(kc, "GET", f"{authz}/policy?name={client_id}-may-exchange")
+    permission_id = perms["scopePermissions"]["token-exchange"]
+    _, permission = admin(kc, "GET", f"{authz}/permission/scope/{permission_id}")
+    permission["policies"] = [policies[0]["id"]]
+    admin(kc, "PUT", f"{authz}/permission/scope/{permission_id}", permission)
+
+
+def link_user(kc: Keycloak, *, alias: str, subject: str) -> str:
+    """A Keycloak user linked to `subject` at identity provider `alias` (the jwt-bearer grant and
+    the legacy exchange map the subject token's `sub` to this user). Returns the user id."""
+    username = "linked-" + subject.replace(":", "-").lower()[-60:]
+    headers, _ = admin(
+        kc, "POST", f"/{REALM}/users", {"username": username, "enabled": True, "email": f"{username}@example.com",
+                                        "firstName": "Agent", "lastName": "Linked", "emailVerified": True}
+    )  # fmt: skip
+    user = _created_id(headers)
+    admin(
+        kc,
+        "POST",
+        f"/{REALM}/users/{user}/federated-identity/{alias}",
+        {"identityProvider": alias, "userId": subject, "userName": subject},
+    )
+    return user

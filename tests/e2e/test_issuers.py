@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -37,36 +38,52 @@ def wait_reason(kube: Kube, namespace: str, name: str, reason: str, timeout: flo
     )
 
 
-@pytest.fixture
-def strict_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
-    """A ClusterTokenIssuer with a tight policy and a namespace selector."""
-    name = f"strict-{uuid.uuid4().hex[:6]}"
-    kube.apply(
-        issuer(
-            "ClusterTokenIssuer",
-            name,
-            {
-                "builtin": {},
-                "policy": {
-                    "allowedScopes": ["tickets:*", "read"],
-                    "allowedAudiences": ["https://tickets.example.com", "https://*.internal.example.com"],
-                    "minTTL": "5m",
-                    "maxTTL": "2h",
-                    "namespaceSelector": {"matchLabels": {"agents": "allowed"}},
-                },
-            },
-        )
-    )
+STRICT_POLICY: dict[str, Any] = {
+    "allowedScopes": ["tickets:*", "read"],
+    "allowedAudiences": ["https://tickets.example.com", "https://*.internal.example.com"],
+    "minTTL": "5m",
+    "maxTTL": "2h",
+    "namespaceSelector": {"matchLabels": {"agents": "allowed"}},
+}
+
+
+def issuer_ready(kube: Kube, kind: str, name: str, namespace: str | None = None) -> None:
+    where = ["-n", namespace] if namespace else []
     wait_for(
-        "the issuer to be Ready",
+        f"{kind} {name} to be Ready",
         lambda: any(
             c["type"] == "Ready" and c["status"] == "True"
-            for c in ((kube.get_json("clustertokenissuer", name) or {}).get("status") or {}).get(
+            for c in ((kube.get_json(kind.lower(), name, *where) or {}).get("status") or {}).get(
                 "conditions", []
             )
         ),
         timeout=30,
     )
+
+
+def admission_denies(kube: Kube, manifest: str, namespace: str, text: str, timeout: float = 15) -> str:
+    """`kubectl apply` is refused by the admission policy with `text` (polled: a new policy or
+    param takes the apiserver a moment to see)."""
+
+    def denied() -> str | None:
+        result = kube.apply(manifest, "-n", namespace, check=False)
+        if result.returncode == 0:  # admitted before the policy saw the issuer: undo, try again
+            kube.kubectl("delete", "-f", "-", "-n", namespace, "--wait=false", input=manifest, check=False)
+            return None
+        assert "ValidatingAdmissionPolicy" in result.stderr, result.stderr
+        return result.stderr
+
+    stderr = wait_for("the admission policy to deny", denied, timeout=timeout, interval=1)
+    assert text in stderr, stderr
+    return stderr
+
+
+@pytest.fixture
+def strict_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
+    """A ClusterTokenIssuer with a tight policy and a namespace selector."""
+    name = f"strict-{uuid.uuid4().hex[:6]}"
+    kube.apply(issuer("ClusterTokenIssuer", name, {"builtin": {}, "policy": STRICT_POLICY}))
+    issuer_ready(kube, "ClusterTokenIssuer", name)
     yield name
     kube.kubectl("delete", "clustertokenissuer", name, "--wait=false", check=False)
 
@@ -106,33 +123,93 @@ def test_cluster_issuer_policy(
     kube.kubectl("label", "namespace", namespace, "agents=allowed")
     spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
     spec |= change
+    # At admission: the apiserver refuses it with the same words the operator would use.
+    manifest = agenttoken(
+        "asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
+    )
+    admission_denies(kube, manifest, namespace, f"ClusterTokenIssuer '{strict_issuer}': {text}")
+    # At reconcile: an issuer that appears after the token (admission had nothing to check).
+    late = f"{strict_issuer}-late"
     kube.apply(
-        agenttoken(
-            "asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": strict_issuer}, **spec
-        ),
+        agenttoken("asker", "asker-token", issuerRef={"kind": "ClusterTokenIssuer", "name": late}, **spec),
         "-n",
         namespace,
     )
-    cond = wait_reason(kube, namespace, "asker", reason)
-    assert cond["status"] == "False"
-    assert text in cond["message"], cond["message"]
-    assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
-    assert events is not None
-    assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+    wait_reason(kube, namespace, "asker", "IssuerNotFound")
+    kube.apply(issuer("ClusterTokenIssuer", late, {"builtin": {}, "policy": STRICT_POLICY}))
+    try:
+        cond = wait_reason(kube, namespace, "asker", reason)
+        assert cond["status"] == "False"
+        assert text in cond["message"], cond["message"]
+        assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
+        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
+        assert events is not None
+        assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", late, "--wait=false", check=False)
 
 
 def test_cluster_issuer_namespace_selector(kube: Kube, strict_issuer: str, namespace: str) -> None:
     spec = {"audience": ["https://tickets.example.com"], "scopes": ["tickets:read"], "ttl": "1h"}
     ref = {"kind": "ClusterTokenIssuer", "name": strict_issuer}
-    kube.apply(agenttoken("outsider", "outsider-token", issuerRef=ref, **spec), "-n", namespace)
-    cond = wait_reason(kube, namespace, "outsider", "PolicyViolation")
-    assert f"namespace '{namespace}' is not selected by the issuer (agents=allowed)" in cond["message"]
+    manifest = agenttoken("outsider", "outsider-token", issuerRef=ref, **spec)
+    admission_denies(
+        kube,
+        manifest,
+        namespace,
+        f"ClusterTokenIssuer '{strict_issuer}': namespace '{namespace}' is not selected by the issuer (agents=allowed)",
+    )
     # Selecting the namespace lets the same request through.
     kube.kubectl("label", "namespace", namespace, "agents=allowed")
-    kube.kubectl("annotate", "agenttoken", "outsider", "-n", namespace, "agenttoken.dev/rotate=now")
+    kube.apply(manifest, "-n", namespace)
     wait_ready(kube, namespace, "outsider")
     assert secret_data(kube, namespace, "outsider-token") is not None
+    # Unselecting it later is for the reconcile-time check to catch (admission saw a valid request):
+    # the operator watches namespace labels, so the label change alone re-checks the token.
+    kube.kubectl("label", "namespace", namespace, "agents-")
+    cond = wait_reason(kube, namespace, "outsider", "PolicyViolation")
+    assert f"namespace '{namespace}' is not selected by the issuer (agents=allowed)" in cond["message"]
+
+
+def test_admission_policy_ignores_other_issuers_and_metadata_edits(
+    kube: Kube, strict_issuer: str, namespace: str
+) -> None:
+    """Only the named issuer's policy applies; a token of another issuer with the same spec passes,
+    and so do label edits on a token whose issuer was tightened afterwards."""
+    # The apiserver type-checked every CEL expression against the CRD schemas without a warning.
+    for kind in ("tokenissuer", "clustertokenissuer"):
+        name = f"agent-token-operator-{kind}-policy"
+        checked = wait_for(
+            f"type checking of {name}",
+            lambda name=name: (
+                (vap := kube.get_json("validatingadmissionpolicy", name) or {})
+                .get("status", {})
+                .get("observedGeneration")
+                == vap["metadata"]["generation"]
+                and vap["status"]
+            ),
+            timeout=60,
+        )
+        assert not checked.get("typeChecking", {}).get("expressionWarnings"), checked
+    spec = {"audience": ["https://billing.example.com"], "scopes": ["billing:write"], "ttl": "3h"}
+    kube.apply(agenttoken("other", "other-token", **spec), "-n", namespace)  # the default builtin issuer
+    wait_ready(kube, namespace, "other")
+    loose = f"{strict_issuer}-loose"
+    kube.apply(issuer("ClusterTokenIssuer", loose, {"builtin": {}}))
+    try:
+        issuer_ready(kube, "ClusterTokenIssuer", loose)
+        ref = {"kind": "ClusterTokenIssuer", "name": loose}
+        kube.apply(agenttoken("tight", "tight-token", issuerRef=ref, **spec), "-n", namespace)
+        wait_ready(kube, namespace, "tight")
+        kube.apply(issuer("ClusterTokenIssuer", loose, {"builtin": {}, "policy": {"maxTTL": "1h"}}))
+        kube.kubectl("label", "agenttoken", "tight", "-n", namespace, "team=a")  # metadata only: admitted
+        cond = wait_reason(kube, namespace, "tight", "PolicyViolation")
+        assert "ttl 3h is above the issuer's maximum 1h" in cond["message"]
+        # Changing the spec now meets the tightened policy at admission.
+        changed = agenttoken("tight", "tight-token", issuerRef=ref, **(spec | {"ttl": "2h"}))
+        admission_denies(kube, changed, namespace, "ttl 2h is above the issuer's maximum 1h")
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", loose, "--wait=false", check=False)
 
 
 def test_within_policy_mints(kube: Kube, strict_issuer: str, namespace: str) -> None:
@@ -163,8 +240,15 @@ def test_namespaced_issuer_serves_only_its_namespace(
         # In its own namespace it serves, within its policy.
         kube.apply(agenttoken("owner", "owner-token", issuerRef=ref), "-n", other)
         wait_ready(kube, other, "owner")
-        kube.apply(agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]), "-n", other)
-        assert "scope 'write'" in wait_reason(kube, other, "greedy", "PolicyViolation")["message"]
+        admission_denies(
+            kube,
+            agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]),
+            other,
+            "TokenIssuer 'local': scope 'write' is not allowed by the issuer (allowed: read)",
+        )
+        # The same issuer name in another namespace is not this namespace's param.
+        kube.apply(agenttoken("greedy", "greedy-token", issuerRef=ref, scopes=["write"]), "-n", namespace)
+        wait_reason(kube, namespace, "greedy", "IssuerNotFound")
         kube.apply(
             agenttoken("missing", "missing-token", issuerRef={"kind": "ClusterTokenIssuer", "name": "nope"}),
             "-n",
@@ -411,6 +495,33 @@ def test_issuer_status_reports_missing_credentials(
     assert f"Secret {namespace}/absent" in cond["message"]
 
 
+JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return result
+
+
+def lifetime_of(st: dict[str, Any]) -> float:
+    return time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+
+
+def refused(kube: Kube, namespace: str, name: str, issuer_name: str, code: str, **spec: Any) -> str:
+    """An AgentToken of `issuer_name` that the provider refuses: the reason carries the OAuth
+    error code (regex `code`), nothing is minted. Returns the message."""
+    ref = {"kind": "TokenIssuer", "name": issuer_name}
+    manifest = agenttoken(name, f"{name}-token", issuerRef=ref, scopes=["tickets:read"], **spec)
+    kube.apply(manifest, "-n", namespace)
+    message = str(wait_reason(kube, namespace, name, "IssueFailed")["message"])
+    assert re.search(rf"refused: {code}$", message), message
+    assert secret_data(kube, namespace, f"{name}-token") is None
+    return message
+
+
 @pytest.fixture(scope="module")
 def keycloak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from . import keycloak as kc
@@ -463,18 +574,14 @@ def test_oauth2_issuer_against_keycloak(
     wait_ready(kube, namespace, "idp", timeout=60)
     data = secret_data(kube, namespace, "idp-token")
     assert data is not None
-    payload = data["token"].split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims = claims_of(data["token"])
     assert claims["iss"] == keycloak.issuer
     assert claims["azp"] == CLIENT_ID
     assert "tickets:read" in claims["scope"].split()
     st = status(kube, namespace, "idp")
     assert st["tokenId"] == claims["jti"]
     # The provider's expires_in (60 s in this realm) decides the lifetime, not spec.ttl (1h).
-    lifetime = time.mktime(time.strptime(st["expiresAt"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
-        time.strptime(st["issuedAt"], "%Y-%m-%dT%H:%M:%SZ")
-    )
-    assert 55 <= lifetime <= 65
+    assert 55 <= lifetime_of(st) <= 65
     renewed = wait_for(
         "a renewal before expires_in",
         lambda: (s := status(kube, namespace, "idp"))["revision"] >= 2 and s,
@@ -483,20 +590,8 @@ def test_oauth2_issuer_against_keycloak(
     assert renewed["tokenId"] != st["tokenId"]
 
     # A wrong client secret: the OAuth error code is the reason, the secret appears nowhere.
-    kube.apply(
-        agenttoken(
-            "idp-bad",
-            "idp-bad-token",
-            issuerRef={"kind": "TokenIssuer", "name": "keycloak-wrong"},
-            scopes=["tickets:read"],
-        ),
-        "-n",
-        namespace,
-    )
-    cond = wait_reason(kube, namespace, "idp-bad", "IssueFailed")
     # RFC 6749 says invalid_client; Keycloak answers unauthorized_client. Either way: the OAuth code.
-    assert re.search(r"refused: (invalid_client|unauthorized_client)$", cond["message"]), cond["message"]
-    assert secret_data(kube, namespace, "idp-bad-token") is None
+    refused(kube, namespace, "idp-bad", "keycloak-wrong", "(invalid_client|unauthorized_client)")
     for text in (operator.log_text(), kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout):
         assert CLIENT_SECRET not in text
         assert data["token"] not in text
@@ -509,3 +604,152 @@ def test_oauth2_issuer_against_keycloak(
         rf'agenttoken_issuer_requests_total\{{kind="TokenIssuer",name="keycloak-wrong",namespace="{namespace}",result="failure",type="oauth2"\}} [1-9]',
         metrics,
     )
+
+
+def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
+    kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
+) -> None:
+    """No client secret at all: Keycloak verifies the client assertion and the subject tokens
+    against the operator's published JWKS (client "Signed JWT" authenticator, an identity provider
+    with the JWT Authorization Grant switched on, a legacy token-exchange permission)."""
+    from . import keycloak as kc
+
+    with urllib.request.urlopen(f"{operator.base_url}/.well-known/openid-configuration", timeout=5) as resp:
+        discovery = json.loads(resp.read())
+    kc.trust_operator(
+        keycloak,
+        alias="operator",
+        client_id="agent-signed",
+        issuer=discovery["issuer"],
+        jwks_url=f"{operator.base_url}/jwks.json",
+    )
+    common = {
+        "issuerURL": keycloak.issuer,
+        "clientID": "agent-signed",
+        "clientAuthMethod": "private_key_jwt",
+    }
+    grants = {
+        "signed": {},
+        "bearer": {"grant": "jwt_bearer"},
+        "exchange": {
+            "grant": "token_exchange",
+            "requestedTokenType": "urn:ietf:params:oauth:token-type:access_token",
+        },
+    }
+    for name, extra in grants.items():
+        spec = {"oauth2": common | extra, "policy": {"allowedScopes": ["tickets:*"]}}
+        kube.apply(issuer("TokenIssuer", name, spec), "-n", namespace)
+        if name != "signed":  # the subject token's `sub` is the AgentToken's subject: link it
+            kc.link_user(keycloak, alias="operator", subject=f"agenttoken:{namespace}:{name}-agent")
+    for name in grants:
+        kube.apply(
+            agenttoken(
+                f"{name}-agent",
+                f"{name}-token",
+                issuerRef={"kind": "TokenIssuer", "name": name},
+                scopes=["tickets:read"],
+            ),
+            "-n",
+            namespace,
+        )
+    users = {
+        "signed": "service-account-agent-signed",
+        "bearer": f"linked-agenttoken-{namespace}-bearer-agent",
+        "exchange": f"linked-agenttoken-{namespace}-exchange-agent",
+    }
+    tokens = []
+    for name, user in users.items():
+        wait_ready(kube, namespace, f"{name}-agent", timeout=60)
+        data = secret_data(kube, namespace, f"{name}-token")
+        assert data is not None
+        tokens.append(data["token"])
+        claims = claims_of(data["token"])
+        assert claims["iss"] == keycloak.issuer
+        assert claims["azp"] == "agent-signed"
+        assert claims["preferred_username"] == user, name
+        assert "tickets:read" in claims["scope"].split()
+        st = status(kube, namespace, f"{name}-agent")
+        assert st["tokenId"] == claims["jti"]
+        assert 55 <= lifetime_of(st) <= 65, "Keycloak's expires_in decides"
+
+    # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
+    refused(kube, namespace, "stranger", "bearer", r"invalid_\w+")
+    # spec.subject cannot borrow a linked identity: the subject token names the AgentToken itself.
+    refused(
+        kube, namespace, "impostor", "bearer", r"invalid_\w+", subject=f"agenttoken:{namespace}:bearer-agent"
+    )
+    # No client assertion, subject token or access token in the log, Events or status.
+    log = operator.log_text()
+    assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"
+    events = kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    statuses = kube.kubectl("get", "agenttokens", "-n", namespace, "-o", "json").stdout
+    for text in (events, statuses):
+        assert not JWT_SHAPE.search(text)
+
+
+def test_oauth2_serviceaccount_subject_tokens_against_keycloak(
+    kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
+) -> None:
+    """Subject tokens from TokenRequest: Keycloak trusts the apiserver's ServiceAccount issuer
+    (its JWKS given inline: the apiserver's JWKS endpoint needs authentication)."""
+    from . import keycloak as kc
+
+    sa_discovery = json.loads(kube.kubectl("get", "--raw", "/.well-known/openid-configuration").stdout)
+    sa_jwks = json.loads(kube.kubectl("get", "--raw", "/openid/v1/jwks").stdout)
+    kc.trust_operator(
+        keycloak, alias="kubernetes", client_id="agent-sa", issuer=sa_discovery["issuer"], jwks=sa_jwks
+    )
+    kube.kubectl("create", "serviceaccount", "agent", "-n", namespace)
+    kc.link_user(keycloak, alias="kubernetes", subject=f"system:serviceaccount:{namespace}:agent")
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "kc-sa-client",
+        "-n",
+        namespace,
+        f"--from-literal=clientSecret={kc.CLIENT_SECRET}",
+    )
+    for name, grant in (("sa-bearer", {"grant": "jwt_bearer"}), ("sa-exchange", {"grant": "token_exchange"})):
+        spec = {
+            "oauth2": {
+                "issuerURL": keycloak.issuer,
+                "clientID": "agent-sa",
+                "clientSecretRef": {"name": "kc-sa-client"},
+                "subjectToken": {"source": "serviceAccount", "serviceAccountName": "agent"},
+                **grant,
+            }
+        }
+        kube.apply(issuer("TokenIssuer", name, spec), "-n", namespace)
+        kube.apply(
+            agenttoken(
+                name,
+                f"{name}-token",
+                issuerRef={"kind": "TokenIssuer", "name": name},
+                scopes=["tickets:read"],
+            ),
+            "-n",
+            namespace,
+        )
+    for name in ("sa-bearer", "sa-exchange"):
+        wait_ready(kube, namespace, name, timeout=60)
+        data = secret_data(kube, namespace, f"{name}-token")
+        assert data is not None
+        claims = claims_of(data["token"])
+        assert claims["iss"] == keycloak.issuer
+        assert claims["azp"] == "agent-sa"
+        assert claims["preferred_username"] == f"linked-system-serviceaccount-{namespace}-agent"
+    # A ServiceAccount Keycloak has no user for: the OAuth error code, nothing minted.
+    kube.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    spec = {
+        "oauth2": {
+            "issuerURL": keycloak.issuer,
+            "clientID": "agent-sa",
+            "clientSecretRef": {"name": "kc-sa-client"},
+            "grant": "jwt_bearer",
+            "subjectToken": {"source": "serviceAccount", "serviceAccountName": "nobody"},
+        }
+    }
+    kube.apply(issuer("TokenIssuer", "sa-nobody", spec), "-n", namespace)
+    refused(kube, namespace, "nobody", "sa-nobody", r"invalid_\w+")
+    assert not JWT_SHAPE.search(operator.log_text())

@@ -114,3 +114,22 @@ def test_parse_issuer() -> None:
 def test_invalid_issuers(spec: dict[str, Any]) -> None:
     with pytest.raises(InvalidSpec):
         parse_issuer("ClusterTokenIssuer", {"metadata": {"name": "x"}, "spec": spec})
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "allowed"),
+    [
+        ("tickets:read", "tickets:*", True),
+        ("tickets:", "tickets:*", True),
+        ("ticketsXread", "tickets.read", False),  # `.` is literal (as in the admission policy)
+        ("a", "[ab]", False),  # no character classes: brackets are literal
+        ("[ab]", "[ab]", True),
+        ("https://a.b.internal.example.com", "https://*.internal.example.com", True),
+        ("https://x.example.com/p?q=1", "https://?.example.com/p?q=1", True),
+        ("https://example.com+", "https://example.com+", True),
+        ("READ", "read", False),
+    ],
+)
+def test_globs_match_like_the_admission_policy(value: str, pattern: str, allowed: bool) -> None:
+    policy = IssuerPolicy(allowed_scopes=(pattern,), allowed_audiences=(pattern,))
+    assert (check(policy, request(scopes=[], audience=[value])) is None) is allowed

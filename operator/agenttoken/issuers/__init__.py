@@ -3,7 +3,9 @@
 `TokenIssuer` (namespaced: serves its own namespace) and `ClusterTokenIssuer` (cluster-wide, with
 a namespace selector) each hold a policy and exactly one type: `builtin` (the operator's own
 keys), `kubernetes` (TokenRequest for a ServiceAccount, bound to the Secret), `webhook` (an HTTP
-service that mints) or `oauth2` (client credentials at an OAuth2/OIDC provider). This module is pure: parsing and readiness. The type modules do I/O.
+service that mints) or `oauth2` (client credentials, token exchange or
+jwt-bearer at an OAuth2/OIDC provider). This module is pure: parsing and readiness. The type
+modules do I/O.
 """
 
 from __future__ import annotations
@@ -93,8 +95,17 @@ def parse_issuer(kind: str, body: Mapping[str, Any]) -> IssuerSpec:
     if present[0] == "oauth2":
         if not (config.get("tokenURL") or config.get("issuerURL")):
             raise InvalidSpec("spec.oauth2 needs tokenURL or issuerURL")
-        if not config.get("clientID") or not (config.get("clientSecretRef") or {}).get("name"):
-            raise InvalidSpec("spec.oauth2 needs clientID and clientSecretRef")
+        if not config.get("clientID"):
+            raise InvalidSpec("spec.oauth2 needs clientID")
+        if (config.get("clientAuthMethod") or "client_secret_basic") == "client_secret_basic" and not (
+            config.get("clientSecretRef") or {}
+        ).get("name"):
+            raise InvalidSpec("spec.oauth2 needs clientSecretRef (or clientAuthMethod private_key_jwt)")
+        subject = config.get("subjectToken") or {}
+        if subject.get("source") == "serviceAccount" and not subject.get("serviceAccountName"):
+            raise InvalidSpec(
+                "spec.oauth2.subjectToken.serviceAccountName is required for source serviceAccount"
+            )
     return IssuerSpec(
         kind=kind,
         namespace=meta.get("namespace", "") if kind == api.TOKENISSUER_KIND else "",

@@ -30,35 +30,39 @@ def _segment(token: str, index: int) -> dict[str, Any]:
         return {}
 
 
+async def request_token(
+    kube: Kube, namespace: str, account: str, spec: Mapping[str, Any]
+) -> tuple[str, datetime.datetime]:
+    """A TokenRequest for namespace/account: (token, the expiry the apiserver decided)."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": dict(spec)}
+    try:
+        result = await kube.create_token(namespace, account, body)
+    except KubeError as exc:
+        raise IssueError(f"TokenRequest for ServiceAccount {namespace}/{account} failed: {exc}") from None
+    status = result.get("status") or {}
+    token, expires = status.get("token"), parse_time(status.get("expirationTimestamp"))
+    if not token or expires is None:
+        raise IssueError("TokenRequest returned no token or expirationTimestamp")
+    return str(token), expires
+
+
 async def issue(
     kube: Kube, ctx: IssueContext, config: Mapping[str, Any], *, now: datetime.datetime
 ) -> Issued:
     if ctx.secret_uid is None:
         raise IssueError("the Secret must exist before a bound ServiceAccount token can be requested")
     req = ctx.request
-    body = {
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {
-            "audiences": list(config.get("audiences") or req.audience),
-            "expirationSeconds": max(MIN_EXPIRATION_SECONDS, int(req.ttl.total_seconds())),
-            "boundObjectRef": {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "name": ctx.secret_name,
-                "uid": ctx.secret_uid,
-            },
+    spec = {
+        "audiences": list(config.get("audiences") or req.audience),
+        "expirationSeconds": max(MIN_EXPIRATION_SECONDS, int(req.ttl.total_seconds())),
+        "boundObjectRef": {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "name": ctx.secret_name,
+            "uid": ctx.secret_uid,
         },
     }
-    account = config["serviceAccountName"]
-    try:
-        result = await kube.create_token(req.namespace, account, body)
-    except KubeError as exc:
-        raise IssueError(f"TokenRequest for ServiceAccount {req.namespace}/{account} failed: {exc}") from None
-    status = result.get("status") or {}
-    token, expires = status.get("token"), parse_time(status.get("expirationTimestamp"))
-    if not token or expires is None:
-        raise IssueError("TokenRequest returned no token or expirationTimestamp")
+    token, expires = await request_token(kube, req.namespace, config["serviceAccountName"], spec)
     claims = _segment(token, 1)
     issued = (
         datetime.datetime.fromtimestamp(claims["iat"], datetime.UTC)
