@@ -54,6 +54,8 @@ DEFAULT_BUNDLE_KEY: Final = "token.json"
 COND_READY: Final = "Ready"
 COND_RECONCILING: Final = "Reconciling"
 COND_STALLED: Final = "Stalled"
+# Abnormal-true too: present while no workload has consumed the Secret for spec.unused.markAfter.
+COND_UNUSED: Final = "Unused"
 
 # Reasons: CamelCase, shared by conditions and Events.
 REASON_ISSUED: Final = "TokenIssued"
@@ -80,3 +82,8 @@ REASON_ROLLOUT_TOO_SLOW: Final = "RolloutTooSlow"
 REASON_CONSUMER_NEEDS_RESTART: Final = "ConsumerNeedsRestart"
 REASON_TOKEN_REVOKED: Final = "TokenRevoked"
 REASON_POLICY_VIOLATION: Final = "PolicyViolation"
+# The unused-token policy's steps (condition Unused and Events).
+REASON_UNUSED: Final = "TokenUnused"
+REASON_UNUSED_SUSPENDED: Final = "UnusedSuspended"
+REASON_UNUSED_REVOKED: Final = "UnusedRevoked"
+REASON_IN_USE: Final = "TokenInUse"

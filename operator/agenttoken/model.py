@@ -19,6 +19,7 @@ from agenttoken.restarts import RolloutSpec, parse_rollout
 from agenttoken.schedule import RenewalPolicy, parse_duration
 from agenttoken.times import parse_time
 from agenttoken.tokens import TokenRequest
+from agenttoken.usage import UnusedPolicy, Usage, parse_usage
 
 MIN_TTL = datetime.timedelta(seconds=60)
 MAX_TTL = datetime.timedelta(hours=168)
@@ -55,6 +56,7 @@ class AgentTokenSpec:
     allowed_cidrs: tuple[str, ...] = ()
     suspend: bool = False
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
+    unused: UnusedPolicy = field(default_factory=UnusedPolicy)
 
     def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
         return TokenRequest(
@@ -150,6 +152,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         allowed_cidrs=_strings(spec.get("allowedCIDRs"), "spec.allowedCIDRs", required=False),
         suspend=bool(spec.get("suspend", False)),
         rollout=_rollout(spec.get("rollout")),
+        unused=_unused(spec.get("unused")),
     )
     try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
         parsed.token_request("namespace", "name", "uid")
@@ -175,6 +178,26 @@ def _rollout(raw: Any) -> RolloutSpec:
     return rollout
 
 
+def _unused(raw: Any) -> UnusedPolicy:
+    if raw is None:
+        return UnusedPolicy()
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.unused must be an object")
+    periods = {
+        key: _duration(raw[key], f"spec.unused.{key}") if raw.get(key) is not None else None
+        for key in ("markAfter", "suspendAfter", "revokeAfter")
+    }
+    if periods["revokeAfter"] is not None and periods["suspendAfter"] is None:
+        raise InvalidSpec(
+            "spec.unused.revokeAfter needs spec.unused.suspendAfter (revocation follows suspension)"
+        )
+    return UnusedPolicy(
+        mark_after=periods["markAfter"] or UnusedPolicy().mark_after,
+        suspend_after=periods["suspendAfter"],
+        revoke_after=periods["revokeAfter"],
+    )
+
+
 @dataclass(frozen=True)
 class TokenStatus:
     """What status says about the current token and its renewal; re-derived after every restart."""
@@ -191,6 +214,7 @@ class TokenStatus:
     last_handled_rotate_request: str | None = None
     observed_generation: int | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
+    usage: Usage | None = None
 
 
 def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
@@ -208,4 +232,5 @@ def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
         last_handled_rotate_request=status.get("lastHandledRotateRequest"),
         observed_generation=status.get("observedGeneration"),
         conditions=tuple(status.get("conditions") or ()),
+        usage=parse_usage(status.get("usage")),
     )

@@ -67,4 +67,11 @@ app.kubernetes.io/part-of: agent-token-operator
   resources: ["deployments", "statefulsets", "daemonsets"]
   # patch: the one pod-template annotation agenttoken.dev/revision.<name>
   verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  # unused-token policy: a fresh look for consumers before flagging, suspending or revoking
+  verbs: ["list"]
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["list"]
 {{- end -}}
