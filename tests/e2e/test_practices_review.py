@@ -248,7 +248,10 @@ def test_audit_flags_each_planted_finding_and_gates_on_severity(
     kube: Kube, operator: OperatorProcess, namespace: str
 ) -> None:
     # Planted first: it needs a minute to expire (the shortest TTL), renewal suspended.
-    kube.apply(agenttoken("expiring", "expiring-token", ttl="60s", suspend=True), "-n", namespace)
+    kube.apply(agenttoken("expiring", "expiring-token", ttl="60s"), "-n", namespace)
+    wait_ready(kube, namespace, "expiring")
+    kube.kubectl("patch", "agenttoken", "expiring", "-n", namespace, "--type=merge", "-p",
+                 '{"spec": {"suspend": true}}')  # fmt: skip
     planted = {
         "wildcard": {"scopes": ["tickets:*"]},
         "admin": {"scopes": ["tickets:read", "tickets:admin"]},
