@@ -388,9 +388,10 @@ class Controller:
         if now < self._usage_from:
             # Keep what status says (a suspension stays) until the workload cache is filled.
             if previous.usage is None:
-                self.schedule((namespace, meta["name"]), self._usage_from)
-                return None
-            return UsageDecision(previous.usage, wake_at=self._usage_from)
+                return None  # judged at the next reconcile after the warm-up (no extra wake-up)
+            # Only a token with a step pending needs a look right after the warm-up.
+            pending = previous.usage.state != "InUse"
+            return UsageDecision(previous.usage, wake_at=self._usage_from if pending else None)
         consumed = any(
             w.runs_pods and w.consumes_secret(spec.secret_name) for w in self.rollouts.in_namespace(namespace)
         )
