@@ -114,7 +114,8 @@ def review(obj: Mapping[str, Any], policy: ReviewPolicy, now: datetime.datetime)
     if ttl is not None and ttl > policy.max_ttl:
         findings.append(Finding("LongTTL", "medium", f"ttl {ttl_text} is above {_hours(policy.max_ttl)}"))
 
-    in_use = bool(consumers) or (usage is not None and usage.state == IN_USE)
+    # The operator's judgement (running pods, fresh reads) when it has one; else the listed consumers.
+    in_use = usage.state == IN_USE if usage is not None else bool(consumers)
     if usage is not None and usage.state in FLAGGED:
         findings.append(
             Finding(

@@ -63,6 +63,8 @@ from agenttoken.usage import message as usage_message
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+# Seconds a fresh listing of a namespace's consumers is reused by the unused-token policy.
+LISTING_TTL = 2.0
 Clock = Callable[[], datetime.datetime]
 
 
@@ -158,6 +160,7 @@ class Controller:
         self._warned_expiry: set[tuple[Key, str]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._usage_from = clock() + datetime.timedelta(seconds=options.usage_warmup)
+        self._listings: dict[str, tuple[float, dict[str, list[dict[str, Any]]]]] = {}
 
     # -- feeding --
 
@@ -397,7 +400,7 @@ class Controller:
         )
         decision = assess(spec.unused, previous.usage, consumed, now, previous.token_id)
         if decision.needs_confirmation and consumed_in(
-            await self.kube.list_consumers(namespace), spec.secret_name
+            await self._fresh_listing(namespace), spec.secret_name
         ):
             decision = assess(spec.unused, previous.usage, True, now, previous.token_id)
         step, usage = decision.step, decision.usage
@@ -417,6 +420,18 @@ class Controller:
                 text += " (it had already expired; nothing to add to the revocation list)"
             await self._event(body, True, api.REASON_UNUSED_REVOKED, text)
         return decision
+
+    async def _fresh_listing(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        """Kube.list_consumers, shared for a few seconds by every AgentToken of the namespace
+        whose step falls due together (e.g. many tokens marked right after the warm-up)."""
+        held = self._listings.get(namespace)
+        if held is not None and time.monotonic() - held[0] < LISTING_TTL:
+            return held[1]
+        listing = await self.kube.list_consumers(namespace)
+        self._listings[namespace] = (time.monotonic(), listing)
+        for ns in [n for n, (t, _) in self._listings.items() if time.monotonic() - t >= LISTING_TTL]:
+            del self._listings[ns]
+        return listing
 
     def _usage_outcome(
         self, decision: UsageDecision, spec: AgentTokenSpec, record: TokenRecord | None, outcome: Outcome
