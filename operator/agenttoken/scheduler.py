@@ -34,7 +34,7 @@ from agenttoken.issuers import oauth2 as oauth2_issuer
 from agenttoken.issuers import webhook as webhook_issuer
 from agenttoken.keymanager import KeyManager
 from agenttoken.kube import Kube, KubeError
-from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
+from agenttoken.model import AgentTokenSpec, InvalidSpec, TokenStatus, parse_spec, parse_status
 from agenttoken.policy import Request as PolicyRequest
 from agenttoken.policy import check as check_policy
 from agenttoken.renewal import Action, Decision, Snapshot, decide
@@ -57,7 +57,7 @@ from agenttoken.secrets import TokenRecord, decode_data, desired_secret, desired
 from agenttoken.status import Outcome, differs, render
 from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
-from agenttoken.usage import FLAGGED, UsageDecision, assess
+from agenttoken.usage import FLAGGED, IN_USE, REVOKED, SUSPENDED, UNUSED, UsageDecision, assess
 from agenttoken.usage import message as usage_message
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ class Controller:
             await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
 
         self._index_for_workloads(key, spec)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"rollout": None, "consumers": None}
         rollout_wake: datetime.datetime | None = None
         if record is not None:
             extra, outcome, rollout_wake = await self._rollout(body, spec, record, outcome)
@@ -381,7 +381,7 @@ class Controller:
     # -- stale and orphan tokens --
 
     async def _assess_usage(
-        self, body: dict[str, Any], spec: AgentTokenSpec, previous: Any, now: datetime.datetime
+        self, body: dict[str, Any], spec: AgentTokenSpec, previous: TokenStatus, now: datetime.datetime
     ) -> UsageDecision | None:
         """Where this AgentToken stands under spec.unused; takes the step that is due (see usage)."""
         if self.rollouts is None:
@@ -393,7 +393,7 @@ class Controller:
             if previous.usage is None:
                 return None  # judged at the next reconcile after the warm-up (no extra wake-up)
             # Only a token with a step pending needs a look right after the warm-up.
-            pending = previous.usage.state != "InUse"
+            pending = previous.usage.state != IN_USE
             return UsageDecision(previous.usage, wake_at=self._usage_from if pending else None)
         consumed = any(
             w.runs_pods and w.consumes_secret(spec.secret_name) for w in self.rollouts.in_namespace(namespace)
@@ -407,11 +407,11 @@ class Controller:
         if step is None:
             return decision
         text = usage_message(step, usage, spec.secret_name, spec.unused)
-        if step == "InUse":
+        if step == IN_USE:
             await self._event(body, False, api.REASON_IN_USE, text)
-        elif step == "Unused":
+        elif step == UNUSED:
             await self._event(body, True, api.REASON_UNUSED, text)
-        elif step == "Suspended":
+        elif step == SUSPENDED:
             await self._event(body, True, api.REASON_UNUSED_SUSPENDED, text)
         else:
             if previous.token_id and previous.expires_at:
@@ -440,9 +440,9 @@ class Controller:
         if usage.state not in FLAGGED:
             return outcome
         reason = {
-            "Unused": api.REASON_UNUSED,
-            "Suspended": api.REASON_UNUSED_SUSPENDED,
-            "Revoked": api.REASON_UNUSED_REVOKED,
+            UNUSED: api.REASON_UNUSED,
+            SUSPENDED: api.REASON_UNUSED_SUSPENDED,
+            REVOKED: api.REASON_UNUSED_REVOKED,
         }[usage.state]
         text = usage_message(usage.state, usage, spec.secret_name, spec.unused)
         outcome = dataclasses.replace(outcome, unused=Reason(reason, text))
@@ -450,7 +450,7 @@ class Controller:
             outcome = dataclasses.replace(
                 outcome, suspended_why=f"renewal suspended: unused since {format_time(usage.unused_since)}"
             )
-        if usage.state == "Revoked" and record is not None and record.token_id == usage.revoked_token_id:
+        if usage.state == REVOKED and record is not None and record.token_id == usage.revoked_token_id:
             outcome = dataclasses.replace(outcome, revoked=Reason(api.REASON_TOKEN_REVOKED, text))
         return outcome
 
