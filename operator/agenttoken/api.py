@@ -56,6 +56,8 @@ DEFAULT_BUNDLE_KEY: Final = "token.json"
 COND_READY: Final = "Ready"
 COND_RECONCILING: Final = "Reconciling"
 COND_STALLED: Final = "Stalled"
+# Abnormal-true too: present while no workload has consumed the Secret for spec.unused.markAfter.
+COND_UNUSED: Final = "Unused"
 
 # Reasons: CamelCase, shared by conditions and Events.
 REASON_ISSUED: Final = "TokenIssued"
@@ -84,3 +86,8 @@ REASON_TOKEN_REVOKED: Final = "TokenRevoked"
 REASON_POLICY_VIOLATION: Final = "PolicyViolation"
 REASON_VERIFICATION_FAILED: Final = "VerificationFailed"
 REASON_INVALID_CONFIG_TEMPLATE: Final = "InvalidConfigTemplate"
+# The unused-token policy's steps (condition Unused and Events).
+REASON_UNUSED: Final = "TokenUnused"
+REASON_UNUSED_SUSPENDED: Final = "UnusedSuspended"
+REASON_UNUSED_REVOKED: Final = "UnusedRevoked"
+REASON_IN_USE: Final = "TokenInUse"

@@ -9,6 +9,7 @@ the synchronous kubernetes client (a CLI has no event loop to protect):
     agenttoken inspect NAME [-n NS] [-o ...]
     agenttoken verify (NAME | --token-file F) --audience AUD [--scope S ...] [--url URL]
     agenttoken jwks [--url URL]
+    agenttoken audit [-n NS | -A] [-l SELECTOR] [-o ...] [--fail-on low|medium|high]
 
 No command ever prints a token: `inspect` shows its header and claims, `verify` the result.
 """
@@ -205,6 +206,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
         },
         "consumers": st.get("consumers") or [],
         "verification": st.get("verification"),
+        "usage": st.get("usage") or {},
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in st.get("conditions") or []
         ],
@@ -213,7 +215,18 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _status_table(items: list[dict[str, Any]]) -> str:
     return render_table(
-        ["NAMESPACE", "NAME", "READY", "TOKEN ID", "EXPIRES", "RENEWS", "ISSUER", "SECRET", "ROLLOUT"],
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "TOKEN ID",
+            "EXPIRES",
+            "RENEWS",
+            "ISSUER",
+            "SECRET",
+            "ROLLOUT",
+            "USAGE",
+        ],
         [
             [
                 i["namespace"],
@@ -225,6 +238,7 @@ def _status_table(items: list[dict[str, Any]]) -> str:
                 i["issuer"],
                 i["secret"],
                 i["rollout"]["state"],
+                i["usage"].get("state"),
             ]
             for i in items
         ],
@@ -261,10 +275,28 @@ def _status_detail(item: dict[str, Any]) -> str:
         *[f"  {t['kind']}/{t['name']}: {t['state']} ({t['message']})" for t in item["rollout"]["targets"]],
         "Consumers:",
         *[f"  {c['kind']}/{c['name']} via {','.join(c['via'])}{_restart_note(c)}" for c in item["consumers"]],
+        f"Usage:         {_usage_line(item['usage'])}",
         "Events:",
         *[f"  {e}" for e in item.get("events", [])],
     ]
     return "\n".join(lines)
+
+
+def _usage_line(usage: dict[str, Any]) -> str:
+    """The unused-token policy's facts from status.usage, in one line."""
+    if not usage:
+        return "unknown"
+    parts = [str(usage.get("state"))]
+    labels = (
+        ("unusedSince", "unused since"),
+        ("lastConsumedAt", "last consumed"),
+        ("markedAt", "marked"),
+        ("suspendedAt", "suspended"),
+        ("revokedAt", "revoked"),
+        ("revokedTokenId", "revoked token"),
+    )
+    parts += [f"{label} {usage[key]}" for key, label in labels if usage.get(key)]
+    return "; ".join(parts)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -476,6 +508,69 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_table(data: dict[str, Any]) -> str:
+    rows = data["items"]
+    table = render_table(
+        ["NAMESPACE", "NAME", "SCOPES", "AUDIENCE", "TTL", "ISSUER", "CONSUMERS", "LAST ROTATION",
+         "DAYS UNUSED", "FINDINGS"],
+        [
+            [
+                r["namespace"], r["name"], ",".join(r["scopes"]) or "-", ",".join(r["audience"]), r["ttl"],
+                r["issuer"], ",".join(r["consumers"]) or "-", r["lastRotation"] or "-",
+                "-" if r["daysSinceLastUse"] is None else r["daysSinceLastUse"],
+                ",".join(f"{f['id']}({f['severity']})" for f in r["findings"]) or "-",
+            ]
+            for r in rows
+        ],
+    )  # fmt: skip
+    findings = [(r, f) for r in rows for f in r["findings"]]
+    if findings:
+        table += "\n\n" + render_table(
+            ["SEVERITY", "AGENTTOKEN", "FINDING", "MESSAGE"],
+            [[f["severity"], f"{r['namespace']}/{r['name']}", f["id"], f["message"]] for r, f in findings],
+        )
+    counts = data["summary"]["findings"]
+    table += "\n\n" + ", ".join(f"{n} {s}" for s, n in reversed(counts.items())) + " finding(s)"
+    if data["summary"]["failOn"]:
+        table += f"; --fail-on {data['summary']['failOn']}: {'FAIL' if data['summary']['failed'] else 'pass'}"
+    return table
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from agenttoken import review
+    from agenttoken.schedule import parse_duration
+
+    try:
+        policy = review.ReviewPolicy(
+            admin_words=tuple(args.admin_scope) if args.admin_scope else review.DEFAULT_ADMIN_WORDS,
+            max_ttl=parse_duration(args.max_ttl),
+            rotation_age=parse_duration(args.rotation_age),
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    cluster = Cluster()
+    now = datetime.datetime.now(datetime.UTC)
+    objects = cluster.tokens(_namespace(args, cluster), args.selector)
+    rows = [review.review(o, policy, now) for o in sorted(objects, key=lambda o: (
+        o["metadata"]["namespace"], o["metadata"]["name"]))]  # fmt: skip
+    failed = review.failing(rows, args.fail_on)
+    data = {
+        "items": [r.to_dict() for r in rows],
+        "summary": {
+            "agentTokens": len(rows),
+            "findings": review.counts(rows),
+            "failOn": args.fail_on,
+            "failed": bool(failed),
+        },
+    }
+    emit(data, args.output, _audit_table)
+    return AUDIT_FAILED if failed else 0
+
+
+# Exit status when findings reach --fail-on (1 is for errors, so a pipeline can tell them apart).
+AUDIT_FAILED = 2
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -532,6 +627,30 @@ def _build_parser() -> argparse.ArgumentParser:
     jwks.add_argument("--url", help="operator HTTP base URL (default: the published ConfigMap)")
     common(jwks)
     jwks.set_defaults(func=cmd_jwks)
+
+    audit = sub.add_parser(
+        "audit", help="review AgentTokens: scopes, TTL, consumers, rotation, last use, and findings"
+    )
+    common(audit, listing=True)
+    audit.add_argument(
+        "--fail-on",
+        choices=["low", "medium", "high"],
+        help=f"exit {AUDIT_FAILED} when a finding of this severity or higher is found (default: never)",
+    )
+    audit.add_argument("--max-ttl", default="24h", help="TTL above which LongTTL is reported (default 24h)")
+    audit.add_argument(
+        "--rotation-age",
+        default="168h",
+        help="age after which an AgentToken with a single token ever issued is NeverRotated (default 168h)",
+    )
+    audit.add_argument(
+        "--admin-scope",
+        action="append",
+        metavar="WORD",
+        help="word that makes a scope admin-like (repeatable; replaces the default "
+        "admin, administrator, root, superuser, sudo, owner)",
+    )
+    audit.set_defaults(func=cmd_audit)
 
     run = sub.add_parser("run", help="run the operator against the configured cluster")
     scope = run.add_mutually_exclusive_group()
@@ -597,6 +716,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5")),
         help="rollouts the operator lets run at once in one namespace (default 5)",
     )
+    run.add_argument(
+        "--usage-warmup",
+        type=float,
+        default=float(os.environ.get("AGENTTOKEN_USAGE_WARMUP", "30")),
+        help="seconds after start before the unused-token policy judges consumers (default 30)",
+    )
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs token material)")
     run.set_defaults(func=cmd_run)
@@ -620,6 +745,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             restart_debounce=args.restart_debounce,
             max_rollouts=args.max_rollouts,
             max_rollouts_per_namespace=args.max_rollouts_per_namespace,
+            usage_warmup=args.usage_warmup,
         )
     )
     return 0

@@ -58,6 +58,7 @@ def summarize(
     not_ready: Reason | None = None,
     reconciling: Reason | None = None,
     stalled: Reason | None = None,
+    unused: Reason | None = None,
 ) -> list[dict[str, Any]]:
     """`ready` set means a valid token is in place; otherwise `not_ready` says why not."""
     prev = {c.get("type", ""): c for c in previous}
@@ -70,6 +71,8 @@ def summarize(
         out.append(_condition(api.COND_RECONCILING, True, reconciling, generation, now, prev))
     if stalled is not None:
         out.append(_condition(api.COND_STALLED, True, stalled, generation, now, prev))
+    if unused is not None:
+        out.append(_condition(api.COND_UNUSED, True, unused, generation, now, prev))
     return out
 
 

@@ -81,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(
         kube,
         keys,
-        ControllerOptions(issuer_url=options.issuer_url),
+        ControllerOptions(issuer_url=options.issuer_url, usage_warmup=options.usage_warmup),
         rollouts=rollouts,
         revocations=revocations,
     )

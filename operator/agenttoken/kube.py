@@ -203,6 +203,27 @@ class Kube:
             )
         )
 
+    async def list_consumers(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        """Everything in `namespace` that can read a Secret, by kind (workloads, Pods, CronJobs):
+        a fresh read, for the rare steps that must not trust a cache."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for kind, plural in WORKLOAD_PLURALS.items():
+            listing = await _json(
+                self.custom.list_namespaced_custom_object(
+                    "apps", "v1", namespace, plural, _preload_content=False
+                )
+            )
+            found[kind] = list(listing.get("items") or [])
+        pods = await _json(self.core.list_namespaced_pod(namespace, _preload_content=False))
+        found["Pod"] = list(pods.get("items") or [])
+        cronjobs = await _json(
+            self.custom.list_namespaced_custom_object(
+                "batch", "v1", namespace, "cronjobs", _preload_content=False
+            )
+        )
+        found["CronJob"] = list(cronjobs.get("items") or [])
+        return found
+
     async def patch_pod_template_annotations(
         self, kind: str, namespace: str, name: str, annotations: dict[str, str]
     ) -> dict[str, Any]:

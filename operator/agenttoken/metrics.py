@@ -48,15 +48,19 @@ ISSUER_REQUEST_DURATION = Histogram(
     ["type"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-VERIFICATIONS = Counter(
-    "agenttoken_verifications",
+# Not agenttoken_verifications: that name is the SDK verifier's audit counter (verifylog).
+CONNECTIVITY_CHECKS = Counter(
+    "agenttoken_connectivity_checks",
     "spec.verify checks of new tokens by result (success, failure).",
     ["result"],
 )
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 
-# (namespace, name) -> (expires, renews, ready) as last seen; only timestamps and a status word.
-_tokens: dict[Key, tuple[float | None, float | None, str]] = {}
+# (namespace, name) -> (expires, renews, ready, usage state, unused since) as last seen; only
+# timestamps and status words.
+_tokens: dict[Key, tuple[float | None, float | None, str, str | None, float | None]] = {}
+# Usage states the unused-token policy flags (usage.FLAGGED; metrics stays free of core imports).
+_FLAGGED = ("Unused", "Suspended", "Revoked")
 
 
 def observe_token(key: Key, body: Mapping[str, Any]) -> None:
@@ -66,10 +70,14 @@ def observe_token(key: Key, body: Mapping[str, Any]) -> None:
         (c.get("status", "Unknown") for c in status.get("conditions", []) if c.get("type") == "Ready"),
         "Unknown",
     )
+    usage = status.get("usage") or {}
+    unused_since = parse_time(usage.get("unusedSince"))
     _tokens[key] = (
         expires.timestamp() if expires else None,
         renews.timestamp() if renews else None,
         str(ready),
+        usage.get("state"),
+        unused_since.timestamp() if unused_since else None,
     )
 
 
@@ -95,8 +103,24 @@ class _TokenCollector(Collector):
             "Ready condition of the AgentToken.",
             labels=[*labels, "condition"],
         )
+        unused = GaugeMetricFamily(
+            "agenttoken_token_unused",
+            "1 while no workload has consumed the AgentToken's Secret for spec.unused.markAfter, "
+            "by policy step (Unused, Suspended, Revoked).",
+            labels=[*labels, "state"],
+        )
+        unused_since = GaugeMetricFamily(
+            "agenttoken_token_unused_since_timestamp_seconds",
+            "Since when no workload has consumed the AgentToken's Secret (Unix time).",
+            labels=labels,
+        )
         count = GaugeMetricFamily("agenttoken_tokens", "AgentTokens known to the operator.")
-        for (namespace, name), (exp, ren, status) in list(_tokens.items()):
+        for (namespace, name), (exp, ren, status, state, since) in list(_tokens.items()):
+            if state is not None:
+                for value in _FLAGGED:
+                    unused.add_metric([namespace, name, value], 1.0 if state == value else 0.0)
+            if since is not None:
+                unused_since.add_metric([namespace, name], since)
             if exp is not None:
                 expiry.add_metric([namespace, name], exp)
             if ren is not None:
@@ -104,7 +128,7 @@ class _TokenCollector(Collector):
             for value in ("True", "False", "Unknown"):
                 ready.add_metric([namespace, name, value], 1.0 if status == value else 0.0)
         count.add_metric([], float(len(_tokens)))
-        yield from (expiry, renewal, ready, count)
+        yield from (expiry, renewal, ready, unused, unused_since, count)
 
 
 REGISTRY.register(_TokenCollector())

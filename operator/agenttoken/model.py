@@ -21,6 +21,7 @@ from agenttoken.restarts import RolloutSpec, parse_rollout
 from agenttoken.schedule import RenewalPolicy, parse_duration
 from agenttoken.times import parse_time
 from agenttoken.tokens import TokenRequest
+from agenttoken.usage import UnusedPolicy, Usage, parse_usage
 
 MIN_TTL = datetime.timedelta(seconds=60)
 MAX_TTL = datetime.timedelta(hours=168)
@@ -69,6 +70,7 @@ class AgentTokenSpec:
     suspend: bool = False
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
     verify: VerifySpec | None = None
+    unused: UnusedPolicy = field(default_factory=UnusedPolicy)
 
     def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
         return TokenRequest(
@@ -173,6 +175,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         suspend=bool(spec.get("suspend", False)),
         rollout=_rollout(spec.get("rollout")),
         verify=_verify(spec.get("verify")),
+        unused=_unused(spec.get("unused")),
     )
     try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
         parsed.token_request("namespace", "name", "uid")
@@ -225,6 +228,26 @@ def _rollout(raw: Any) -> RolloutSpec:
     return rollout
 
 
+def _unused(raw: Any) -> UnusedPolicy:
+    if raw is None:
+        return UnusedPolicy()
+    if not isinstance(raw, dict):
+        raise InvalidSpec("spec.unused must be an object")
+    periods = {
+        key: _duration(raw[key], f"spec.unused.{key}") if raw.get(key) is not None else None
+        for key in ("markAfter", "suspendAfter", "revokeAfter")
+    }
+    if periods["revokeAfter"] is not None and periods["suspendAfter"] is None:
+        raise InvalidSpec(
+            "spec.unused.revokeAfter needs spec.unused.suspendAfter (revocation follows suspension)"
+        )
+    return UnusedPolicy(
+        mark_after=periods["markAfter"] or UnusedPolicy().mark_after,
+        suspend_after=periods["suspendAfter"],
+        revoke_after=periods["revokeAfter"],
+    )
+
+
 @dataclass(frozen=True)
 class TokenStatus:
     """What status says about the current token and its renewal; re-derived after every restart."""
@@ -242,6 +265,7 @@ class TokenStatus:
     observed_generation: int | None = None
     conditions: tuple[Mapping[str, Any], ...] = ()
     verification: Mapping[str, Any] | None = None  # the last successful spec.verify check
+    usage: Usage | None = None
 
 
 def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
@@ -260,4 +284,5 @@ def parse_status(status: Mapping[str, Any] | None) -> TokenStatus:
         observed_generation=status.get("observedGeneration"),
         conditions=tuple(status.get("conditions") or ()),
         verification=status.get("verification"),
+        usage=parse_usage(status.get("usage")),
     )

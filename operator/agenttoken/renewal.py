@@ -46,6 +46,7 @@ EXPIRED = api.REASON_EXPIRED
 RENEWAL_DUE = "RenewalDue"
 UP_TO_DATE = "UpToDate"
 SUSPENDED = api.REASON_SUSPENDED
+REVOKED = api.REASON_TOKEN_REVOKED
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ def _altered(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
     return None
 
 
+def _revoked(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
+    record = current_record(snap)
+    usage = snap.status.usage
+    if record and usage and usage.revoked_token_id == record.token_id:
+        return REVOKED, f"token {record.token_id} was revoked as unused and is consumed again"
+    return None
+
+
 def _spec_changed(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
     record = current_record(snap)
     if record and record.spec_hash != snap.spec.claims_hash():
@@ -129,7 +138,15 @@ def _renewal_due(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | No
     return None
 
 
-CHAIN: tuple[Check, ...] = (_no_token, _altered, _spec_changed, _rotate_requested, _expired, _renewal_due)
+CHAIN: tuple[Check, ...] = (
+    _no_token,
+    _altered,
+    _revoked,
+    _spec_changed,
+    _rotate_requested,
+    _expired,
+    _renewal_due,
+)
 
 
 def decide(snap: Snapshot, now: datetime.datetime) -> Decision:

@@ -79,6 +79,35 @@ class Workload:
     def consumes_secret(self, secret: str) -> tuple[Consumption, ...]:
         return tuple(c for c in self.consumes if c.secret == secret)
 
+    @property
+    def runs_pods(self) -> bool:
+        """A workload scaled to zero references the Secret but no pod reads it."""
+        return self.desired > 0 or self.current > 0
+
+
+def pod_spec_consumes(pod_spec: Mapping[str, Any], secret: str) -> bool:
+    """Whether a pod spec (of a Pod, a CronJob's job template, ...) reads `secret`."""
+    return any(c.secret == secret for c in _consumption(pod_spec))
+
+
+def consumed_in(listing: Mapping[str, Sequence[Mapping[str, Any]]], secret: str) -> bool:
+    """Whether anything in a namespace listing (kind -> bodies, see Kube.list_consumers) reads
+    `secret`: a workload that runs pods, a Pod that has not finished, a CronJob not suspended."""
+    workloads = [reduce(kind, body) for kind in KINDS for body in listing.get(kind, ())]
+    if any(w.runs_pods and w.consumes_secret(secret) for w in workloads):
+        return True
+    for pod in listing.get("Pod", ()):
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and pod_spec_consumes(
+            pod.get("spec") or {}, secret
+        ):
+            return True
+    for cronjob in listing.get("CronJob", ()):
+        spec = cronjob.get("spec") or {}
+        template = ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+        if not spec.get("suspend") and pod_spec_consumes(template.get("spec") or {}, secret):
+            return True
+    return False
+
 
 def _consumption(pod_spec: Mapping[str, Any]) -> tuple[Consumption, ...]:
     found: list[Consumption] = []

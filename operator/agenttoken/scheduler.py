@@ -36,7 +36,7 @@ from agenttoken.issuers import oauth2 as oauth2_issuer
 from agenttoken.issuers import webhook as webhook_issuer
 from agenttoken.keymanager import KeyManager
 from agenttoken.kube import Kube, KubeError
-from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
+from agenttoken.model import AgentTokenSpec, InvalidSpec, TokenStatus, parse_spec, parse_status
 from agenttoken.policy import Request as PolicyRequest
 from agenttoken.policy import check as check_policy
 from agenttoken.renewal import Action, Decision, Snapshot, decide
@@ -45,6 +45,7 @@ from agenttoken.restarts import (
     Workload,
     WorkloadRef,
     annotation_key,
+    consumed_in,
     needs_restart,
     select,
     target_status,
@@ -58,10 +59,14 @@ from agenttoken.secrets import TokenRecord, decode_data, desired_secret, desired
 from agenttoken.status import Outcome, differs, render
 from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
+from agenttoken.usage import FLAGGED, IN_USE, REVOKED, SUSPENDED, UNUSED, UsageDecision, assess
+from agenttoken.usage import message as usage_message
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+# Seconds a fresh listing of a namespace's consumers is reused by the unused-token policy.
+LISTING_TTL = 2.0
 Clock = Callable[[], datetime.datetime]
 
 
@@ -124,6 +129,9 @@ class ControllerOptions:
     workers: int = 8
     # Warn when this fraction of the lifetime or less is left and renewal is still failing.
     expiry_warning_fraction: float = 0.1
+    # Seconds after start before consumption is judged: the watches deliver their initial listing
+    # of workloads meanwhile, so an empty cache is never read as "no consumer".
+    usage_warmup: float = 30.0
 
 
 class Controller:
@@ -168,6 +176,8 @@ class Controller:
         # instead of minting another. Keyed by what it was minted for; an operator restart
         # loses it and the next attempt mints once more (nothing was delivered either way).
         self._held: dict[Key, tuple[tuple[str, str | None], Issued]] = {}
+        self._usage_from = clock() + datetime.timedelta(seconds=options.usage_warmup)
+        self._listings: dict[str, tuple[float, dict[str, list[dict[str, Any]]]]] = {}
 
     # -- feeding --
 
@@ -320,6 +330,9 @@ class Controller:
             self._index_for_workloads(key, spec)
             return
         issuer = issuer_or_reason
+        usage = await self._assess_usage(body, spec, previous, now)
+        if usage is not None and usage.usage.suspends_renewal:
+            spec = dataclasses.replace(spec, suspend=True)
 
         rotate = (meta.get("annotations") or {}).get(api.ANN_ROTATE)
         skey = (namespace, spec.secret_name)
@@ -368,6 +381,8 @@ class Controller:
                 )
             )
             outcome = dataclasses.replace(outcome, failure=failure)
+        if usage is not None:
+            outcome = self._usage_outcome(usage, spec, record, outcome)
 
         if decision.action is Action.CONFLICT:
             outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
@@ -391,15 +406,94 @@ class Controller:
                 await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
 
         self._index_for_workloads(key, spec)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"rollout": None, "consumers": None}
         rollout_wake: datetime.datetime | None = None
         if record is not None:
             extra, outcome, rollout_wake = await self._rollout(body, spec, record, outcome)
+        if usage is not None:
+            extra["usage"] = usage.usage.to_status()
         await self._write_status(body, previous, generation, spec, record, uid, outcome, extra)
         await self._warn_if_expiring(body, key, spec, record, outcome)
         self._schedule_next(key, spec, record, decision, outcome, uid)
-        if rollout_wake is not None:
-            self.schedule(key, rollout_wake)
+        for wake in (rollout_wake, usage.wake_at if usage else None):
+            if wake is not None:
+                self.schedule(key, max(wake, self.clock()))
+
+    # -- stale and orphan tokens --
+
+    async def _assess_usage(
+        self, body: dict[str, Any], spec: AgentTokenSpec, previous: TokenStatus, now: datetime.datetime
+    ) -> UsageDecision | None:
+        """Where this AgentToken stands under spec.unused; takes the step that is due (see usage)."""
+        if self.rollouts is None:
+            return None  # no workload watches: consumption is unknown
+        meta = body["metadata"]
+        namespace = meta["namespace"]
+        if now < self._usage_from:
+            # Keep what status says (a suspension stays) until the workload cache is filled.
+            if previous.usage is None:
+                return None  # judged at the next reconcile after the warm-up (no extra wake-up)
+            # Only a token with a step pending needs a look right after the warm-up.
+            pending = previous.usage.state != IN_USE
+            return UsageDecision(previous.usage, wake_at=self._usage_from if pending else None)
+        consumed = any(
+            w.runs_pods and w.consumes_secret(spec.secret_name) for w in self.rollouts.in_namespace(namespace)
+        )
+        decision = assess(spec.unused, previous.usage, consumed, now, previous.token_id)
+        if decision.needs_confirmation and consumed_in(
+            await self._fresh_listing(namespace), spec.secret_name
+        ):
+            decision = assess(spec.unused, previous.usage, True, now, previous.token_id)
+        step, usage = decision.step, decision.usage
+        if step is None:
+            return decision
+        text = usage_message(step, usage, spec.secret_name, spec.unused)
+        if step == IN_USE:
+            await self._event(body, False, api.REASON_IN_USE, text)
+        elif step == UNUSED:
+            await self._event(body, True, api.REASON_UNUSED, text)
+        elif step == SUSPENDED:
+            await self._event(body, True, api.REASON_UNUSED_SUSPENDED, text)
+        else:
+            if previous.token_id and previous.expires_at:
+                await self._revoke(body, previous.token_id, previous.expires_at, "Unused", event=False)
+            if not (previous.expires_at and previous.expires_at > now):
+                text += " (it had already expired; nothing to add to the revocation list)"
+            await self._event(body, True, api.REASON_UNUSED_REVOKED, text)
+        return decision
+
+    async def _fresh_listing(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        """Kube.list_consumers, shared for a few seconds by every AgentToken of the namespace
+        whose step falls due together (e.g. many tokens marked right after the warm-up)."""
+        held = self._listings.get(namespace)
+        if held is not None and time.monotonic() - held[0] < LISTING_TTL:
+            return held[1]
+        listing = await self.kube.list_consumers(namespace)
+        self._listings[namespace] = (time.monotonic(), listing)
+        for ns in [n for n, (t, _) in self._listings.items() if time.monotonic() - t >= LISTING_TTL]:
+            del self._listings[ns]
+        return listing
+
+    def _usage_outcome(
+        self, decision: UsageDecision, spec: AgentTokenSpec, record: TokenRecord | None, outcome: Outcome
+    ) -> Outcome:
+        usage = decision.usage
+        if usage.state not in FLAGGED:
+            return outcome
+        reason = {
+            UNUSED: api.REASON_UNUSED,
+            SUSPENDED: api.REASON_UNUSED_SUSPENDED,
+            REVOKED: api.REASON_UNUSED_REVOKED,
+        }[usage.state]
+        text = usage_message(usage.state, usage, spec.secret_name, spec.unused)
+        outcome = dataclasses.replace(outcome, unused=Reason(reason, text))
+        if usage.suspends_renewal:
+            outcome = dataclasses.replace(
+                outcome, suspended_why=f"renewal suspended: unused since {format_time(usage.unused_since)}"
+            )
+        if usage.state == REVOKED and record is not None and record.token_id == usage.revoked_token_id:
+            outcome = dataclasses.replace(outcome, revoked=Reason(api.REASON_TOKEN_REVOKED, text))
+        return outcome
 
     async def _mint(
         self,
@@ -429,7 +523,7 @@ class Controller:
                 # API accepted it. Until then the old token stays in place.
                 self._held[key] = (held_for, minted)
                 result = await self._verify(namespace, spec, minted.token)
-                metrics.VERIFICATIONS.labels(result="success" if result.ok else "failure").inc()
+                metrics.CONNECTIVITY_CHECKS.labels(result="success" if result.ok else "failure").inc()
                 if not result.ok:
                     raise _VerificationFailed(result.message)
                 verification = {
@@ -990,7 +1084,13 @@ class Controller:
         return extra, outcome, wake
 
     async def _revoke(
-        self, body: dict[str, Any], token_id: str, expires_at: datetime.datetime, reason: str
+        self,
+        body: dict[str, Any],
+        token_id: str,
+        expires_at: datetime.datetime,
+        reason: str,
+        *,
+        event: bool = True,
     ) -> None:
         meta = body["metadata"]
         if expires_at <= self.clock() or self.revocations is None:
@@ -998,7 +1098,8 @@ class Controller:
         entry = Revoked(token_id, expires_at, meta["namespace"], meta["name"], self.clock(), reason)
         await self.revocations.revoke([entry])
         metrics.REVOCATIONS.labels(reason=reason).inc()
-        await self._event(body, False, api.REASON_TOKEN_REVOKED, f"token {token_id} revoked ({reason})")
+        if event:
+            await self._event(body, False, api.REASON_TOKEN_REVOKED, f"token {token_id} revoked ({reason})")
 
     async def _add_finalizer(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]

@@ -26,6 +26,9 @@ class Outcome:
     failure: Reason | None = None  # the last attempt failed; it will be retried
     reconciling: Reason | None = None  # work in progress other than a failure
     suspended: bool = False
+    suspended_why: str | None = None  # why renewal is suspended, when not by spec.suspend
+    unused: Reason | None = None  # condition Unused (no consumer for spec.unused.markAfter)
+    revoked: Reason | None = None  # the token in the Secret was revoked (unused-token policy)
     failed_attempts: int = 0
     last_failure_time: datetime.datetime | None = None
     # status.verification after a successful spec.verify check of a new token (else kept as is)
@@ -50,9 +53,13 @@ def render(
     if record is not None and spec is not None:
         renews = renewal_time(record.issued_at, record.expires_at, spec.renewal, jitter_key)
     if valid and record is not None:
-        if outcome.suspended:
+        if outcome.revoked is not None:
+            not_ready = outcome.revoked
+        elif outcome.suspended:
             ready = Reason(
-                api.REASON_SUSPENDED, f"token valid until {format_time(record.expires_at)}; renewal suspended"
+                api.REASON_SUSPENDED,
+                f"token valid until {format_time(record.expires_at)}; "
+                + (outcome.suspended_why or "renewal suspended"),
             )
         elif outcome.failure is not None and outcome.failure.reason == api.REASON_VERIFICATION_FAILED:
             # A new token the API refused is not delivered; the old one, still valid, keeps Ready
@@ -93,6 +100,7 @@ def render(
             not_ready=not_ready,
             reconciling=reconciling,
             stalled=outcome.stalled,
+            unused=outcome.unused,
         ),
         "tokenId": record.token_id if record else previous.token_id,
         "keyId": record.key_id if record else previous.key_id,

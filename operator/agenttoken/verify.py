@@ -25,6 +25,9 @@ Design choices, and why:
   checked first; a malformed token is rejected whether or not its signature would verify.
 * The token never appears in an exception message, log line or repr. kids from the header are
   attacker-controlled: they are shortened and repr()-quoted before they appear in a message.
+* Every verification leaves an audit record (verifylog): a structured log line and a Prometheus
+  counter by subject, AgentToken, result and failed check; claims are used for it only once the
+  signature verified. Pass audit=False to turn it off, or your own VerificationAudit.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import urllib.request
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
@@ -49,6 +52,7 @@ from joserfc.jws import JWSRegistry
 
 from agenttoken.keys import SUPPORTED_ALGORITHMS, jws_registry
 from agenttoken.tokens import CLAIM_NAMESPACE, TOKEN_TYPE
+from agenttoken.verifylog import ACCEPTED, REJECTED, VerificationAudit, VerificationRecord
 
 __all__ = [
     "CHECKS",
@@ -242,6 +246,7 @@ class Verifier:
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
+        audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
         if not issuer:
             raise ValueError("issuer must not be empty")
@@ -280,6 +285,8 @@ class Verifier:
         self._fetch = fetch if fetch is not None else urllib_fetch
         self._jwks_min_refresh = jwks_min_refresh
         self._revocations_max_age = revocations_max_age
+        # None: the default record (global Prometheus registry, logger agenttoken.verify.audit).
+        self._audit = None if audit is False else (audit or VerificationAudit())
 
         self._jwks_lock = threading.Lock()
         self._keys: dict[str, _Key] = {} if jwks is None else self._parse_jwks(jwks)
@@ -305,7 +312,45 @@ class Verifier:
 
         required_scopes: scopes the token must all hold (a string is read as a space-delimited list).
         client_address: the caller's IP address (no port); needed when the token is CIDR-bound.
+        Each call writes one audit record (see verifylog), accepted or rejected.
         """
+        signed: dict[str, Any] = {}  # filled with the claims once the signature verified
+        try:
+            result = self._verify(token, required_scopes, client_address, signed)
+        except VerificationError as exc:
+            self._write_audit(REJECTED, exc.check, exc.reason, signed, client_address)
+            raise
+        self._write_audit(ACCEPTED, None, None, result.raw, client_address)
+        return result
+
+    def _write_audit(
+        self,
+        result: str,
+        check: str | None,
+        reason: str | None,
+        claims: dict[str, Any],
+        client_address: str | None,
+    ) -> None:
+        if self._audit is None:
+            return
+        self._audit.record(
+            VerificationRecord.of(
+                result=result,
+                check=check,
+                reason=reason,
+                audience=self._audience,
+                claims=claims,
+                client_address=client_address,
+            )
+        )
+
+    def _verify(
+        self,
+        token: str,
+        required_scopes: Collection[str],
+        client_address: str | None,
+        signed: dict[str, Any],
+    ) -> Claims:
         now_dt = self._clock()
         if now_dt.tzinfo is None or now_dt.utcoffset() is None:
             raise ValueError("clock must return timezone-aware datetimes")
@@ -360,6 +405,7 @@ class Verifier:
             raise VerificationError("signature", "signature does not verify") from None
         except (JoseError, ValueError, TypeError, KeyError):
             raise VerificationError("signature", "signature could not be verified with the key") from None
+        signed.update(claims)
 
         # typ
         typ = header.get("typ")

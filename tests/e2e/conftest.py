@@ -139,7 +139,10 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """One operator for the session, as the chart's ServiceAccount; tests that kill it restart it."""
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(kube, log_path, kubeconfig=operator_identity)
+    # A short usage warm-up, so the unused-token tests (seconds-long periods) need not wait 30 s.
+    proc = OperatorProcess(
+        kube, log_path, kubeconfig=operator_identity, extra_env={"AGENTTOKEN_USAGE_WARMUP": "3"}
+    )
     proc.start()
     yield proc
     proc.stop()

@@ -462,6 +462,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "three different keys",
     ),
     ("unknown issuer kind", {"issuerRef": {"kind": "Issuer", "name": "x"}}, "spec.issuerRef.kind"),
+    (
+        "revocation without suspension",
+        {"unused": {"revokeAfter": "1h"}},
+        "revokeAfter needs spec.unused.suspendAfter",
+    ),
+    ("unused period not a duration", {"unused": {"markAfter": "a week"}}, "spec.unused.markAfter"),
 ]
 
 

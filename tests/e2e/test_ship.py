@@ -129,6 +129,11 @@ def test_operator_identity_is_least_privilege(kube: Kube, operator: OperatorProc
     assert not can_i(kube, SA, "update", "deployments", "-n", "default")
     assert not can_i(kube, SA, "delete", "deployments", "-n", "default")
     assert not can_i(kube, SA, "create", "pods", "-n", "default")
+    # Pods and CronJobs: listed (never watched) only to confirm a token is unused before a step.
+    assert can_i(kube, SA, "list", "pods", "-n", "default")
+    assert not can_i(kube, SA, "watch", "pods", "-n", "default")
+    assert not can_i(kube, SA, "get", "pods", "-n", "default")
+    assert can_i(kube, SA, "list", "cronjobs.batch", "-n", "default")
     assert not can_i(kube, SA, "update", "agenttokens", "-n", "default")
     assert not can_i(kube, SA, "create", "agenttokens", "-n", "default")
     # In its own namespace only the named key Secret and ConfigMaps are writable.

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from .kube import Kube
 from .operator import OperatorProcess
@@ -32,6 +35,12 @@ def test_minted_tokens_appear_nowhere_but_their_secrets(kube: Kube, operator: Op
         "agenttokens": kube.kubectl("get", "agenttokens", "-A", "-o", "json").stdout,
         "configmaps": kube.kubectl("get", "configmaps", "-A", "-o", "json").stdout,
     }
+    # The review command prints everything it knows about every AgentToken.
+    review = subprocess.run(
+        [str(Path(sys.executable).parent / "agenttoken"), "audit", "-A", "-o", "json"],
+        env=kube.env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    haystacks["agenttoken audit"] = review.stdout + review.stderr
     # Secret metadata (annotations, labels) must not carry the token either.
     secrets = json.loads(kube.kubectl("get", "secrets", "-A", "-o", "json").stdout)
     haystacks["secret metadata"] = json.dumps([s["metadata"] for s in secrets["items"]])

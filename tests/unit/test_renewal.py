@@ -13,6 +13,7 @@ from agenttoken.model import AgentTokenSpec, TokenStatus, parse_spec
 from agenttoken.renewal import Action, Snapshot, decide
 from agenttoken.secrets import TokenRecord, desired_secret, observe
 from agenttoken.tokens import token_hash
+from agenttoken.usage import IN_USE, SUSPENDED, Usage
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -174,3 +175,19 @@ def test_observed_secret_repr_hides_the_token() -> None:
     observed = observe(secret_body(s, record(s)), name="agent", uid=UID, spec=s)
     assert observed.token == TOKEN
     assert TOKEN not in repr(observed)
+
+
+def test_a_token_revoked_as_unused_is_replaced_once_renewal_resumes() -> None:
+    s = spec()
+    body = secret_body(s, record(s))
+    used_again = TokenStatus(
+        token_id="jti-1", revision=1, usage=Usage(state=IN_USE, revoked_token_id="jti-1")
+    )
+    d = decide(snap(s, body, used_again), T0 + dt.timedelta(minutes=1))
+    assert (d.action, d.reason) == (Action.MINT, api.REASON_TOKEN_REVOKED)
+    # While the policy keeps renewal suspended (the controller sets spec.suspend), nothing is minted.
+    still_unused = TokenStatus(
+        token_id="jti-1", revision=1, usage=Usage(state=SUSPENDED, revoked_token_id="jti-1")
+    )
+    d = decide(snap(dataclasses.replace(s, suspend=True), body, still_unused), T0 + dt.timedelta(minutes=1))
+    assert d.action is Action.NONE

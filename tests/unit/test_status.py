@@ -196,3 +196,33 @@ def test_differs_follows_merge_patch_semantics() -> None:
     assert not differs(stored, desired)
     assert differs(stored, {**desired, "revision": 3})
     assert differs(stored, {"rollout": {"state": "RollingOut", "revokeAt": None}})
+
+
+def test_unused_policy_steps_show_in_conditions() -> None:
+    def conds(outcome: Outcome) -> dict[object, object]:
+        out = render(
+            previous=TokenStatus(),
+            generation=1,
+            spec=SPEC,
+            record=RECORD,
+            jitter_key="u",
+            outcome=outcome,
+            now=T0,
+        )
+        return {c["type"]: (c["status"], c["reason"]) for c in out["conditions"]}
+
+    marked = Reason(api.REASON_UNUSED, "no consumer")
+    assert conds(Outcome(unused=marked)) == {
+        "Ready": ("True", "TokenReady"),
+        "Unused": ("True", "TokenUnused"),
+    }
+    suspended = Outcome(
+        unused=Reason(api.REASON_UNUSED_SUSPENDED, "x"), suspended=True, suspended_why="unused"
+    )
+    assert conds(suspended)["Ready"] == ("True", "Suspended")
+    revoked = Outcome(
+        unused=Reason(api.REASON_UNUSED_REVOKED, "x"),
+        suspended=True,
+        revoked=Reason(api.REASON_TOKEN_REVOKED, "revoked as unused"),
+    )
+    assert conds(revoked) == {"Ready": ("False", "TokenRevoked"), "Unused": ("True", "UnusedRevoked")}

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,11 +18,13 @@ from typing import Any
 
 import pytest
 from joserfc import jwk, jwt
+from prometheus_client import CollectorRegistry, generate_latest
 
 from agenttoken.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
 from agenttoken.revocation import Revoked, to_json
 from agenttoken.tokens import CLAIM_NAMESPACE, MintedToken, TokenRequest, mint
 from agenttoken.verify import CHECKS, Claims, VerificationError, Verifier
+from agenttoken.verifylog import VerificationAudit
 
 ISSUER = "https://issuer.example.com"
 AUDIENCE = "https://api.example.com"
@@ -532,3 +535,90 @@ def test_private_claim_is_exposed(world: World) -> None:
         "name": claims.name,
         "uid": claims.uid,
     }
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+@dataclass
+class AuditCapture:
+    """A VerificationAudit on its own registry and logger, with the records it wrote."""
+
+    registry: Any
+    audit: Any
+    records: list[logging.LogRecord]
+
+    def count(self, **labels: str) -> float:
+        wanted = {"subject": "", "namespace": "", "name": "", "check": "", **labels}
+        value = self.registry.get_sample_value("agenttoken_verifications_total", wanted)
+        return float(value or 0.0)
+
+
+@pytest.fixture
+def capture() -> AuditCapture:
+    registry = CollectorRegistry()
+    logger = logging.getLogger(f"test.audit.{id(registry)}")
+    logger.propagate = False
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger.addHandler(Keep())
+    logger.setLevel(logging.DEBUG)
+    return AuditCapture(registry, VerificationAudit(logger=logger, registry=registry), records)
+
+
+def test_audit_records_accepted_and_rejected_verifications_without_the_token(
+    world: World, capture: AuditCapture
+) -> None:
+    verifier = world.verifier(audit=capture.audit)
+    good = world.mint()
+    verifier.verify(good.token, client_address=CLIENT)
+    with pytest.raises(VerificationError):
+        verifier.verify(good.token, required_scopes=["admin"], client_address=CLIENT)
+    revoked = world.mint()
+    world.fetch.docs[REVOCATIONS_URL] = revocation_list(revoked)
+    world.clock.advance(timedelta(seconds=1))
+    with pytest.raises(VerificationError):
+        verifier.verify(revoked.token, client_address=CLIENT)
+
+    who = {"subject": "agenttoken:team-a:crawler", "namespace": "team-a", "name": "crawler"}
+    assert capture.count(**who, result="accepted") == 1
+    assert capture.count(**who, result="rejected", check="scope") == 1
+    assert capture.count(**who, result="rejected", check="revoked") == 1
+    fields = [json.loads(r.getMessage()) for r in capture.records]
+    assert [(f["result"], f.get("check")) for f in fields] == [
+        ("accepted", None),
+        ("rejected", "scope"),
+        ("rejected", "revoked"),
+    ]
+    assert fields[0]["token_id"] == good.token_id
+    assert fields[2]["token_id"] == revoked.token_id
+    assert fields[0]["client_address"] == CLIENT
+    assert all(r.audit == f for r, f in zip(capture.records, fields, strict=True))  # type: ignore[attr-defined]
+    assert [r.levelno for r in capture.records] == [logging.INFO, logging.WARNING, logging.WARNING]
+    exposition = generate_latest(capture.registry).decode()
+    for text in [*(r.getMessage() for r in capture.records), exposition]:
+        assert good.token not in text
+        assert revoked.token not in text
+        assert good.token.split(".")[2] not in text  # not even the signature
+    assert good.token_id not in exposition  # the token id is never a label
+
+
+def test_audit_takes_no_labels_from_unsigned_claims(world: World, capture: AuditCapture) -> None:
+    verifier = world.verifier(audit=capture.audit)
+    claims = {**world.mint().claims, "sub": "attacker-chosen"}
+    forged = f"{b64json({'alg': 'none', 'typ': 'at+jwt'})}.{b64json(claims)}."
+    with pytest.raises(VerificationError):
+        verifier.verify(forged)
+    assert capture.count(result="rejected", check="alg") == 1
+    fields = json.loads(capture.records[0].getMessage())
+    assert "subject" not in fields
+    assert "token_id" not in fields
+
+
+def test_audit_can_be_turned_off(world: World) -> None:
+    verifier = world.verifier(audit=False)
+    verifier.verify(world.mint().token, client_address=CLIENT)

@@ -71,4 +71,11 @@ app.kubernetes.io/part-of: agent-token-operator
   resources: ["configmaps"]
   # spec.verify.caBundleRef of kind ConfigMap: the CA bundle for the connectivity check
   verbs: ["get"]
+- apiGroups: [""]
+  resources: ["pods"]
+  # unused-token policy: a fresh look for consumers before flagging, suspending or revoking
+  verbs: ["list"]
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["list"]
 {{- end -}}

@@ -5,6 +5,14 @@ if obj.spec ~= nil and obj.spec.suspend == true then
   hs.message = "Renewal is suspended; the current token stays until it expires"
   return hs
 end
+if obj.status ~= nil and obj.status.usage ~= nil
+    and (obj.status.usage.state == "Suspended" or obj.status.usage.state == "Revoked") then
+  -- spec.unused: suspended (and then revoked) because no workload consumed the Secret
+  hs.status = "Suspended"
+  hs.message = "Unused since " .. (obj.status.usage.unusedSince or "?") .. ": renewal " ..
+    (obj.status.usage.state == "Revoked" and "suspended and the token revoked" or "suspended")
+  return hs
+end
 if obj.status == nil or obj.status.conditions == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the operator"
