@@ -217,7 +217,13 @@ def test_selectors_and_auto_discovery_stay_in_the_namespace(
         assert sorted(t["name"] for t in ro["targets"]) == ["consumer", "labelled"]
         consumers = status(kube, namespace, "shared")["consumers"]
         assert consumers == [
-            {"kind": "Deployment", "name": "consumer", "via": ["env", "volume"], "needsRestart": True}
+            {
+                "kind": "Deployment",
+                "name": "consumer",
+                "via": ["env", "volume"],
+                "needsRestart": True,
+                "restartedOnRenewal": True,  # it is a target (auto-discovered)
+            }
         ]
         key = KEY_PREFIX + "shared"
         for name in ("labelled", "consumer"):
