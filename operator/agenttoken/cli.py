@@ -586,6 +586,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5")),
         help="rollouts the operator lets run at once in one namespace (default 5)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("AGENTTOKEN_WORKERS", "32")),
+        help="AgentTokens reconciled at once (default 32; each waits on the apiserver most of the time)",
+    )
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs token material)")
     run.set_defaults(func=cmd_run)
@@ -609,6 +615,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             restart_debounce=args.restart_debounce,
             max_rollouts=args.max_rollouts,
             max_rollouts_per_namespace=args.max_rollouts_per_namespace,
+            workers=args.workers,
         )
     )
     return 0

@@ -81,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(
         kube,
         keys,
-        ControllerOptions(issuer_url=options.issuer_url),
+        ControllerOptions(issuer_url=options.issuer_url, workers=options.workers),
         rollouts=rollouts,
         revocations=revocations,
     )

@@ -22,6 +22,7 @@ class RunOptions:
     restart_debounce: float = 2.0
     max_rollouts: int = 10
     max_rollouts_per_namespace: int = 5
+    workers: int = 32
 
 
 def run_operator(options: RunOptions) -> None:

@@ -108,10 +108,18 @@ class _Cache:
         self.bodies.pop(key, None)
 
 
+class _SecretAppeared(Exception):
+    """Creating the Secret found one already there: the reconcile decides again with it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("the Secret already exists")
+        self.body = body
+
+
 @dataclasses.dataclass
 class ControllerOptions:
     issuer_url: str
-    workers: int = 8
+    workers: int = 32
     # Warn when this fraction of the lifetime or less is left and renewal is still failing.
     expiry_warning_fraction: float = 0.1
 
@@ -151,6 +159,8 @@ class Controller:
         self._slots = asyncio.Semaphore(options.workers)
         self._warned_expiry: set[tuple[Key, str]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(4)
 
     # -- feeding --
 
@@ -214,6 +224,8 @@ class Controller:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._event_tasks:
+            await asyncio.wait(self._event_tasks, timeout=5)  # let queued Events out
 
     async def _run(self) -> None:
         while True:
@@ -305,7 +317,16 @@ class Controller:
 
         snap = snapshot()
         decision = decide(snap, now)
-        if decision.action not in (Action.NONE, Action.BACKOFF):
+        # A brand-new AgentToken (never issued, no Secret seen) skips the fresh read: its create
+        # answers 409 if a Secret is there after all, and then we read it and decide again
+        # (_SecretAppeared). One API call less per new token; a burst of 1,000 is mostly these.
+        brand_new = (
+            previous.token_id is None
+            and self.secrets.get(skey) is None
+            and decision.action is Action.MINT
+            and issuer.type != "kubernetes"  # binds to the Secret's uid: it creates the Secret first
+        )
+        if decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new:
             # Act only on a fresh read: the cache may lag (e.g. right after a restart).
             fresh = await self.kube.get_secret(namespace, spec.secret_name)
             if fresh is None:
@@ -344,7 +365,13 @@ class Controller:
         if decision.action is Action.CONFLICT:
             outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
         elif decision.action is Action.MINT:
-            record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
+            try:
+                record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
+            except _SecretAppeared as appeared:
+                # Decide again with it (ours to adopt, drifted, or someone else's: a conflict).
+                self.secrets.bodies[skey] = appeared.body
+                self.schedule(key, self.clock())
+                return
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
             await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
             await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
@@ -449,7 +476,11 @@ class Controller:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
-                written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
+                # It exists after all: never overwrite what we have not looked at.
+                found = await self.kube.get_secret(namespace, spec.secret_name)
+                if found is None:
+                    raise  # gone again; the next attempt creates it
+                raise _SecretAppeared(found) from None
         self.secrets.offer((namespace, spec.secret_name), written)
         _test_crash_point("after-secret-write")
 
@@ -852,6 +883,9 @@ class Controller:
                 self.schedule((meta["namespace"], meta["name"]), self.clock() + datetime.timedelta(seconds=1))
 
     async def _event(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        """Posts an Event in the background, a few at a time: Events are best-effort, so a
+        reconcile never waits for one (in a burst of new AgentTokens the Secret and the status
+        come first; the Events follow)."""
         meta = body["metadata"]
         involved = {
             "apiVersion": api.API_VERSION,
@@ -860,7 +894,19 @@ class Controller:
             "name": meta["name"],
             "uid": meta["uid"],
         }
-        try:
-            await self.kube.emit_event(involved, warning=warning, reason=reason, message=message)
-        except KubeError as exc:
-            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+        task = asyncio.create_task(self._post_event(involved, warning, reason, message))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _post_event(self, involved: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        async with self._event_slots:
+            try:
+                await self.kube.emit_event(involved, warning=warning, reason=reason, message=message)
+            except KubeError as exc:
+                log.warning(
+                    "could not post event %s for %s/%s: %s",
+                    reason,
+                    involved["namespace"],
+                    involved["name"],
+                    exc,
+                )

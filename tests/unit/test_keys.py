@@ -407,7 +407,8 @@ def test_walk_100_days_in_hourly_steps() -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    gaps=st.lists(st.timedeltas(min_value=timedelta(seconds=1), max_value=5 * DAY), min_size=1, max_size=30),
+    # times = T0 + one per gap: at most 30, one per algorithm and ttl
+    gaps=st.lists(st.timedeltas(min_value=timedelta(seconds=1), max_value=5 * DAY), min_size=1, max_size=29),
     ttls=st.lists(
         st.timedeltas(min_value=timedelta(seconds=1), max_value=12 * HOUR), min_size=30, max_size=30
     ),
