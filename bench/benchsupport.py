@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def metric(port: int, name: str) -> float | None:
+    """A sample from the operator's /metrics, summed over its labels (only that family is rendered)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?name[]={name}", timeout=10) as resp:
+        values = [
+            float(line.rsplit(" ", 1)[1])
+            for line in resp.read().decode().splitlines()
+            if line.startswith((name + " ", name + "{"))
+        ]
+    return sum(values) if values else None
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -102,7 +114,9 @@ def loadavg() -> list[float]:
 
 
 def header(name: str, **params: Any) -> dict[str, Any]:
-    """The common head of every result file: what, when, on what, and how loaded the machine was."""
+    """The common head of every result file: what, when, on what, and how loaded the machine was.
+    Also turns SIGTERM into SystemExit, so a stopped benchmark still stops its cluster."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -225,16 +239,26 @@ class SecretWatcher:
     Secret's name to the name it is recorded under."""
 
     def __init__(
-        self, cluster: LocalCluster, namespace: str, selector: str = SELECTOR, key: Any = None
+        self,
+        cluster: LocalCluster,
+        namespace: str,
+        selector: str = SELECTOR,
+        key: Any = None,
+        keep_events: bool = False,
+        collection: str = "",
     ) -> None:
         self.cluster, self.namespace, self.selector = cluster, namespace, selector
+        # any namespaced collection can be watched the same way (e.g. /apis/apps/v1/.../deployments)
+        self.collection = collection or f"/api/v1/namespaces/{namespace}/secrets"
         self.key = key or (lambda n: n.removesuffix("-tok"))
         self.seen: dict[str, float] = {}
+        # with keep_events: (wall-clock time received, event type, the object) for each
+        self.events: list[tuple[float, str, dict[str, Any]]] | None = [] if keep_events else None
         self.cond = threading.Condition()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         sel = f"labelSelector={selector}&" if selector else ""
-        _, raw = cluster.api("GET", f"/api/v1/namespaces/{namespace}/secrets?{sel}limit=1")
+        _, raw = cluster.api("GET", f"{self.collection}?{sel}limit=1")
         self.rv = json.loads(raw)["metadata"]["resourceVersion"]
         self.thread.start()
 
@@ -247,7 +271,7 @@ class SecretWatcher:
             try:
                 conn.request(
                     "GET",
-                    f"/api/v1/namespaces/{self.namespace}/secrets?watch=1{sel}"
+                    f"{self.collection}?watch=1{sel}"
                     f"&resourceVersion={self.rv}&allowWatchBookmarks=true&timeoutSeconds=50",
                 )
                 resp = conn.getresponse()
@@ -258,6 +282,8 @@ class SecretWatcher:
                     if event["type"] == "BOOKMARK":
                         continue
                     now = time.monotonic()
+                    if self.events is not None:
+                        self.events.append((time.time(), event["type"], obj))
                     with self.cond:
                         self.seen.setdefault(self.key(obj["metadata"]["name"]), now)
                         self.cond.notify_all()

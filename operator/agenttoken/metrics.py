@@ -90,7 +90,6 @@ class _TokenCollector(Collector):
             "Ready condition of the AgentToken.",
             labels=[*labels, "condition"],
         )
-        count = GaugeMetricFamily("agenttoken_tokens", "AgentTokens known to the operator.")
         for (namespace, name), (exp, ren, status) in list(_tokens.items()):
             if exp is not None:
                 expiry.add_metric([namespace, name], exp)
@@ -98,8 +97,17 @@ class _TokenCollector(Collector):
                 renewal.add_metric([namespace, name], ren)
             for value in ("True", "False", "Unknown"):
                 ready.add_metric([namespace, name, value], 1.0 if status == value else 0.0)
+        yield from (expiry, renewal, ready)
+
+
+class _CountCollector(Collector):
+    """Its own collector, so `?name[]=agenttoken_tokens` skips the per-object series."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        count = GaugeMetricFamily("agenttoken_tokens", "AgentTokens known to the operator.")
         count.add_metric([], float(len(_tokens)))
-        yield from (expiry, renewal, ready, count)
+        yield count
 
 
 REGISTRY.register(_TokenCollector())
+REGISTRY.register(_CountCollector())

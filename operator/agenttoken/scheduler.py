@@ -39,7 +39,7 @@ from agenttoken.policy import Request as PolicyRequest
 from agenttoken.policy import check as check_policy
 from agenttoken.renewal import Action, Decision, Snapshot, decide
 from agenttoken.restarts import (
-    RolloutSpec,
+    InterestIndex,
     Workload,
     WorkloadRef,
     annotation_key,
@@ -138,10 +138,10 @@ class Controller:
         self.keys = keys
         self.rollouts = rollouts
         self.revocations = revocations
-        # namespace -> AgentToken name -> (Secret name, rollout spec), for workload events
-        self._by_namespace: dict[str, dict[str, tuple[str, RolloutSpec]]] = {}
-        self._warned_slow: set[tuple[str, str]] = set()
-        self._warned_consumers: set[str] = set()
+        self._interest = InterestIndex()  # which AgentTokens a workload event concerns
+        # Warn-once marks, one per AgentToken (dropped with it): the token id warned about.
+        self._warned_slow: dict[Key, str] = {}
+        self._warned_consumers: set[Key] = set()
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
@@ -157,7 +157,7 @@ class Controller:
         self._again: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(options.workers)
-        self._warned_expiry: set[tuple[Key, str]] = set()
+        self._warned_expiry: dict[Key, str] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._event_tasks: set[asyncio.Task[None]] = set()
         self._event_slots = asyncio.Semaphore(4)
@@ -170,7 +170,10 @@ class Controller:
         if kind == "DELETED":
             self.tokens.drop(key)
             self._due.pop(key, None)
-            self._by_namespace.get(key[0], {}).pop(key[1], None)
+            self._interest.drop(*key)
+            for marks in (self._warned_slow, self._warned_expiry):
+                marks.pop(key, None)
+            self._warned_consumers.discard(key)
             issuer = self._issuer_of.pop(key, None)
             if issuer is not None:
                 self._by_issuer.get(issuer, set()).discard(key)
@@ -538,10 +541,9 @@ class Controller:
         left = record.expires_at - now
         if left <= datetime.timedelta(0) or left > spec.ttl * self.options.expiry_warning_fraction:
             return
-        mark = (key, record.token_id)
-        if mark in self._warned_expiry:
+        if self._warned_expiry.get(key) == record.token_id:
             return
-        self._warned_expiry.add(mark)
+        self._warned_expiry[key] = record.token_id
         await self._event(
             body,
             True,
@@ -718,17 +720,13 @@ class Controller:
     # -- rollouts and revocation --
 
     def _index_for_workloads(self, key: Key, spec: AgentTokenSpec) -> None:
-        self._by_namespace.setdefault(key[0], {})[key[1]] = (spec.secret_name, spec.rollout)
+        self._interest.put(key[0], key[1], spec.secret_name, spec.rollout)
 
     def on_workload_change(self, ref: WorkloadRef, workload: Workload | None) -> None:
         """A workload changed: look again at the AgentTokens that target or feed it."""
-        for name, (secret, rollout) in self._by_namespace.get(ref.namespace, {}).items():
-            if workload is None or (
-                annotation_key(name) in workload.annotations
-                or workload.consumes_secret(secret)
-                or any(t.matches(workload) for t in rollout.targets)
-            ):
-                self.schedule((ref.namespace, name), self.clock())
+        now = self.clock()
+        for name in self._interest.concerned(ref, workload):
+            self.schedule((ref.namespace, name), now)
 
     async def _rollout(
         self, body: dict[str, Any], spec: AgentTokenSpec, record: TokenRecord, outcome: Outcome
@@ -767,8 +765,8 @@ class Controller:
         if state == "RollingOut":
             outcome = dataclasses.replace(outcome, reconciling=Reason(api.REASON_ROLLING_OUT, message))
             if record.previous_expires_at and now >= record.previous_expires_at:
-                if (name, record.token_id) not in self._warned_slow:
-                    self._warned_slow.add((name, record.token_id))
+                if self._warned_slow.get((namespace, name)) != record.token_id:
+                    self._warned_slow[namespace, name] = record.token_id
                     await self._event(
                         body,
                         True,
@@ -793,8 +791,12 @@ class Controller:
             elif state == "Failed":
                 await self._event(body, True, api.REASON_ROLLOUT_FAILED, message)
 
-        if not restart and any(c["needsRestart"] for c in consumers) and name not in self._warned_consumers:
-            self._warned_consumers.add(name)
+        if (
+            not restart
+            and any(c["needsRestart"] for c in consumers)
+            and (namespace, name) not in self._warned_consumers
+        ):
+            self._warned_consumers.add((namespace, name))
             await self._event(
                 body,
                 True,
