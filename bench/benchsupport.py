@@ -144,7 +144,7 @@ class Profiler:
 
     def __enter__(self) -> Profiler:
         if self.exe:
-            self.raw = RESULTS / "profiles" / f"{self.name}.txt"
+            self.raw = RESULTS / "profiles" / f"{self.name}.folded"
             self.raw.parent.mkdir(parents=True, exist_ok=True)
             self.proc = subprocess.Popen(
                 [self.exe, "record", "--pid", str(self.pid), "--rate", str(self.rate), "--format", "raw",
