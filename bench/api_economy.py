@@ -29,6 +29,8 @@ from benchsupport import header, start_operator, stop, write
 
 NAMESPACES = {"economy": False, "economy-targets": True}  # namespace -> with rollout targets
 OPERATOR_USER = "agenttoken-admin"  # the operator runs with the cluster's admin certificate here
+# ... and so do the local cluster's own components: their writes are told apart by user agent
+CLUSTER_AGENTS = ("kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 
 
 def token(name: str, namespace: str, targets: bool) -> dict[str, Any]:
@@ -125,7 +127,11 @@ def main() -> int:
                 when = datetime.datetime.fromisoformat(
                     event["requestReceivedTimestamp"].replace("Z", "+00:00")
                 )
-                if event["user"]["username"] != OPERATOR_USER or not window_start <= when <= window_end:
+                if (
+                    event["user"]["username"] != OPERATOR_USER
+                    or event.get("userAgent", "").startswith(CLUSTER_AGENTS)
+                    or not window_start <= when <= window_end
+                ):
                     continue
                 ref = event.get("objectRef") or {}
                 if ref.get("namespace") not in writes:

@@ -84,6 +84,24 @@ def _rv(body: Mapping[str, Any] | None) -> int | None:
         return None
 
 
+_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without what no decision reads: managedFields (more than half of an AgentToken's
+    size) and kubectl's last-applied copy of the whole object. Held for every AgentToken and
+    Secret, this is most of the operator's memory at 10k objects. Copies only the changed
+    levels: the event's own body stays as kopf gave it."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        return body
+    slim = {k: v for k, v in meta.items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in _UNREAD_ANNOTATIONS):
+        slim["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
+    return {**body, "metadata": slim}
+
+
 class _Cache:
     """Latest bodies by key. A body older than one we wrote ourselves is ignored, so a watch
     event in flight during our write never makes us act on stale data (etcd resourceVersions
@@ -98,8 +116,12 @@ class _Cache:
         new, old = _rv(body), _rv(held)
         if held is not None and new is not None and old is not None and new <= old:
             return False
-        self.bodies[key] = body
+        self.bodies[key] = _slim(body)
         return True
+
+    def put(self, key: Key, body: dict[str, Any]) -> None:
+        """Store a fresh read unconditionally."""
+        self.bodies[key] = _slim(body)
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self.bodies.get(key)
@@ -335,7 +357,7 @@ class Controller:
             if fresh is None:
                 self.secrets.drop(skey)
             else:
-                self.secrets.bodies[skey] = fresh
+                self.secrets.put(skey, fresh)
             snap = snapshot()
             decision = decide(snap, now)
         record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)
@@ -372,7 +394,7 @@ class Controller:
                 record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
             except _SecretAppeared as appeared:
                 # Decide again with it (ours to adopt, drifted, or someone else's: a conflict).
-                self.secrets.bodies[skey] = appeared.body
+                self.secrets.put(skey, appeared.body)
                 self.schedule(key, self.clock())
                 return
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
