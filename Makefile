@@ -69,6 +69,7 @@ bench: venv cluster-bins
 	$(PY) bench/api_economy.py
 	$(PY) bench/crypto.py
 	$(PY) bench/steady.py --tokens $(BENCH_TOKENS)
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
