@@ -68,7 +68,7 @@ bench: venv cluster-bins
 	$(PY) bench/restart.py
 	$(PY) bench/api_economy.py
 	$(PY) bench/crypto.py
-	$(PY) bench/steady.py --tokens $(BENCH_TOKENS)
+	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
 	$(PY) bench/report.py
 
 clean:

@@ -68,6 +68,21 @@ def metric(port: int, name: str) -> float | None:
     return sum(values) if values else None
 
 
+def teardown(
+    watchers: list[SecretWatcher], op: subprocess.Popen[bytes] | None, cluster: LocalCluster
+) -> None:
+    """Stop the watches, the operator and the control plane of one benchmark."""
+    for w in watchers:
+        w.stop.set()
+    if op is not None:
+        stop(op)
+    cluster.stop()
+
+
+def log_tail(path: Path, lines: int = 40) -> None:
+    print(f"{path.name} tail:\n" + "\n".join(path.read_text().splitlines()[-lines:]))
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

@@ -36,9 +36,10 @@ from benchsupport import (
     cpu_by_process,
     cpu_seconds,
     header,
+    log_tail,
     start_operator,
-    stop,
     summary,
+    teardown,
     write,
 )
 
@@ -187,16 +188,10 @@ def main() -> int:
                 "throughput_ge_half_baseline": results["burst_vs_baseline_throughput"] >= 0.5,
             }
         except BaseException:
-            print(
-                "operator log tail:\n"
-                + "\n".join((Path(tmp) / "operator.log").read_text().splitlines()[-40:])
-            )
+            log_tail(Path(tmp) / "operator.log")
             raise
         finally:
-            for w in watchers:
-                w.stop.set()
-            stop(op)
-            cluster.stop()
+            teardown(watchers, op, cluster)
     write("lifecycle", results)
     return 0
 

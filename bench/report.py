@@ -139,6 +139,16 @@ def main() -> int:
     ]
     lines += ["| what | goal | measured | met? |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    crypto = load("crypto").get("algorithms", {})
+    if crypto:
+        lines += [
+            "",
+            "Crypto per core (`crypto.json`):",
+            "",
+            "| algorithm | mint / s | verify / s |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {a} | {v['mint_per_s']:,} | {v['verify_per_s']:,} |" for a, v in crypto.items()]
     lines += ["", END]
     text = DOC.read_text()
     if START in text and END in text:

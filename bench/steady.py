@@ -36,15 +36,18 @@ from agenttoken.schedule import renewal_time
 from agenttoken.secrets import TokenRecord
 from benchsupport import (
     SELECTOR,
+    Profiler,
     SecretWatcher,
     cpu_by_process,
     cpu_seconds,
     header,
+    log_tail,
     metric,
     rss_mb,
     start_operator,
     stop,
     summary,
+    teardown,
     write,
 )
 from lifecycle import create_many
@@ -117,6 +120,7 @@ def main() -> int:
     parser.add_argument("--short", type=int, default=100)
     parser.add_argument("--idle-seconds", type=float, default=300)
     parser.add_argument("--lag-seconds", type=float, default=150)
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator while it starts again")
     args = parser.parse_args()
     results = header(
         "steady",
@@ -201,8 +205,9 @@ def main() -> int:
             t0 = time.monotonic()
             op = start_operator(env, log)
             live = time.monotonic()
-            known = wait_metric(op.http_port, "agenttoken_tokens", total, 900)  # type: ignore[attr-defined]
-            looked = wait_metric(op.http_port, "agenttoken_schedule_lag_seconds_count", total, 900)  # type: ignore[attr-defined]
+            with Profiler(op.pid, "restart", enabled=args.profile):
+                known = wait_metric(op.http_port, "agenttoken_tokens", total, 900)  # type: ignore[attr-defined]
+                looked = wait_metric(op.http_port, "agenttoken_schedule_lag_seconds_count", total, 900)  # type: ignore[attr-defined]
             time.sleep(5)
             results["restart"] = {
                 "agenttokens": total,
@@ -221,13 +226,10 @@ def main() -> int:
                 "lag_p99_le_2s": results["renewal_lag"]["p99_s"] <= 2.0,
             }
         except BaseException:
-            print("operator log tail:\n" + "\n".join(log.read_text().splitlines()[-40:]))
+            log_tail(log)
             raise
         finally:
-            for w in watchers:
-                w.stop.set()
-            stop(op)
-            cluster.stop()
+            teardown(watchers, op, cluster)
     write("steady", results)
     return 0
 
