@@ -60,8 +60,16 @@ test: check e2e
 chart-crds:
 	$(PYTHON) hack/chart_crds.py
 
+# Every benchmark, one after the other in one run (ratios between them hold on a noisy machine).
+# BENCH_TOKENS sizes the steady-state run (the committed results are from the full 10000).
+BENCH_TOKENS ?= 10000
 bench: venv cluster-bins
-	$(PY) bench/lifecycle.py
+	$(PY) bench/lifecycle.py --profile
+	$(PY) bench/restart.py
+	$(PY) bench/api_economy.py
+	$(PY) bench/crypto.py
+	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

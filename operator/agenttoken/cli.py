@@ -722,6 +722,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("AGENTTOKEN_USAGE_WARMUP", "30")),
         help="seconds after start before the unused-token policy judges consumers (default 30)",
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("AGENTTOKEN_WORKERS", "32")),
+        help="AgentTokens reconciled at once (default 32; each waits on the apiserver most of the time)",
+    )
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs token material)")
     run.set_defaults(func=cmd_run)
@@ -746,6 +752,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_rollouts=args.max_rollouts,
             max_rollouts_per_namespace=args.max_rollouts_per_namespace,
             usage_warmup=args.usage_warmup,
+            workers=args.workers,
         )
     )
     return 0

@@ -81,7 +81,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(
         kube,
         keys,
-        ControllerOptions(issuer_url=options.issuer_url, usage_warmup=options.usage_warmup),
+        ControllerOptions(
+            issuer_url=options.issuer_url, usage_warmup=options.usage_warmup, workers=options.workers
+        ),
         rollouts=rollouts,
         revocations=revocations,
     )

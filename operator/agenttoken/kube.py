@@ -13,9 +13,11 @@ import datetime
 import json
 import logging
 import secrets as pysecrets
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -76,6 +78,22 @@ async def _json_or_none(coro: Any) -> dict[str, Any] | None:
         raise
 
 
+async def _no_env_lookups(api_client: client.ApiClient) -> None:
+    """kubernetes_asyncio opens its aiohttp session with `trust_env=True`, so every request looks
+    up proxy variables and reads ~/.netrc in a thread (aiohttp >= 3.10): measured as a quarter of
+    the operator's CPU in a burst of new AgentTokens (bench/lifecycle.py --profile). Without any
+    proxy variable set there is nothing to find, so the same session is reopened without it."""
+    if urllib.request.getproxies_environment():
+        return  # a proxy is configured: keep honouring it (and NO_PROXY)
+    rest = api_client.rest_client
+    old = rest.pool_manager
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=old.connector, connector_owner=True, trust_env=False, read_bufsize=2**21
+    )
+    old._connector_owner = False  # the connector now belongs to the new session
+    await old.close()
+
+
 class Kube:
     """Async operations on the objects this operator owns or reads."""
 
@@ -91,7 +109,9 @@ class Kube:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
         except ConfigException:
             await config.load_kube_config()
-        return cls(client.ApiClient())
+        api_client = client.ApiClient()
+        await _no_env_lookups(api_client)
+        return cls(api_client)
 
     async def close(self) -> None:
         await self.api_client.close()

@@ -304,3 +304,64 @@ def summarize(targets: Sequence[Mapping[str, Any]]) -> tuple[State, str]:
     if busy:
         return "RollingOut", f"{len(targets) - len(busy)} of {len(targets)} target(s) rolled out"
     return "Complete", f"{len(targets)} target(s) rolled out" if states else "no targets"
+
+
+class InterestIndex:
+    """Which AgentTokens of a namespace a workload change concerns: those whose Secret it reads,
+    whose revision annotation it carries, or whose rollout targets match it. Indexed by Secret
+    name and annotation key, so one workload event costs what the workload references (plus the
+    few AgentTokens with explicit targets), not a walk over every AgentToken of its namespace."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[str, RolloutSpec]] = {}
+        self._by_secret: dict[tuple[str, str], set[str]] = {}
+        self._by_annotation: dict[tuple[str, str], str] = {}
+        self._with_targets: dict[str, set[str]] = {}
+        self._names: dict[str, set[str]] = {}
+
+    def put(self, namespace: str, name: str, secret: str, rollout: RolloutSpec) -> None:
+        if self._entries.get((namespace, name)) == (secret, rollout):
+            return
+        self.drop(namespace, name)
+        self._entries[namespace, name] = (secret, rollout)
+        self._by_secret.setdefault((namespace, secret), set()).add(name)
+        self._by_annotation[namespace, annotation_key(name)] = name
+        if rollout.targets:
+            self._with_targets.setdefault(namespace, set()).add(name)
+        self._names.setdefault(namespace, set()).add(name)
+
+    def drop(self, namespace: str, name: str) -> None:
+        entry = self._entries.pop((namespace, name), None)
+        if entry is None:
+            return
+        secret, _ = entry
+        names = self._by_secret.get((namespace, secret), set())
+        names.discard(name)
+        if not names:
+            self._by_secret.pop((namespace, secret), None)
+        self._by_annotation.pop((namespace, annotation_key(name)), None)
+        for group in (self._with_targets, self._names):
+            group.get(namespace, set()).discard(name)
+            if not group.get(namespace, True):
+                group.pop(namespace, None)
+
+    def in_namespace(self, namespace: str) -> set[str]:
+        """Every indexed AgentToken name of a namespace (a copy)."""
+        return set(self._names.get(namespace, set()))
+
+    def concerned(self, ref: WorkloadRef, workload: Workload | None) -> set[str]:
+        """AgentToken names in `ref`'s namespace to look at again; all of them when the workload
+        is gone (what it referenced is no longer known)."""
+        ns = ref.namespace
+        if workload is None:
+            return self.in_namespace(ns)
+        names: set[str] = set()
+        for c in workload.consumes:
+            names |= self._by_secret.get((ns, c.secret), set())
+        for key in workload.annotations:
+            if (found := self._by_annotation.get((ns, key))) is not None:
+                names.add(found)
+        for name in self._with_targets.get(ns, set()):
+            if any(t.matches(workload) for t in self._entries[ns, name][1].targets):
+                names.add(name)
+        return names

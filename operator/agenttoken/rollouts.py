@@ -136,11 +136,16 @@ class RolloutManager:
         wanted = self._pending.pop(ref, {})
         self._due.pop(ref, None)
         try:
-            # A fresh read: never restart on a stale cache (e.g. right after an operator restart).
-            body = await self.kube.get_workload(ref.kind, ref.namespace, ref.name)
-            if body is None:
-                return
-            current = reduce(ref.kind, body)
+            # The watch cache decides; the patch is content-addressed, so a stale cache costs at
+            # most a no-op patch (the same annotation value starts no rollout), and a missed one
+            # is asked for again by the workload event that brings the newer state. Only a
+            # workload not seen yet is read first. Saves a round trip per restart.
+            current = self.workloads.get(ref)
+            if current is None:
+                body = await self.kube.get_workload(ref.kind, ref.namespace, ref.name)
+                if body is None:
+                    return
+                current = reduce(ref.kind, body)
             changes = {k: v for k, v in wanted.items() if needs_restart(current, k, v)}
             if not changes:
                 return

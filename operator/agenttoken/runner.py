@@ -23,6 +23,7 @@ class RunOptions:
     max_rollouts: int = 10
     max_rollouts_per_namespace: int = 5
     usage_warmup: float = 30.0
+    workers: int = 32
 
 
 def run_operator(options: RunOptions) -> None:

@@ -20,6 +20,7 @@ import heapq
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -41,7 +42,7 @@ from agenttoken.policy import Request as PolicyRequest
 from agenttoken.policy import check as check_policy
 from agenttoken.renewal import Action, Decision, Snapshot, decide
 from agenttoken.restarts import (
-    RolloutSpec,
+    InterestIndex,
     Workload,
     WorkloadRef,
     annotation_key,
@@ -99,6 +100,37 @@ def _rv(body: Mapping[str, Any] | None) -> int | None:
         return None
 
 
+_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def _compact(value: Any) -> Any:
+    """A copy in which keys and short strings are interned: 10k bodies parsed from JSON each
+    carry their own copies of "metadata", "conditions", "True", label keys... (~40 % of a body)."""
+    if isinstance(value, dict):
+        return {sys.intern(k): _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value
+
+
+def _slim(body: dict[str, Any]) -> dict[str, Any]:
+    """The body to hold, without what no decision reads: managedFields (more than half of an
+    AgentToken's size) and kubectl's last-applied copy of the whole object, and compacted. Held
+    for every AgentToken and Secret, this is most of the operator's memory at 10k objects. A
+    copy: the event's own body stays as kopf gave it."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        return body
+    slim = {k: v for k, v in meta.items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and any(a in annotations for a in _UNREAD_ANNOTATIONS):
+        slim["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
+    compact: dict[str, Any] = _compact({**body, "metadata": slim})
+    return compact
+
+
 class _Cache:
     """Latest bodies by key. A body older than one we wrote ourselves is ignored, so a watch
     event in flight during our write never makes us act on stale data (etcd resourceVersions
@@ -113,8 +145,12 @@ class _Cache:
         new, old = _rv(body), _rv(held)
         if held is not None and new is not None and old is not None and new <= old:
             return False
-        self.bodies[key] = body
+        self.bodies[key] = _slim(body)
         return True
+
+    def put(self, key: Key, body: dict[str, Any]) -> None:
+        """Store a fresh read unconditionally."""
+        self.bodies[key] = _slim(body)
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self.bodies.get(key)
@@ -123,10 +159,18 @@ class _Cache:
         self.bodies.pop(key, None)
 
 
+class _SecretAppeared(Exception):
+    """Creating the Secret found one already there: the reconcile decides again with it."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__("the Secret already exists")
+        self.body = body
+
+
 @dataclasses.dataclass
 class ControllerOptions:
     issuer_url: str
-    workers: int = 8
+    workers: int = 32
     # Warn when this fraction of the lifetime or less is left and renewal is still failing.
     expiry_warning_fraction: float = 0.1
     # Seconds after start before consumption is judged: the watches deliver their initial listing
@@ -148,10 +192,11 @@ class Controller:
         self.keys = keys
         self.rollouts = rollouts
         self.revocations = revocations
-        # namespace -> AgentToken name -> (Secret name, rollout spec), for workload events
-        self._by_namespace: dict[str, dict[str, tuple[str, RolloutSpec]]] = {}
-        self._warned_slow: set[tuple[str, str]] = set()
-        self._warned_consumers: set[tuple[str, str, tuple[str, ...]]] = set()
+        self._interest = InterestIndex()  # which AgentTokens a workload event concerns
+        # Warn-once marks, one per AgentToken (dropped with it): the token id warned about, or
+        # for consumers the stranded workloads warned about (a new one warns again).
+        self._warned_slow: dict[Key, str] = {}
+        self._warned_consumers: dict[Key, tuple[str, ...]] = {}
         self.issuers: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._by_issuer: dict[tuple[str, str, str], set[Key]] = {}
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
@@ -169,7 +214,7 @@ class Controller:
         self._again: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(options.workers)
-        self._warned_expiry: set[tuple[Key, str]] = set()
+        self._warned_expiry: dict[Key, str] = {}
         self._loop_task: asyncio.Task[None] | None = None
         # spec.verify: a minted token that has not passed its check yet, kept in memory only
         # (never in the Secret, status or anywhere else) so a retry re-checks the same token
@@ -178,6 +223,8 @@ class Controller:
         self._held: dict[Key, tuple[tuple[str, str | None], Issued]] = {}
         self._usage_from = clock() + datetime.timedelta(seconds=options.usage_warmup)
         self._listings: dict[str, tuple[float, dict[str, list[dict[str, Any]]]]] = {}
+        self._event_tasks: set[asyncio.Task[None]] = set()
+        self._event_slots = asyncio.Semaphore(4)
 
     # -- feeding --
 
@@ -188,7 +235,10 @@ class Controller:
             self.tokens.drop(key)
             self._held.pop(key, None)
             self._due.pop(key, None)
-            self._by_namespace.get(key[0], {}).pop(key[1], None)
+            self._interest.drop(*key)
+            for marks in (self._warned_slow, self._warned_expiry):
+                marks.pop(key, None)
+            self._warned_consumers.pop(key, None)
             issuer = self._issuer_of.pop(key, None)
             if issuer is not None:
                 self._by_issuer.get(issuer, set()).discard(key)
@@ -242,6 +292,8 @@ class Controller:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._event_tasks:
+            await asyncio.wait(self._event_tasks, timeout=5)  # let queued Events out
 
     async def _run(self) -> None:
         while True:
@@ -345,13 +397,22 @@ class Controller:
 
         snap = snapshot()
         decision = decide(snap, now)
-        if decision.action not in (Action.NONE, Action.BACKOFF):
+        # A brand-new AgentToken (never issued, no Secret seen) skips the fresh read: its create
+        # answers 409 if a Secret is there after all, and then we read it and decide again
+        # (_SecretAppeared). One API call less per new token; a burst of 1,000 is mostly these.
+        brand_new = (
+            previous.token_id is None
+            and self.secrets.get(skey) is None
+            and decision.action is Action.MINT
+            and issuer.type != "kubernetes"  # binds to the Secret's uid: it creates the Secret first
+        )
+        if decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new:
             # Act only on a fresh read: the cache may lag (e.g. right after a restart).
             fresh = await self.kube.get_secret(namespace, spec.secret_name)
             if fresh is None:
                 self.secrets.drop(skey)
             else:
-                self.secrets.bodies[skey] = fresh
+                self.secrets.put(skey, fresh)
             snap = snapshot()
             decision = decide(snap, now)
         record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)
@@ -387,7 +448,13 @@ class Controller:
         if decision.action is Action.CONFLICT:
             outcome = dataclasses.replace(outcome, stalled=Reason(decision.reason, decision.message))
         elif decision.action is Action.MINT:
-            record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
+            try:
+                record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
+            except _SecretAppeared as appeared:
+                # Decide again with it (ours to adopt, drifted, or someone else's: a conflict).
+                self.secrets.put(skey, appeared.body)
+                self.schedule(key, self.clock())
+                return
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
             try:
                 await self._write_secret(
@@ -667,7 +734,11 @@ class Controller:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
-                written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
+                # It exists after all: never overwrite what we have not looked at.
+                found = await self.kube.get_secret(namespace, spec.secret_name)
+                if found is None:
+                    raise  # gone again; the next attempt creates it
+                raise _SecretAppeared(found) from None
         self.secrets.offer((namespace, spec.secret_name), written)
         _test_crash_point("after-secret-write")
 
@@ -725,10 +796,9 @@ class Controller:
         left = record.expires_at - now
         if left <= datetime.timedelta(0) or left > spec.ttl * self.options.expiry_warning_fraction:
             return
-        mark = (key, record.token_id)
-        if mark in self._warned_expiry:
+        if self._warned_expiry.get(key) == record.token_id:
             return
-        self._warned_expiry.add(mark)
+        self._warned_expiry[key] = record.token_id
         await self._event(
             body,
             True,
@@ -791,7 +861,7 @@ class Controller:
         labels = dict(meta.get("labels") or {})
         self.namespace_labels[name] = labels
         if before is not None and before != labels:
-            for token in self._by_namespace.get(name, {}):
+            for token in self._interest.in_namespace(name):
                 self.schedule((name, token), self.clock())
 
     async def _namespace_labels(self, namespace: str) -> dict[str, str]:
@@ -953,17 +1023,13 @@ class Controller:
     # -- rollouts and revocation --
 
     def _index_for_workloads(self, key: Key, spec: AgentTokenSpec) -> None:
-        self._by_namespace.setdefault(key[0], {})[key[1]] = (spec.secret_name, spec.rollout)
+        self._interest.put(key[0], key[1], spec.secret_name, spec.rollout)
 
     def on_workload_change(self, ref: WorkloadRef, workload: Workload | None) -> None:
         """A workload changed: look again at the AgentTokens that target or feed it."""
-        for name, (secret, rollout) in self._by_namespace.get(ref.namespace, {}).items():
-            if workload is None or (
-                annotation_key(name) in workload.annotations
-                or workload.consumes_secret(secret)
-                or any(t.matches(workload) for t in rollout.targets)
-            ):
-                self.schedule((ref.namespace, name), self.clock())
+        now = self.clock()
+        for name in self._interest.concerned(ref, workload):
+            self.schedule((ref.namespace, name), now)
 
     async def _rollout(
         self, body: dict[str, Any], spec: AgentTokenSpec, record: TokenRecord, outcome: Outcome
@@ -1006,8 +1072,8 @@ class Controller:
         if state == "RollingOut":
             outcome = dataclasses.replace(outcome, reconciling=Reason(api.REASON_ROLLING_OUT, message))
             if record.previous_expires_at and now >= record.previous_expires_at:
-                if (name, record.token_id) not in self._warned_slow:
-                    self._warned_slow.add((name, record.token_id))
+                if self._warned_slow.get((namespace, name)) != record.token_id:
+                    self._warned_slow[namespace, name] = record.token_id
                     await self._event(
                         body,
                         True,
@@ -1035,8 +1101,8 @@ class Controller:
         stranded = tuple(
             f"{c['kind']}/{c['name']}" for c in consumers if c["needsRestart"] and not c["restartedOnRenewal"]
         )
-        if stranded and (namespace, name, stranded) not in self._warned_consumers:
-            self._warned_consumers.add((namespace, name, stranded))
+        if stranded and self._warned_consumers.get((namespace, name)) != stranded:
+            self._warned_consumers[namespace, name] = stranded
             why = (
                 "spec.rollout.strategy is None"
                 if not restart
@@ -1136,6 +1202,9 @@ class Controller:
                 self.schedule((meta["namespace"], meta["name"]), self.clock() + datetime.timedelta(seconds=1))
 
     async def _event(self, body: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        """Posts an Event in the background, a few at a time: Events are best-effort, so a
+        reconcile never waits for one (in a burst of new AgentTokens the Secret and the status
+        come first; the Events follow)."""
         meta = body["metadata"]
         involved = {
             "apiVersion": api.API_VERSION,
@@ -1144,7 +1213,19 @@ class Controller:
             "name": meta["name"],
             "uid": meta["uid"],
         }
-        try:
-            await self.kube.emit_event(involved, warning=warning, reason=reason, message=message)
-        except KubeError as exc:
-            log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+        task = asyncio.create_task(self._post_event(involved, warning, reason, message))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def _post_event(self, involved: dict[str, Any], warning: bool, reason: str, message: str) -> None:
+        async with self._event_slots:
+            try:
+                await self.kube.emit_event(involved, warning=warning, reason=reason, message=message)
+            except KubeError as exc:
+                log.warning(
+                    "could not post event %s for %s/%s: %s",
+                    reason,
+                    involved["namespace"],
+                    involved["name"],
+                    exc,
+                )

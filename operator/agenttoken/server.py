@@ -61,7 +61,10 @@ def build_app(
         return _respond(request, body, "application/json", "no-cache")
 
     async def metrics(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(REGISTRY))
+        # `?name[]=a&name[]=b` returns only those families (as prometheus_client's own handler
+        # does): a cheap probe of one number even with per-AgentToken series for 10k objects.
+        names = request.query.getall("name[]", [])
+        resp = web.Response(body=generate_latest(REGISTRY.restricted_registry(names) if names else REGISTRY))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 

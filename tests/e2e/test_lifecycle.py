@@ -263,6 +263,30 @@ def test_deleted_secret_is_recreated(kube: Kube, operator: OperatorProcess, name
     assert "SecretRestored" in {e["reason"] for e in events["items"]}
 
 
+def test_someone_elses_secret_is_never_overwritten(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """A new AgentToken creates its Secret without reading it first; when that create finds a
+    Secret of someone else's, the operator decides again with it: Stalled, nothing written."""
+    kube.kubectl("create", "secret", "generic", "taken-token", "-n", namespace, "--from-literal=token=theirs")
+    kube.apply(agenttoken("taken", "taken-token"), "-n", namespace)
+    stalled = wait_for(
+        "the SecretConflict condition",
+        lambda: next(
+            (
+                c
+                for c in status(kube, namespace, "taken").get("conditions") or []
+                if c.get("type") == "Stalled" and c.get("status") == "True"
+            ),
+            None,
+        ),
+    )
+    assert stalled["reason"] == "SecretConflict"
+    data = secret_data(kube, namespace, "taken-token")
+    assert data == {"token": "theirs"}
+    assert status(kube, namespace, "taken").get("tokenId") is None
+
+
 def test_edited_keys_are_restored(kube: Kube, operator: OperatorProcess, namespace: str) -> None:
     kube.apply(agenttoken("guarded", "guarded-token"), "-n", namespace)
     wait_ready(kube, namespace, "guarded")

@@ -9,8 +9,10 @@ import pytest
 
 from agenttoken import revocation
 from agenttoken.restarts import (
+    InterestIndex,
     RolloutSpec,
     TargetSpec,
+    WorkloadRef,
     annotation_key,
     needs_restart,
     progress,
@@ -245,3 +247,32 @@ def test_revocation_list_keeps_live_ids_only() -> None:
     assert [e.token_id for e in pruned] == ["jti-live"]
     assert revocation.from_json(revocation.to_json(pruned)) == pruned
     assert revocation.is_revoked(pruned, "jti-live")
+
+
+def test_interest_index_finds_what_a_workload_references() -> None:
+    index = InterestIndex()
+    index.put("ns", "reader", "reader-tok", RolloutSpec())
+    index.put("ns", "annotated", "annotated-tok", RolloutSpec())
+    index.put("ns", "targeting", "t-tok", RolloutSpec(targets=(TargetSpec(match_labels={"agents": "yes"}),)))
+    index.put("other", "reader", "reader-tok", RolloutSpec())
+    workload = reduce(
+        "Deployment",
+        deployment(
+            "app",
+            labels={"agents": "yes"},
+            annotations={annotation_key("annotated"): "jti-1"},
+            pod_spec={"volumes": [{"secret": {"secretName": "reader-tok"}}]},
+        ),
+    )
+    assert index.concerned(workload.ref, workload) == {"reader", "annotated", "targeting"}
+    bystander = reduce("Deployment", deployment("bystander"))
+    assert index.concerned(bystander.ref, bystander) == set()
+    assert index.concerned(bystander.ref, None) == {"reader", "annotated", "targeting"}
+    # Moving an AgentToken to another Secret and deleting one update every view.
+    index.put("ns", "reader", "elsewhere", RolloutSpec())
+    index.drop("ns", "annotated")
+    assert index.concerned(workload.ref, workload) == {"targeting"}
+    index.drop("ns", "targeting")
+    index.drop("ns", "reader")
+    assert index.concerned(workload.ref, None) == set()
+    assert index.concerned(WorkloadRef("Deployment", "other", "x"), None) == {"reader"}
