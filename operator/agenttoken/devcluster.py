@@ -648,14 +648,21 @@ class LocalCluster:
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         return ctx
 
-    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
         """One request to the apiserver as the cluster admin. For fixtures, not the operator."""
         conn = http.client.HTTPSConnection(
             "127.0.0.1", self.ports["apiserver"], context=self._ssl_context(), timeout=timeout
         )
         try:
             payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
+            headers = {"Content-Type": content_type} if payload else {}
             conn.request(method, path, body=payload, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read()

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agenttoken import api, metrics
+from agenttoken.bodycache import BodyCache
 from agenttoken.conditions import Reason
 from agenttoken.conditions import summarize as summarize_conditions
 from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
@@ -77,37 +78,6 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _rv(body: Mapping[str, Any] | None) -> int | None:
-    try:
-        return int((body or {}).get("metadata", {}).get("resourceVersion", ""))
-    except ValueError:
-        return None
-
-
-class _Cache:
-    """Latest bodies by key. A body older than one we wrote ourselves is ignored, so a watch
-    event in flight during our write never makes us act on stale data (etcd resourceVersions
-    are integers; where they are not, every event is taken)."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[Key, dict[str, Any]] = {}
-
-    def offer(self, key: Key, body: dict[str, Any]) -> bool:
-        """Store `body` unless we hold a newer one; True if it changed what we hold."""
-        held = self.bodies.get(key)
-        new, old = _rv(body), _rv(held)
-        if held is not None and new is not None and old is not None and new <= old:
-            return False
-        self.bodies[key] = body
-        return True
-
-    def get(self, key: Key) -> dict[str, Any] | None:
-        return self.bodies.get(key)
-
-    def drop(self, key: Key) -> None:
-        self.bodies.pop(key, None)
-
-
 @dataclasses.dataclass
 class ControllerOptions:
     issuer_url: str
@@ -139,8 +109,8 @@ class Controller:
         self._issuer_of: dict[Key, tuple[str, str, str]] = {}  # reverse of _by_issuer
         self.options = options
         self.clock = clock
-        self.tokens = _Cache()
-        self.secrets = _Cache()
+        self.tokens = BodyCache()
+        self.secrets = BodyCache()
         self._heap: list[tuple[float, int, Key]] = []
         self._due: dict[Key, float] = {}
         self._seq = itertools.count()
@@ -158,7 +128,7 @@ class Controller:
         meta = body.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if kind == "DELETED":
-            self.tokens.drop(key)
+            self.tokens.drop(key, body)
             self._due.pop(key, None)
             self._by_namespace.get(key[0], {}).pop(key[1], None)
             issuer = self._issuer_of.pop(key, None)
@@ -185,7 +155,9 @@ class Controller:
         namespace = meta.get("namespace", "")
         skey = (namespace, meta.get("name", ""))
         if kind == "DELETED":
-            self.secrets.drop(skey)
+            # Also when the Secret merely left our label selector: remember the deletion's
+            # resourceVersion so a late response to our own write cannot revive a stale copy.
+            self.secrets.drop(skey, body)
         elif not self.secrets.offer(skey, body):
             return
         owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
@@ -311,7 +283,7 @@ class Controller:
             if fresh is None:
                 self.secrets.drop(skey)
             else:
-                self.secrets.bodies[skey] = fresh
+                self.secrets.replace(skey, fresh)
             snap = snapshot()
             decision = decide(snap, now)
         record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)

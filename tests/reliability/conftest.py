@@ -11,6 +11,7 @@ the report); env RELIABILITY_SIZE does the same, and RELIABILITY_<KNOB> override
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -77,7 +78,9 @@ def kube(cluster: LocalCluster) -> Kube:
     return Kube(cluster.kubeconfig, name="local")
 
 
-def audit_events(cluster: LocalCluster, since: datetime.datetime | None = None) -> list[dict[str, Any]]:
+def audit_events(
+    cluster: LocalCluster, since: datetime.datetime | None = None, until: datetime.datetime | None = None
+) -> list[dict[str, Any]]:
     """Write requests the apiserver logged (its audit policy logs writes at Metadata level)."""
     events = []
     for path in sorted(cluster.logs.glob("audit*.log")):
@@ -85,23 +88,25 @@ def audit_events(cluster: LocalCluster, since: datetime.datetime | None = None) 
             if not line.strip():
                 continue
             event = json.loads(line)
-            if since is not None:
-                when = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
-                if when < since:
-                    continue
+            when = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+            if (since is not None and when < since) or (until is not None and when > until):
+                continue
             events.append(event)
     return events
 
 
 def operator_writes(
-    cluster: LocalCluster, since: datetime.datetime | None = None, namespace: str | None = None
+    cluster: LocalCluster,
+    since: datetime.datetime | None = None,
+    ns: str | None = None,
+    until: datetime.datetime | None = None,
 ) -> list[dict[str, Any]]:
     """The operator's own write requests (by its ServiceAccount), optionally in one namespace."""
     return [
         e
-        for e in audit_events(cluster, since)
+        for e in audit_events(cluster, since, until)
         if e["user"]["username"] == OPERATOR_USER
-        and (namespace is None or (e.get("objectRef") or {}).get("namespace") == namespace)
+        and (ns is None or (e.get("objectRef") or {}).get("namespace") == ns)
     ]
 
 
@@ -147,10 +152,8 @@ class TokenCollector:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 self._watch_once()
-            except (OSError, ValueError):
-                pass
             self._stop.wait(1)
 
     def stop(self) -> None:

@@ -21,7 +21,11 @@ GROUP_PATH = "/apis/agenttoken.dev/v1alpha1"
 
 def new_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    kube.apply(json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}}))
+    kube.apply(
+        json.dumps(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}}
+        )
+    )
     kube.wait_default_sa(name)
     return name
 

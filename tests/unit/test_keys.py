@@ -407,7 +407,8 @@ def test_walk_100_days_in_hourly_steps() -> None:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    gaps=st.lists(st.timedeltas(min_value=timedelta(seconds=1), max_value=5 * DAY), min_size=1, max_size=30),
+    # One reconcile per time point: T0 plus the gaps, at most 30 (one algorithm and ttl each).
+    gaps=st.lists(st.timedeltas(min_value=timedelta(seconds=1), max_value=5 * DAY), min_size=1, max_size=29),
     ttls=st.lists(
         st.timedeltas(min_value=timedelta(seconds=1), max_value=12 * HOUR), min_size=30, max_size=30
     ),
