@@ -38,7 +38,7 @@ from agenttoken.kube import Kube, KubeError
 from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec, parse_status
 from agenttoken.policy import Request as PolicyRequest
 from agenttoken.policy import check as check_policy
-from agenttoken.renewal import Action, Decision, Snapshot, decide
+from agenttoken.renewal import Action, Decision, Snapshot, conflict_message, decide
 from agenttoken.restarts import (
     RolloutSpec,
     Workload,
@@ -53,7 +53,14 @@ from agenttoken.revocation import Revoked
 from agenttoken.revocationstore import RevocationStore
 from agenttoken.rollouts import RolloutManager
 from agenttoken.schedule import next_retry_time, renewal_time
-from agenttoken.secrets import TokenRecord, decode_data, desired_secret, desired_secret_metadata, observe
+from agenttoken.secrets import (
+    TokenRecord,
+    decode_data,
+    desired_secret,
+    desired_secret_metadata,
+    is_foreign,
+    observe,
+)
 from agenttoken.status import Outcome, differs, render
 from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
@@ -76,6 +83,10 @@ def _test_crash_point(name: str) -> None:
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+class SecretTaken(Exception):
+    """The Secret appeared between our read and our create, and it is not ours to overwrite."""
 
 
 @dataclasses.dataclass
@@ -287,6 +298,8 @@ class Controller:
             snap = snapshot()
             decision = decide(snap, now)
         record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)
+        if decision.action is Action.CONFLICT:
+            record = None  # the token in someone else's Secret is not ours to report or roll out
         outcome = Outcome(
             failed_attempts=previous.failed_attempts,
             last_failure_time=previous.last_failure_time,
@@ -377,6 +390,12 @@ class Controller:
             await self._write_secret(
                 namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
             )
+        except SecretTaken:
+            # Lost a race for the name (another AgentToken or a user created it first): the
+            # minted token is dropped unused, and the AgentToken stalls like any other conflict.
+            return old, dataclasses.replace(
+                outcome, stalled=Reason(api.REASON_SECRET_CONFLICT, conflict_message(spec.secret_name))
+            )
         except (KubeError, RuntimeError, ValueError, IssueError) as exc:
             attempts = snap.status.failed_attempts + 1
             metrics.RENEWALS.labels(result="failure").inc()
@@ -421,6 +440,12 @@ class Controller:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
+                # Created by someone else since our read: overwrite it only if it is ours.
+                fresh = await self.kube.get_secret(namespace, spec.secret_name)
+                if fresh is not None:
+                    self.secrets.replace((namespace, spec.secret_name), fresh)
+                    if is_foreign(fresh, uid):
+                        raise SecretTaken(spec.secret_name) from None
                 written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
         self.secrets.offer((namespace, spec.secret_name), written)
         _test_crash_point("after-secret-write")
