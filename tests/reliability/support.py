@@ -19,15 +19,36 @@ from .conftest import now
 GROUP_PATH = "/apis/agenttoken.dev/v1alpha1"
 
 
-def new_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
+def new_namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None, timeout: float = 60) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     kube.apply(
         json.dumps(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}}
         )
     )
-    kube.wait_default_sa(name)
+    kube.wait_default_sa(name, timeout=timeout)
     return name
+
+
+def short_lived(name: str, renew_percent: int, rollout: dict[str, Any] | None = None) -> str:
+    """An AgentToken with the shortest ttl the CRD allows (60s), renewed at `renew_percent`
+    of its lifetime left, its Secret named `<name>-token`."""
+    spec: dict[str, Any] = {
+        "audience": ["https://api.example.com"],
+        "ttl": "60s",
+        "renewBeforePercentage": renew_percent,
+        "secret": {"name": f"{name}-token"},
+    }
+    if rollout:
+        spec["rollout"] = rollout
+    return json.dumps(
+        {
+            "apiVersion": "agenttoken.dev/v1alpha1",
+            "kind": "AgentToken",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
 
 
 def get(cluster: LocalCluster, path: str) -> dict[str, Any]:

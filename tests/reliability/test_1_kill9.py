@@ -7,7 +7,6 @@ Files are numbered so the suite runs in a fixed order and the leak scan (test_9)
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -26,28 +25,18 @@ from .support import (
     is_ready,
     jwks,
     new_namespace,
+    short_lived,
     wait_all,
 )
 
 # Minimum ttl is 60s (CRD); 75 % renews every ~15 s, leaving 45 s before expiry.
-TTL, RENEW_PERCENT = "60s", 75
+RENEW_PERCENT = 75
 PER_NAMESPACE = 10  # stays within --max-rollouts-per-namespace's default of 5 running at once
 
 
 def fleet_token(name: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "agenttoken.dev/v1alpha1",
-            "kind": "AgentToken",
-            "metadata": {"name": name},
-            "spec": {
-                "audience": ["https://api.example.com"],
-                "ttl": TTL,
-                "renewBeforePercentage": RENEW_PERCENT,
-                "secret": {"name": f"{name}-token"},
-                "rollout": {"targets": [{"kind": "Deployment", "name": name}], "revokeAfter": "5s"},
-            },
-        }
+    return short_lived(
+        name, RENEW_PERCENT, {"targets": [{"kind": "Deployment", "name": name}], "revokeAfter": "5s"}
     )
 
 

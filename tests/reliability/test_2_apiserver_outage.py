@@ -4,7 +4,6 @@ within 30 s and no token expires; the operator survives."""
 from __future__ import annotations
 
 import datetime
-import json
 import threading
 import time
 
@@ -14,26 +13,17 @@ from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess
 
 from .conftest import Size, now
-from .support import agenttokens, check_secret_holds_valid_token, is_ready, jwks, new_namespace, wait_all
+from .support import (
+    agenttokens,
+    check_secret_holds_valid_token,
+    is_ready,
+    jwks,
+    new_namespace,
+    short_lived,
+    wait_all,
+)
 
 RESUME_WITHIN_S = 30
-
-
-def short_token(name: str) -> str:
-    # Renew every ~12 s with 48 s left: a 20 s outage makes renewals fall due while it is down.
-    return json.dumps(
-        {
-            "apiVersion": "agenttoken.dev/v1alpha1",
-            "kind": "AgentToken",
-            "metadata": {"name": name},
-            "spec": {
-                "audience": ["https://api.example.com"],
-                "ttl": "60s",
-                "renewBeforePercentage": 80,
-                "secret": {"name": f"{name}-token"},
-            },
-        }
-    )
 
 
 class History:
@@ -64,7 +54,8 @@ def test_apiserver_outage_renewals_resume_and_nothing_expires(
     count, outage = size("outage_tokens"), size("outage_seconds")
     ns = new_namespace(kube, "outage")
     for i in range(count):
-        kube.apply(short_token(f"o{i}"), "-n", ns)
+        # Renew every ~12 s with 48 s left: renewals fall due while the apiserver is down.
+        kube.apply(short_lived(f"o{i}", 80), "-n", ns)
     wait_all(cluster, [ns], "every first token", is_ready, timeout=120)
     history = History(cluster, ns)
     poller = threading.Thread(target=history.poll, daemon=True)
@@ -118,3 +109,6 @@ def test_apiserver_outage_renewals_resume_and_nothing_expires(
     for obj in agenttokens(cluster, ns):
         check_secret_holds_valid_token(cluster, keys, obj)
     assert operator.alive()
+    # The rest of the control plane recovers too (the controller-manager's informers back off
+    # after the outage), so the tests after this one start from a working cluster.
+    new_namespace(kube, "after-outage", timeout=240)

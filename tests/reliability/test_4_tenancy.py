@@ -132,7 +132,8 @@ def test_a_token_in_one_namespace_never_touches_another(
             assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [obj["metadata"]["uid"]]
         else:
             assert condition(obj, "Stalled").get("reason") == want, f"{name}: {condition(obj, 'Stalled')}"
-            assert want in PRE_ISSUE_STALLS and not (obj.get("status") or {}).get("tokenId"), name
+            assert want in PRE_ISSUE_STALLS
+            assert not (obj.get("status") or {}).get("tokenId"), name
     # Rollouts of A's targets are done (or found nothing in A) before we look at B.
     wait_for(
         "A's rollouts to finish",

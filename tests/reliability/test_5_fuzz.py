@@ -141,6 +141,62 @@ def verdict(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def post_batch(
+    cluster: LocalCluster, ns: str, n: int, counts: dict[str, int], reasons: dict[str, int]
+) -> int:
+    """`n` hypothesis-generated manifests POSTed into `ns`; returns how many were posted."""
+    seq = iter(range(1_000_000))
+
+    @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(spec=MANIFEST_SPEC)
+    def probe(spec: dict[str, Any]) -> None:
+        name = f"f{next(seq)}"
+        manifest = {"apiVersion": "agenttoken.dev/v1alpha1", "kind": "AgentToken",
+                    "metadata": {"name": name}, "spec": spec}  # fmt: skip
+        code, body = cluster.api("POST", f"{GROUP_PATH}/namespaces/{ns}/agenttokens", manifest, timeout=30)
+        assert code < 500, f"HTTP {code}: {body[:300]!r}"
+        if code == 201:
+            return
+        message = json.loads(body).get("message", "")
+        assert code in (400, 422), f"HTTP {code} {body[:300]!r}"
+        assert message, f"rejected without a message: HTTP {code} {body[:300]!r}"
+        counts["rejected"] = counts.get("rejected", 0) + 1
+        kind = message.replace(f'"{name}" ', "")[:100]
+        reasons[kind] = reasons.get(kind, 0) + 1
+
+    probe()
+    return next(seq)
+
+
+def settle_and_check(cluster: LocalCluster, ns: str, counts: dict[str, int]) -> None:
+    """Every accepted manifest ends Ready, Suspended or Stalled with a reason; no Secret for a
+    token that stalled before issuing."""
+    path = f"{GROUP_PATH}/namespaces/{ns}/agenttokens"
+
+    def undecided() -> list[str]:
+        return [o["metadata"]["name"] for o in get(cluster, path)["items"] if verdict(o) is None]
+
+    try:
+        wait_for(
+            f"the accepted manifests in {ns} to settle", lambda: not undecided(), timeout=300, interval=2
+        )
+    except AssertionError as exc:
+        details = [
+            (n, (get(cluster, f"{path}/{n}").get("status") or {}).get("conditions")) for n in undecided()[:5]
+        ]
+        raise AssertionError(f"{exc}: {details}") from None
+    secrets = get(cluster, f"/api/v1/namespaces/{ns}/secrets")["items"]
+    owned_by = {ref["uid"] for s in secrets for ref in s["metadata"].get("ownerReferences") or []}
+    for obj in get(cluster, path)["items"]:
+        v = verdict(obj)
+        assert v is not None
+        counts[v] = counts.get(v, 0) + 1
+        if v.startswith("Stalled:") and v.removeprefix("Stalled:") in PRE_ISSUE_STALLS:
+            name = obj["metadata"]["name"]
+            assert obj["metadata"]["uid"] not in owned_by, f"{name}: {v} yet a Secret was written"
+            assert not (obj.get("status") or {}).get("tokenId"), f"{name}: {v} with a token"
+
+
 def test_fuzzed_manifests_are_rejected_or_settle(
     kube: Kube, cluster: LocalCluster, operator: OperatorProcess, size: Size
 ) -> None:
@@ -151,61 +207,10 @@ def test_fuzzed_manifests_are_rejected_or_settle(
     t0 = time.monotonic()
     done = 0
     while done < total:
-        n = min(batch, total - done)
         ns = new_namespace(kube, "fuzz")
         fuzz_fixtures(kube, ns)
-        accepted: list[str] = []
-        seq = iter(range(1_000_000))
-
-        @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-        @given(spec=MANIFEST_SPEC)
-        def probe(spec: dict[str, Any]) -> None:
-            name = f"f{next(seq)}"
-            manifest = {"apiVersion": "agenttoken.dev/v1alpha1", "kind": "AgentToken",
-                        "metadata": {"name": name}, "spec": spec}  # fmt: skip
-            code, body = cluster.api(
-                "POST", f"{GROUP_PATH}/namespaces/{ns}/agenttokens", manifest, timeout=30
-            )
-            assert code < 500, f"HTTP {code}: {body[:300]!r}"
-            if code == 201:
-                accepted.append(name)
-                return
-            message = json.loads(body).get("message", "")
-            assert code in (400, 422) and message, f"rejected without a message: HTTP {code} {body[:300]!r}"
-            counts["rejected"] = counts.get("rejected", 0) + 1
-            kind = message.replace(f'"{name}" ', "")[:100]
-            reasons[kind] = reasons.get(kind, 0) + 1
-
-        probe()
-        posted = next(seq)
-        done += posted
-
-        def undecided() -> list[str]:
-            items = get(cluster, f"{GROUP_PATH}/namespaces/{ns}/agenttokens")["items"]
-            return [o["metadata"]["name"] for o in items if verdict(o) is None]
-
-        try:
-            wait_for(f"{len(accepted)} accepted manifests in {ns} to settle", lambda: not undecided(),
-                     timeout=120 + len(accepted) * 0.5, interval=2)  # fmt: skip
-        except AssertionError as exc:
-            left = undecided()[:5]
-            details = [(n, (get(cluster, f"{GROUP_PATH}/namespaces/{ns}/agenttokens/{n}").get("status") or {}).get("conditions"))
-                       for n in left]  # fmt: skip
-            raise AssertionError(f"{exc}: {details}") from None
-        items = get(cluster, f"{GROUP_PATH}/namespaces/{ns}/agenttokens")["items"]
-        secrets = get(cluster, f"/api/v1/namespaces/{ns}/secrets")["items"]
-        owned_by = {ref["uid"] for s in secrets for ref in s["metadata"].get("ownerReferences") or []}
-        for obj in items:
-            v = verdict(obj)
-            assert v is not None
-            counts[v] = counts.get(v, 0) + 1
-            if v.startswith("Stalled:") and v.removeprefix("Stalled:") in PRE_ISSUE_STALLS:
-                assert obj["metadata"]["uid"] not in owned_by, (
-                    f"{obj['metadata']['name']}: {v} yet a Secret was written"
-                )
-                assert not (obj.get("status") or {}).get("tokenId"), (
-                    f"{obj['metadata']['name']}: {v} with a token"
-                )
+        done += post_batch(cluster, ns, min(batch, total - done), counts, reasons)
+        settle_and_check(cluster, ns, counts)
         assert operator.alive()
     log = operator.log_text()[log_offset:]
     assert "Traceback" not in log, "the operator logged a traceback while handling fuzzed manifests"
