@@ -160,3 +160,48 @@ def test_writers_fighting_over_a_secret_converge_without_a_hot_loop(
     owners = get(cluster, path)["metadata"].get("ownerReferences") or []
     assert [o["name"] for o in owners] == [NAME]
     assert operator.alive()
+
+
+def test_tokens_racing_for_one_secret_name_never_share_it(
+    kube: Kube, cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """Pairs of AgentTokens created at the same moment naming one Secret: exactly one owns it,
+    the other stalls on the conflict without a token of its own (no create-then-overwrite)."""
+    ns = new_namespace(kube, "race")
+    pairs = 10
+    path = f"/apis/agenttoken.dev/v1alpha1/namespaces/{ns}/agenttokens"
+
+    def post(name: str, secret: str) -> None:
+        body = json.loads(agenttoken(name))
+        body["spec"]["secret"]["name"] = secret
+        code, text = cluster.api("POST", path, body)
+        assert code == 201, text[:300]
+
+    threads = [
+        threading.Thread(target=post, args=(f"p{i}-{side}", f"race-{i}"))
+        for i in range(pairs)
+        for side in "ab"
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    def settled() -> list[dict[str, Any]] | None:
+        items: list[dict[str, Any]] = get(cluster, path)["items"]
+        done = [o for o in items if is_ready(o) or condition(o, "Stalled").get("status") == "True"]
+        return items if len(done) == 2 * pairs else None
+
+    items = {o["metadata"]["name"]: o for o in wait_for("every racer to settle", settled, timeout=120)}
+    keys = jwks(cluster)
+    for i in range(pairs):
+        racers = [items[f"p{i}-a"], items[f"p{i}-b"]]
+        winners = [o for o in racers if is_ready(o)]
+        losers = [o for o in racers if not is_ready(o)]
+        assert len(winners) == 1, f"pair {i}: {[condition(o, 'Ready') for o in racers]}"
+        winner, loser = winners[0], losers[0]
+        assert condition(loser, "Stalled").get("reason") == "SecretConflict"
+        assert not (loser.get("status") or {}).get("tokenId"), f"pair {i}: the loser reports a token"
+        secret = get(cluster, f"/api/v1/namespaces/{ns}/secrets/race-{i}")
+        assert [o["uid"] for o in secret["metadata"]["ownerReferences"]] == [winner["metadata"]["uid"]]
+        assert verified_claims(secret_data(secret)["token"], keys)["jti"] == winner["status"]["tokenId"]
