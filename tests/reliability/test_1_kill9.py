@@ -121,3 +121,29 @@ def test_kill9_at_random_moments_during_renewals(
         f"kill9: {done} renewals in {elapsed:.0f}s with {kills} kill -9; "
         f"{restarts_total} restarts for {sum(o['status']['revision'] for o in items)} tokens"
     )
+
+
+def test_renewals_arriving_during_a_rollout_get_their_own_restart(
+    kube: Kube, cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    """A new token for a workload whose rollout is still running waits for that rollout, then
+    restarts it again; it never wedges the workload's restart slot (what the kill -9 run at full
+    size first showed: every workload 'waiting for its restart slot' for good)."""
+    ns = new_namespace(kube, "overlap")
+    kube.apply(workload("Deployment", "busy", "busy-token", replicas=3), "-n", ns)
+    kube.apply(fleet_token("busy"), "-n", ns)
+    wait_all(cluster, [ns], "the first rollout", rolled_out, timeout=120)
+    for i in range(3):
+        # Rotations ~3 s apart: past the debounce, inside a 3-replica rollout.
+        kube.kubectl("annotate", "agenttoken", "busy", "-n", ns, f"agenttoken.dev/rotate=r{i}", "--overwrite")
+        time.sleep(3)  # spacing between the rotations is the scenario, not a wait for a condition
+    items = wait_all(
+        cluster,
+        [ns],
+        "the last token rolled out",
+        lambda o: rolled_out(o) and o["status"].get("lastHandledRotateRequest") == "r2",
+        timeout=180,
+    )
+    dep = get(cluster, f"/apis/apps/v1/namespaces/{ns}/deployments/busy")
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[KEY_PREFIX + "busy"] == items[0]["status"]["tokenId"]
