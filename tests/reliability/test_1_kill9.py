@@ -76,7 +76,7 @@ def test_kill9_at_random_moments_during_renewals(
         kube.apply(workload("Deployment", name, f"{name}-token", replicas=1), "-n", ns)
         kube.apply(fleet_token(name), "-n", ns)
         names.append((ns, name))
-    wait_all(cluster, namespaces, "every first token and its rollout", rolled_out, timeout=300)
+    wait_all(cluster, namespaces, "every first token and its rollout", rolled_out, timeout=900)
 
     # Kill at random moments spread over the time the renewals should take (about one renewal
     # per token every 15 s), restarting at once; then let the renewals reach the target.

@@ -136,6 +136,21 @@ def test_suspended_has_no_renewal_time() -> None:
     assert out["conditions"][0]["reason"] == api.REASON_SUSPENDED
 
 
+def test_created_suspended_says_suspended_not_progressing() -> None:
+    # Nothing will happen until it is resumed: Progressing would keep kstatus waiting forever.
+    out = render(
+        previous=TokenStatus(),
+        generation=1,
+        spec=SPEC,
+        record=None,
+        jitter_key="u",
+        outcome=Outcome(suspended=True),
+        now=T0,
+    )
+    assert types(out["conditions"]) == {"Ready": "False"}
+    assert out["conditions"][0]["reason"] == api.REASON_SUSPENDED
+
+
 def test_status_round_trip() -> None:
     out = render(
         previous=TokenStatus(),
