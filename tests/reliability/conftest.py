@@ -36,6 +36,10 @@ SIZES: dict[str, tuple[int, int]] = {
     "kill_tokens": (10, 50),  # AgentTokens with a restart target each
     "kill_renewals": (40, 500),  # renewals the kill -9 run must cover
     "kill_count": (4, 20),  # kill -9 of the operator at random moments
+    # Renew at this % of the 60 s lifetime left: 75 renews every ~15 s. At full size 50 workloads
+    # restarting every 15 s outrun the rollouts a loaded 2-core control plane completes (max 10
+    # at once), so the full run renews every ~45 s instead.
+    "kill_renew_percent": (75, 25),
     "outage_tokens": (10, 30),
     "outage_seconds": (20, 20),
     "fight_seconds": (20, 60),

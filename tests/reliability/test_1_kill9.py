@@ -29,15 +29,13 @@ from .support import (
     wait_all,
 )
 
-# Minimum ttl is 60s (CRD); 75 % renews every ~15 s, leaving 45 s before expiry.
-RENEW_PERCENT = 75
+# Tokens use the minimum ttl, 60s (CRD); the renewal percentage is a size knob.
 PER_NAMESPACE = 10  # stays within --max-rollouts-per-namespace's default of 5 running at once
 
 
-def fleet_token(name: str) -> str:
-    return short_lived(
-        name, RENEW_PERCENT, {"targets": [{"kind": "Deployment", "name": name}], "revokeAfter": "5s"}
-    )
+def fleet_token(name: str, renew_percent: int = 75) -> str:
+    rollout = {"targets": [{"kind": "Deployment", "name": name}], "revokeAfter": "5s"}
+    return short_lived(name, renew_percent, rollout)
 
 
 def renewals(cluster: LocalCluster, namespaces: list[str]) -> int:
@@ -65,6 +63,8 @@ def test_kill9_at_random_moments_during_renewals(
     kube: Kube, cluster: LocalCluster, operator: OperatorProcess, size: Size
 ) -> None:
     count, wanted, kills = size("kill_tokens"), size("kill_renewals"), size("kill_count")
+    renew_percent = size("kill_renew_percent")
+    period_s = 60 * (1 - renew_percent / 100)
     # A test schedule, not cryptography (S311); the seed is printed so a run can be repeated.
     seed = int(os.environ.get("RELIABILITY_SEED") or random.randrange(1 << 30))  # noqa: S311
     rng = random.Random(seed)  # noqa: S311
@@ -74,14 +74,14 @@ def test_kill9_at_random_moments_during_renewals(
     for i in range(count):
         ns, name = namespaces[i % len(namespaces)], f"agent-{i}"
         kube.apply(workload("Deployment", name, f"{name}-token", replicas=1), "-n", ns)
-        kube.apply(fleet_token(name), "-n", ns)
+        kube.apply(fleet_token(name, renew_percent), "-n", ns)
         names.append((ns, name))
     wait_all(cluster, namespaces, "every first token and its rollout", rolled_out, timeout=900)
 
-    # Kill at random moments spread over the time the renewals should take (about one renewal
-    # per token every 15 s), restarting at once; then let the renewals reach the target.
+    # Kill at random moments spread over the time the renewals should take (one renewal per
+    # token every `period_s`), restarting at once; then let the renewals reach the target.
     start_renewals = renewals(cluster, namespaces)
-    expected_s = wanted * 15 / count
+    expected_s = wanted * period_s / count
     t0 = time.monotonic()
     moments = sorted(rng.uniform(0, expected_s) for _ in range(kills))
     for moment in moments:
