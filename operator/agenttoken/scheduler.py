@@ -89,6 +89,14 @@ class SecretTaken(Exception):
     """The Secret appeared between our read and our create, and it is not ours to overwrite."""
 
 
+class SecretRejected(Exception):
+    """The apiserver refused the Secret the spec describes (HTTP 422): retrying cannot help."""
+
+
+def _invalid_secret(exc: SecretRejected) -> Reason:
+    return Reason(api.REASON_INVALID_SPEC, f"the Secret this spec describes is invalid: {exc}")
+
+
 @dataclasses.dataclass
 class ControllerOptions:
     issuer_url: str
@@ -331,8 +339,11 @@ class Controller:
         elif decision.action is Action.MINT:
             record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
-            await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
-            await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
+            try:
+                await self._write_secret(namespace, name, uid, spec, snap.secret.token, record, exists=True)
+                await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
+            except SecretRejected as exc:
+                outcome = dataclasses.replace(outcome, stalled=_invalid_secret(exc))
 
         self._index_for_workloads(key, spec)
         extra: dict[str, Any] = {}
@@ -390,6 +401,8 @@ class Controller:
             await self._write_secret(
                 namespace, name, uid, spec, minted.token, record, exists=snap.secret.exists
             )
+        except SecretRejected as exc:
+            return old, dataclasses.replace(outcome, stalled=_invalid_secret(exc))
         except SecretTaken:
             # Lost a race for the name (another AgentToken or a user created it first): the
             # minted token is dropped unused, and the AgentToken stalls like any other conflict.
@@ -432,6 +445,18 @@ class Controller:
         desired = desired_secret(
             namespace=namespace, name=name, uid=uid, spec=spec, token=token, record=record
         )
+        try:
+            written = await self._put_secret(namespace, uid, spec, desired, exists=exists)
+        except KubeError as exc:
+            if exc.status == 422:  # names, keys or labels the apiserver refuses for a Secret
+                raise SecretRejected(str(exc)) from None
+            raise
+        self.secrets.offer((namespace, spec.secret_name), written)
+        _test_crash_point("after-secret-write")
+
+    async def _put_secret(
+        self, namespace: str, uid: str, spec: AgentTokenSpec, desired: dict[str, Any], *, exists: bool
+    ) -> dict[str, Any]:
         if exists:
             written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
         else:
@@ -447,8 +472,7 @@ class Controller:
                     if is_foreign(fresh, uid):
                         raise SecretTaken(spec.secret_name) from None
                 written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
-        self.secrets.offer((namespace, spec.secret_name), written)
-        _test_crash_point("after-secret-write")
+        return written
 
     async def _write_status(
         self,
