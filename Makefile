@@ -5,12 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test check lint fmt typecheck unit e2e cluster-bins cluster-up cluster-down chart-crds bench clean
+.PHONY: help venv run test check lint fmt typecheck unit e2e test-reliability test-reliability-full cluster-bins cluster-up cluster-down chart-crds bench clean
 
 help:
 	@echo "make run           run the operator (starts a local control plane if no cluster is configured)"
 	@echo "make test          everything: lint, types, unit tests, e2e tests on a real local control plane"
 	@echo "make check         ruff + mypy + import contracts + unit tests (no cluster)"
+	@echo "make test-reliability       kill -9, apiserver outage, Secret fights, fuzzing, leaks, tenancy (CI sizes)"
+	@echo "make test-reliability-full  the same at full size (>= 500 renewals, 20 kills, 10,000 manifests)"
 	@echo "make cluster-bins  build/cache etcd, kube-apiserver, controller-manager, scheduler, kwok, helm"
 	@echo "make cluster-up    start a local control plane; KUBECONFIG=.devcluster/kubeconfig"
 	@echo "make cluster-down  stop it"
@@ -55,7 +57,14 @@ check: lint typecheck unit
 e2e: venv cluster-bins
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: check e2e
+# tests/reliability: its own control plane; sizes via --reliability-size or RELIABILITY_* env.
+test-reliability: venv cluster-bins
+	$(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+
+test-reliability-full: venv cluster-bins
+	$(PY) -m pytest tests/reliability --reliability-size=full -s $(PYTEST_ARGS)
+
+test: check e2e test-reliability
 
 chart-crds:
 	$(PYTHON) hack/chart_crds.py

@@ -412,30 +412,48 @@ class LocalCluster:
         pids = dict(self.pids)
         for component, found in self.running_pids().items():
             pids.setdefault(component, found)
-        marker = str(self.workdir.resolve())
         for component in reversed(COMPONENTS):
             pid = pids.get(component)
-            if not pid or not _pid_alive(pid) or not _pid_is_ours(pid, marker):
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            end = time.monotonic() + grace
-            while _pid_alive(pid) and time.monotonic() < end:
-                time.sleep(0.1)
-            if _pid_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc = self._procs.pop(component, None)
-            if proc is not None:
-                proc.wait(timeout=5)
-            else:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+            if pid:
+                self._stop_component(component, pid, grace)
         self.pids = {}
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         if remove:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_component(self, component: str, pid: int, grace: float) -> None:
+        """SIGTERM one of our processes (only if its command line still names our dir), SIGKILL later."""
+        if not _pid_alive(pid) or not _pid_is_ours(pid, str(self.workdir.resolve())):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + grace
+        while _pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc = self._procs.pop(component, None)
+        if proc is not None:
+            proc.wait(timeout=5)
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    def stop_apiserver(self, grace: float = 10.0) -> None:
+        """Stop only kube-apiserver (etcd and the rest keep running): an outage for reliability tests."""
+        pid = self.pids.pop("kube-apiserver", None)
+        if pid:
+            self._stop_component("kube-apiserver", pid, grace)
+        self._save()
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again with the same flags, port and PKI; returns once /readyz answers."""
+        if self.binaries is None:
+            raise ClusterError("start() the cluster before restarting its apiserver")
+        self._start_apiserver(self.binaries, self.workdir / "pki")
+        self._wait("kube-apiserver", lambda: self._api_ok("/readyz"), time.monotonic() + timeout)
 
     # -- components --
 

@@ -149,13 +149,19 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
+def conflict_message(secret_name: str) -> str:
+    return (
+        f"Secret {secret_name} exists and is not managed by this AgentToken; "
+        "delete it or choose another spec.secret.name"
+    )
+
+
 def decide(snap: Snapshot, now: datetime.datetime) -> Decision:
     if snap.secret.foreign:
         return Decision(
             Action.CONFLICT,
             api.REASON_SECRET_CONFLICT,
-            f"Secret {snap.spec.secret_name} exists and is not managed by this AgentToken; "
-            "delete it or choose another spec.secret.name",
+            conflict_message(snap.spec.secret_name),
         )
     record = current_record(snap)
     adopt = record if record and record.token_id != snap.status.token_id else None

@@ -207,6 +207,19 @@ def progress(w: Workload) -> tuple[State, str]:
     return "Complete", f"{w.desired} of {w.desired} updated and available"
 
 
+def rollout_done(w: Workload, patched_generation: int) -> State | None:
+    """Final state of the rollout our patch started, or None while it runs.
+
+    Judged only on events at or after our patch's generation (an older event says nothing about
+    it), and regardless of newer restart requests for the same workload: those wait for this
+    rollout's slot, so waiting for them here would hold the slot forever.
+    """
+    if w.generation < patched_generation:
+        return None
+    state, _ = progress(w)
+    return None if state == "RollingOut" else state
+
+
 # -- selecting targets ----------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from agenttoken import api, configtemplate, metrics, probe
+from agenttoken.bodycache import BodyCache
 from agenttoken.conditions import Reason
 from agenttoken.conditions import summarize as summarize_conditions
 from agenttoken.configtemplate import TemplateError
@@ -56,7 +57,13 @@ from agenttoken.revocation import Revoked
 from agenttoken.revocationstore import RevocationStore
 from agenttoken.rollouts import RolloutManager
 from agenttoken.schedule import next_retry_time, renewal_time
-from agenttoken.secrets import TokenRecord, decode_data, desired_secret, desired_secret_metadata, observe
+from agenttoken.secrets import (
+    TokenRecord,
+    decode_data,
+    desired_secret,
+    desired_secret_metadata,
+    observe,
+)
 from agenttoken.status import Outcome, differs, render
 from agenttoken.times import format_time, parse_time
 from agenttoken.tokens import token_hash
@@ -93,70 +100,12 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _rv(body: Mapping[str, Any] | None) -> int | None:
-    try:
-        return int((body or {}).get("metadata", {}).get("resourceVersion", ""))
-    except ValueError:
-        return None
+class SecretRejected(Exception):
+    """The apiserver refused the Secret the spec describes (HTTP 422): retrying cannot help."""
 
 
-_UNREAD_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
-
-
-def _compact(value: Any) -> Any:
-    """A copy in which keys and short strings are interned: 10k bodies parsed from JSON each
-    carry their own copies of "metadata", "conditions", "True", label keys... (~40 % of a body)."""
-    if isinstance(value, dict):
-        return {sys.intern(k): _compact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_compact(v) for v in value]
-    if isinstance(value, str) and len(value) <= 64:
-        return sys.intern(value)
-    return value
-
-
-def _slim(body: dict[str, Any]) -> dict[str, Any]:
-    """The body to hold, without what no decision reads: managedFields (more than half of an
-    AgentToken's size) and kubectl's last-applied copy of the whole object, and compacted. Held
-    for every AgentToken and Secret, this is most of the operator's memory at 10k objects. A
-    copy: the event's own body stays as kopf gave it."""
-    meta = body.get("metadata")
-    if not isinstance(meta, dict):
-        return body
-    slim = {k: v for k, v in meta.items() if k != "managedFields"}
-    annotations = meta.get("annotations")
-    if annotations and any(a in annotations for a in _UNREAD_ANNOTATIONS):
-        slim["annotations"] = {k: v for k, v in annotations.items() if k not in _UNREAD_ANNOTATIONS}
-    compact: dict[str, Any] = _compact({**body, "metadata": slim})
-    return compact
-
-
-class _Cache:
-    """Latest bodies by key. A body older than one we wrote ourselves is ignored, so a watch
-    event in flight during our write never makes us act on stale data (etcd resourceVersions
-    are integers; where they are not, every event is taken)."""
-
-    def __init__(self) -> None:
-        self.bodies: dict[Key, dict[str, Any]] = {}
-
-    def offer(self, key: Key, body: dict[str, Any]) -> bool:
-        """Store `body` unless we hold a newer one; True if it changed what we hold."""
-        held = self.bodies.get(key)
-        new, old = _rv(body), _rv(held)
-        if held is not None and new is not None and old is not None and new <= old:
-            return False
-        self.bodies[key] = _slim(body)
-        return True
-
-    def put(self, key: Key, body: dict[str, Any]) -> None:
-        """Store a fresh read unconditionally."""
-        self.bodies[key] = _slim(body)
-
-    def get(self, key: Key) -> dict[str, Any] | None:
-        return self.bodies.get(key)
-
-    def drop(self, key: Key) -> None:
-        self.bodies.pop(key, None)
+def _invalid_secret(exc: SecretRejected) -> Reason:
+    return Reason(api.REASON_INVALID_SPEC, f"the Secret this spec describes is invalid: {exc}")
 
 
 class _SecretAppeared(Exception):
@@ -204,8 +153,8 @@ class Controller:
         self.namespace_labels: dict[str, dict[str, str]] = {}
         self.options = options
         self.clock = clock
-        self.tokens = _Cache()
-        self.secrets = _Cache()
+        self.tokens = BodyCache()
+        self.secrets = BodyCache()
         self._heap: list[tuple[float, int, Key]] = []
         self._due: dict[Key, float] = {}
         self._seq = itertools.count()
@@ -232,7 +181,7 @@ class Controller:
         meta = body.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if kind == "DELETED":
-            self.tokens.drop(key)
+            self.tokens.drop(key, body)
             self._held.pop(key, None)
             self._due.pop(key, None)
             self._interest.drop(*key)
@@ -263,7 +212,9 @@ class Controller:
         namespace = meta.get("namespace", "")
         skey = (namespace, meta.get("name", ""))
         if kind == "DELETED":
-            self.secrets.drop(skey)
+            # Also when the Secret merely left our label selector: remember the deletion's
+            # resourceVersion so a late response to our own write cannot revive a stale copy.
+            self.secrets.drop(skey, body)
         elif not self.secrets.offer(skey, body):
             return
         owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
@@ -412,10 +363,12 @@ class Controller:
             if fresh is None:
                 self.secrets.drop(skey)
             else:
-                self.secrets.put(skey, fresh)
+                self.secrets.replace(skey, fresh)
             snap = snapshot()
             decision = decide(snap, now)
         record = decision.adopt or (snap.secret.record if snap.secret.token_intact else None)
+        if decision.action is Action.CONFLICT:
+            record = None  # the token in someone else's Secret is not ours to report or roll out
         outcome = Outcome(
             failed_attempts=previous.failed_attempts,
             last_failure_time=previous.last_failure_time,
@@ -452,7 +405,7 @@ class Controller:
                 record, outcome = await self._mint(body, spec, snap, decision, outcome, issuer)
             except _SecretAppeared as appeared:
                 # Decide again with it (ours to adopt, drifted, or someone else's: a conflict).
-                self.secrets.put(skey, appeared.body)
+                self.secrets.replace(skey, appeared.body)
                 self.schedule(key, self.clock())
                 return
         elif decision.action is Action.REPAIR and record is not None and snap.secret.token:
@@ -469,6 +422,8 @@ class Controller:
                 )
             except TemplateError as exc:
                 outcome = dataclasses.replace(outcome, stalled=_template_problem(exc))
+            except SecretRejected as exc:
+                outcome = dataclasses.replace(outcome, stalled=_invalid_secret(exc))
             else:
                 await self._event(body, False, api.REASON_SECRET_REPAIRED, decision.message)
 
@@ -639,6 +594,8 @@ class Controller:
                 last_failure_time=now,
                 failure=Reason(api.REASON_VERIFICATION_FAILED, message),
             )
+        except SecretRejected as exc:
+            return old, dataclasses.replace(outcome, stalled=_invalid_secret(exc))
         except (KubeError, RuntimeError, ValueError, IssueError) as exc:
             attempts = snap.status.failed_attempts + 1
             metrics.RENEWALS.labels(result="failure").inc()
@@ -725,6 +682,18 @@ class Controller:
         desired = desired_secret(
             namespace=namespace, name=name, uid=uid, spec=spec, token=token, record=record, stale=stale
         )
+        try:
+            written = await self._put_secret(namespace, uid, spec, desired, exists=exists)
+        except KubeError as exc:
+            if exc.status == 422:  # names, keys or labels the apiserver refuses for a Secret
+                raise SecretRejected(str(exc)) from None
+            raise
+        self.secrets.offer((namespace, spec.secret_name), written)
+        _test_crash_point("after-secret-write")
+
+    async def _put_secret(
+        self, namespace: str, uid: str, spec: AgentTokenSpec, desired: dict[str, Any], *, exists: bool
+    ) -> dict[str, Any]:
         if exists:
             written = await self.kube.patch_secret(namespace, spec.secret_name, desired)
         else:
@@ -734,13 +703,13 @@ class Controller:
             except KubeError as exc:
                 if not exc.conflict:
                     raise
-                # It exists after all: never overwrite what we have not looked at.
+                # It exists after all: never overwrite what we have not looked at. The reconcile
+                # decides again with it (ours to adopt, drifted, or someone else's: a conflict).
                 found = await self.kube.get_secret(namespace, spec.secret_name)
                 if found is None:
                     raise  # gone again; the next attempt creates it
                 raise _SecretAppeared(found) from None
-        self.secrets.offer((namespace, spec.secret_name), written)
-        _test_crash_point("after-secret-write")
+        return written
 
     async def _write_status(
         self,

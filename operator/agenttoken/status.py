@@ -87,6 +87,10 @@ def render(
             )
         if outcome.suspended:
             not_ready = Reason(api.REASON_SUSPENDED, not_ready.message + "; renewal is suspended")
+    elif outcome.suspended and outcome.failure is None:
+        # Created (or left) suspended before any token: nothing is in progress, and saying
+        # Progressing would leave kstatus waiting forever.
+        not_ready = Reason(api.REASON_SUSPENDED, "no token issued; renewal is suspended")
     else:
         not_ready = outcome.failure or Reason(api.REASON_PROGRESSING, "no token issued yet")
     reconciling = outcome.failure or outcome.reconciling

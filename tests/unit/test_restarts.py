@@ -17,6 +17,7 @@ from agenttoken.restarts import (
     needs_restart,
     progress,
     reduce,
+    rollout_done,
     select,
     summarize,
     target_status,
@@ -276,3 +277,20 @@ def test_interest_index_finds_what_a_workload_references() -> None:
     index.drop("ns", "reader")
     assert index.concerned(workload.ref, None) == set()
     assert index.concerned(WorkloadRef("Deployment", "other", "x"), None) == {"reader"}
+
+
+def test_a_rollout_is_done_when_the_patched_generation_finished_rolling() -> None:
+    rolling = {"observedGeneration": 3, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 3}
+    assert rollout_done(reduce("Deployment", deployment(generation=3, status=rolling)), 3) is None
+    # An event from before our patch says nothing about our rollout, even if it looks finished.
+    assert rollout_done(reduce("Deployment", deployment(generation=2)), 3) is None
+    assert rollout_done(reduce("Deployment", deployment(generation=3)), 3) == "Complete"
+    assert rollout_done(reduce("Deployment", deployment(generation=4, paused=True)), 3) == "Paused"
+
+
+def test_a_newer_restart_request_does_not_keep_the_finished_rollout_in_flight() -> None:
+    # The next token's request for the same workload arrived while our rollout ran: the slot
+    # must still be freed (the request waits for it), or the workload is stuck for good.
+    finished = reduce("Deployment", deployment(generation=3, annotations={annotation_key("web"): "t1"}))
+    assert needs_restart(finished, annotation_key("web"), "t2")
+    assert rollout_done(finished, 3) == "Complete"

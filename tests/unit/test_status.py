@@ -122,17 +122,20 @@ def test_render_failure_keeps_ready_while_valid_and_reconciles() -> None:
     assert out["failedAttempts"] == 2
 
 
-def test_suspended_has_no_renewal_time() -> None:
+@pytest.mark.parametrize(("record", "ready"), [(RECORD, "True"), (None, "False")])
+def test_suspended_says_so_and_has_no_renewal_time(record: TokenRecord | None, ready: str) -> None:
+    # Also when created suspended, before any token: Progressing would keep kstatus waiting forever.
     out = render(
         previous=TokenStatus(),
         generation=1,
         spec=SPEC,
-        record=RECORD,
+        record=record,
         jitter_key="u",
         outcome=Outcome(suspended=True),
         now=T0,
     )
     assert out["renewalTime"] is None
+    assert types(out["conditions"]) == {"Ready": ready}
     assert out["conditions"][0]["reason"] == api.REASON_SUSPENDED
 
 
