@@ -20,7 +20,6 @@ import heapq
 import itertools
 import logging
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
