@@ -31,9 +31,17 @@ WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", 
 
 
 class KubeError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: tuple[str, ...] = ()) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        # Fields the apiserver's own validation named (Status details.causes[].field). Admission
+        # denials (policies, webhooks) answer 422 too, but name no field of the object.
+        self.fields = fields
+
+    @property
+    def invalid_object(self) -> bool:
+        """The object itself is invalid (422 naming its fields): sending it again cannot help."""
+        return self.status == 422 and bool(self.fields)
 
     @property
     def not_found(self) -> bool:
@@ -44,14 +52,21 @@ class KubeError(RuntimeError):
         return self.status == 409
 
 
+def _from_status(status: int, body: Any, reason: str | None) -> KubeError:
+    """A KubeError from an apiserver Status body (message and the fields its causes name)."""
+    if not isinstance(body, dict):
+        return KubeError(status, (reason or "error")[:500])
+    causes = (body.get("details") or {}).get("causes") or []
+    fields = tuple(str(c["field"]) for c in causes if isinstance(c, dict) and c.get("field"))
+    return KubeError(status, str(body.get("message") or reason or "error")[:500], fields)
+
+
 def _error(exc: ApiException) -> KubeError:
-    message = exc.reason or "error"
     try:
         body = json.loads(exc.body or "{}")
-        message = str(body.get("message") or message)
     except (TypeError, ValueError):
-        pass
-    return KubeError(int(exc.status or 0), message[:500])
+        body = None
+    return _from_status(int(exc.status or 0), body, exc.reason)
 
 
 async def _json(coro: Any) -> dict[str, Any]:
@@ -64,7 +79,7 @@ async def _json(coro: Any) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(raw) if raw else {}
     # Raw responses do not raise on error statuses by themselves.
     if resp.status >= 400:
-        raise KubeError(resp.status, str(result.get("message") or resp.reason)[:500])
+        raise _from_status(resp.status, result, resp.reason)
     return result
 
 

@@ -684,7 +684,9 @@ class Controller:
         try:
             written = await self._put_secret(namespace, uid, spec, desired, exists=exists)
         except KubeError as exc:
-            if exc.status == 422:  # names, keys or labels the apiserver refuses for a Secret
+            # Names, keys or labels the apiserver refuses for a Secret. A 422 from an admission
+            # policy names no field: that one is retried with backoff (the policy may change).
+            if exc.invalid_object:
                 raise SecretRejected(str(exc)) from None
             raise
         self.secrets.offer((namespace, spec.secret_name), written)
