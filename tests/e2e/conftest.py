@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import yaml
 
 from agenttoken.devcluster import Binaries, LocalCluster, kubeconfig_reachable, read_versions
 
-from .kube import Kube
+from .kube import Kube, wait_for
 from .operator import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +79,43 @@ def crds(kube: Kube) -> Path:
     kube.kubectl("apply", "-f", str(REPO / "examples" / "clustertokenissuer-builtin.yaml"))
     # The chart's admission policy (ValidatingAdmissionPolicy): issuer policy checked by the apiserver.
     kube.apply(render_chart("--show-only", "templates/admission-policy.yaml"))
+    _wait_admission_policy_effective(kube)
     return REPO / "crds"
+
+
+def _wait_admission_policy_effective(kube: Kube) -> None:
+    """The apiserver resolves the policies' paramKind (our issuer CRDs) a moment after they are
+    established; until then the policies cannot be evaluated (and, failurePolicy Ignore, allow).
+    Tests that expect a refusal at admission need them in force: probe with server-side dry runs
+    against a throwaway issuer whose policy allows one scope, then delete it."""
+    issuer = {
+        "apiVersion": "agenttoken.dev/v1alpha1",
+        "kind": "ClusterTokenIssuer",
+        "metadata": {"name": "admission-probe"},
+        "spec": {"builtin": {}, "policy": {"allowedScopes": ["probe:allowed"]}},
+    }
+    probe = {
+        "apiVersion": "agenttoken.dev/v1alpha1",
+        "kind": "AgentToken",
+        "metadata": {"name": "admission-probe", "namespace": "default"},
+        "spec": {
+            "issuerRef": {"kind": "ClusterTokenIssuer", "name": "admission-probe"},
+            "audience": ["probe"],
+            "scopes": ["probe:refused"],
+            "ttl": "1h",
+            "secret": {"name": "admission-probe"},
+        },
+    }
+    kube.apply(json.dumps(issuer))
+
+    def refused() -> bool:
+        result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False)
+        return result.returncode != 0 and "probe:refused" in result.stderr
+
+    try:
+        wait_for("the admission policy to be in force", refused, timeout=90)
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", "admission-probe", "--wait=false", check=False)
 
 
 def helm_path() -> str:
