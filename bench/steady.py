@@ -30,10 +30,10 @@ from typing import Any
 import kubernetes
 
 from agenttoken.api import ANN_TOKEN_ID
+from agenttoken.core.model import parse_spec
+from agenttoken.core.secretdata import TokenRecord
+from agenttoken.core.timing import renewal_time
 from agenttoken.devcluster import LocalCluster, install
-from agenttoken.model import parse_spec
-from agenttoken.schedule import renewal_time
-from agenttoken.secrets import TokenRecord
 from benchsupport import (
     SELECTOR,
     Profiler,

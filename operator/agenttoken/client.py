@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 
 __all__ = [
     "DEFAULT_BUNDLE_KEY",

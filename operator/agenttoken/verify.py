@@ -50,8 +50,8 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
-from agenttoken.keys import SUPPORTED_ALGORITHMS, jws_registry
-from agenttoken.tokens import CLAIM_NAMESPACE, TOKEN_TYPE
+from agenttoken.core.keys import SUPPORTED_ALGORITHMS, jws_registry
+from agenttoken.core.tokens import CLAIM_NAMESPACE, TOKEN_TYPE
 from agenttoken.verifylog import ACCEPTED, REJECTED, VerificationAudit, VerificationRecord
 
 __all__ = [

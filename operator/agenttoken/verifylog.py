@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from agenttoken.tokens import CLAIM_NAMESPACE
+from agenttoken.core.tokens import CLAIM_NAMESPACE
 
 AUDIT_LOGGER: Final = "agenttoken.verify.audit"
 METRIC_NAME: Final = "agenttoken_verifications"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 from agenttoken.verify import VerificationError, Verifier
 from agenttoken.verifylog import VerificationAudit
 

@@ -23,8 +23,8 @@ import pytest
 
 from agenttoken import client
 from agenttoken.client import TokenExpiredError, TokenInfo, TokenSource, TokenUnavailableError
-from agenttoken.keys import KeyRing, SigningKey, generate_key
-from agenttoken.tokens import MintedToken, TokenRequest, mint, verify
+from agenttoken.core.keys import KeyRing, SigningKey, generate_key
+from agenttoken.core.tokens import MintedToken, TokenRequest, mint, verify
 
 ISSUER = "https://issuer.example.com"
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -508,7 +508,7 @@ def test_httpx_clients_send_the_header_through_a_mock_transport(
 def test_importing_the_client_needs_only_the_standard_library() -> None:
     code = (
         "import sys, agenttoken.client; "
-        "heavy = {'joserfc', 'cryptography', 'requests', 'httpx', 'agenttoken.tokens', 'agenttoken.keys'}; "
+        "heavy = {'joserfc', 'cryptography', 'requests', 'httpx', 'agenttoken.core.tokens', 'agenttoken.core.keys'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import aiohttp
 
+from agenttoken.core.keys import SigningKey
+from agenttoken.core.tokens import TokenRequest, client_assertion, token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError
-from agenttoken.keys import SigningKey
-from agenttoken.tokens import TokenRequest, client_assertion, token_hash
 
 GRANT_TYPES: Final = {
     "client_credentials": "client_credentials",

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agenttoken.schedule import format_duration
+from agenttoken.core.timing import format_duration
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def run_operator(options: RunOptions) -> None:
         # kopf logs every handled event at INFO: one line per object per change is noise at 10k objects.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Importing registers the handlers with kopf's default registry.
-    from agenttoken import handlers
+    from agenttoken.runtime import handlers
 
     if not options.namespaces:
         handlers.watch_namespaces()

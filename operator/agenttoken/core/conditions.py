@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
-from agenttoken.times import format_time
+from agenttoken.core.times import format_time
 
 
 @dataclass(frozen=True)

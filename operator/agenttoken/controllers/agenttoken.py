@@ -24,24 +24,22 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agenttoken import api, configtemplate, metrics, probe
-from agenttoken.bodycache import BodyCache
-from agenttoken.conditions import Reason
-from agenttoken.conditions import summarize as summarize_conditions
-from agenttoken.configtemplate import TemplateError
-from agenttoken.connectivity import Result as VerifyResult
-from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
-from agenttoken.issuers import builtin as builtin_issuer
-from agenttoken.issuers import kubernetes as kubernetes_issuer
-from agenttoken.issuers import oauth2 as oauth2_issuer
-from agenttoken.issuers import webhook as webhook_issuer
-from agenttoken.keymanager import KeyManager
-from agenttoken.kube import Kube, KubeError
-from agenttoken.model import AgentTokenSpec, InvalidSpec, TokenStatus, parse_spec, parse_status
-from agenttoken.policy import Request as PolicyRequest
-from agenttoken.policy import check as check_policy
-from agenttoken.renewal import Action, Decision, Snapshot, decide
-from agenttoken.restarts import (
+from agenttoken import api
+from agenttoken.controllers import metrics, probe
+from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.controllers.rollout import RolloutManager
+from agenttoken.core import templates
+from agenttoken.core.bodycache import BodyCache
+from agenttoken.core.conditions import Reason
+from agenttoken.core.conditions import summarize as summarize_conditions
+from agenttoken.core.connectivity import Result as VerifyResult
+from agenttoken.core.model import AgentTokenSpec, InvalidSpec, TokenStatus, parse_spec, parse_status
+from agenttoken.core.policy import Request as PolicyRequest
+from agenttoken.core.policy import check as check_policy
+from agenttoken.core.renewal import Action, Decision, Snapshot, decide
+from agenttoken.core.revocation import Revoked
+from agenttoken.core.rollout import (
     InterestIndex,
     Workload,
     WorkloadRef,
@@ -51,23 +49,27 @@ from agenttoken.restarts import (
     select,
     target_status,
 )
-from agenttoken.restarts import summarize as summarize_rollout
-from agenttoken.revocation import Revoked
-from agenttoken.revocationstore import RevocationStore
-from agenttoken.rollouts import RolloutManager
-from agenttoken.schedule import next_retry_time, renewal_time
-from agenttoken.secrets import (
+from agenttoken.core.rollout import summarize as summarize_rollout
+from agenttoken.core.secretdata import (
     TokenRecord,
     decode_data,
     desired_secret,
     desired_secret_metadata,
     observe,
 )
-from agenttoken.status import Outcome, differs, render
-from agenttoken.times import format_time, parse_time
-from agenttoken.tokens import token_hash
-from agenttoken.usage import FLAGGED, IN_USE, REVOKED, SUSPENDED, UNUSED, UsageDecision, assess
-from agenttoken.usage import message as usage_message
+from agenttoken.core.status import Outcome, differs, render
+from agenttoken.core.templates import TemplateError
+from agenttoken.core.times import format_time, parse_time
+from agenttoken.core.timing import next_retry_time, renewal_time
+from agenttoken.core.tokens import token_hash
+from agenttoken.core.usage import FLAGGED, IN_USE, REVOKED, SUSPENDED, UNUSED, UsageDecision, assess
+from agenttoken.core.usage import message as usage_message
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, parse_issuer
+from agenttoken.issuers import builtin as builtin_issuer
+from agenttoken.issuers import kubernetes as kubernetes_issuer
+from agenttoken.issuers import oauth2 as oauth2_issuer
+from agenttoken.issuers import webhook as webhook_issuer
+from agenttoken.kube.adapter import Kube, KubeError
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +319,7 @@ class Controller:
             return
         if spec.config is not None:
             try:
-                configtemplate.check(spec.config.template)
+                templates.check(spec.config.template)
             except TemplateError as exc:
                 await self._write_status(
                     body, previous, generation, spec, None, uid, Outcome(stalled=_template_problem(exc))

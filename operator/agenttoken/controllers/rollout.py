@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agenttoken import metrics
-from agenttoken.kube import Kube, KubeError
-from agenttoken.restarts import Workload, WorkloadRef, needs_restart, progress, reduce, rollout_done
+from agenttoken.controllers import metrics
+from agenttoken.core.rollout import Workload, WorkloadRef, needs_restart, progress, reduce, rollout_done
+from agenttoken.kube.adapter import Kube, KubeError
 
 log = logging.getLogger(__name__)
 

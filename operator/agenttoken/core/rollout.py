@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agenttoken import api
-from agenttoken.times import format_time
+from agenttoken.core.times import format_time
 
 KINDS: tuple[str, ...] = ("Deployment", "StatefulSet", "DaemonSet")
 PLURALS: dict[str, str] = {

@@ -25,7 +25,7 @@ from joserfc.errors import InvalidKeyCurveError, JoseError
 from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jws import JWSRegistry
 
-from agenttoken.schedule import format_duration
+from agenttoken.core.timing import format_duration
 
 __all__ = [
     "DEFAULT_ALGORITHM",

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agenttoken import api, connectivity
-from agenttoken.connectivity import VerifySpec
-from agenttoken.restarts import RolloutSpec, parse_rollout
-from agenttoken.schedule import RenewalPolicy, parse_duration
-from agenttoken.times import parse_time
-from agenttoken.tokens import TokenRequest
-from agenttoken.usage import UnusedPolicy, Usage, parse_usage
+from agenttoken import api
+from agenttoken.core import connectivity
+from agenttoken.core.connectivity import VerifySpec
+from agenttoken.core.rollout import RolloutSpec, parse_rollout
+from agenttoken.core.times import parse_time
+from agenttoken.core.timing import RenewalPolicy, parse_duration
+from agenttoken.core.tokens import TokenRequest
+from agenttoken.core.usage import UnusedPolicy, Usage, parse_usage
 
 MIN_TTL = datetime.timedelta(seconds=60)
 MAX_TTL = datetime.timedelta(hours=168)

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from agenttoken import api
-from agenttoken.keys import KeyPolicy, KeyRing, SigningKey, plan_rotation
-from agenttoken.kube import Kube, KubeError
-from agenttoken.secrets import decode_data, encode_data
+from agenttoken.core.keys import KeyPolicy, KeyRing, SigningKey, plan_rotation
+from agenttoken.core.secretdata import decode_data, encode_data
+from agenttoken.kube.adapter import Kube, KubeError
 
 log = logging.getLogger(__name__)
 

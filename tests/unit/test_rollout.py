@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from agenttoken import revocation
-from agenttoken.restarts import (
+from agenttoken.core import revocation
+from agenttoken.core.revocation import Revoked
+from agenttoken.core.rollout import (
     InterestIndex,
     RolloutSpec,
     TargetSpec,
@@ -22,7 +23,6 @@ from agenttoken.restarts import (
     summarize,
     target_status,
 )
-from agenttoken.revocation import Revoked
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 

@@ -34,7 +34,7 @@ from joserfc.errors import (
 )
 from joserfc.jwk import KeySet, KeySetSerialization
 
-from agenttoken.keys import SUPPORTED_ALGORITHMS, SigningKey, jws_registry
+from agenttoken.core.keys import SUPPORTED_ALGORITHMS, SigningKey, jws_registry
 
 __all__ = [
     "CLAIM_NAMESPACE",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agenttoken.schedule import (
+from agenttoken.core.timing import (
     EXPIRY_SAFETY_MARGIN,
     MAX_JITTER,
     RenewalPolicy,

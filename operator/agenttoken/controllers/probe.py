@@ -11,7 +11,7 @@ import ssl
 
 import aiohttp
 
-from agenttoken.connectivity import Result, VerifySpec, judge
+from agenttoken.core.connectivity import Result, VerifySpec, judge
 
 
 async def check(spec: VerifySpec, token: str, *, ca_bundle: str | None = None) -> Result:

@@ -17,9 +17,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from agenttoken import revocation
-from agenttoken.keymanager import KeyManager, discovery_document
-from agenttoken.revocationstore import RevocationStore
+from agenttoken.controllers.keys import KeyManager, discovery_document
+from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.core import revocation
 
 log = logging.getLogger(__name__)
 

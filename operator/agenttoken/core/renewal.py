@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agenttoken import api
-from agenttoken.model import AgentTokenSpec, TokenStatus
-from agenttoken.schedule import next_retry_time, renewal_time
-from agenttoken.secrets import ObservedSecret, TokenRecord
+from agenttoken.core.model import AgentTokenSpec, TokenStatus
+from agenttoken.core.secretdata import ObservedSecret, TokenRecord
+from agenttoken.core.timing import next_retry_time, renewal_time
 
 
 class Action(enum.Enum):

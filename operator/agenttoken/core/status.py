@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
-from agenttoken.conditions import Reason, summarize
-from agenttoken.model import AgentTokenSpec, TokenStatus
-from agenttoken.schedule import renewal_time
-from agenttoken.secrets import TokenRecord
-from agenttoken.times import format_time
+from agenttoken.core.conditions import Reason, summarize
+from agenttoken.core.model import AgentTokenSpec, TokenStatus
+from agenttoken.core.secretdata import TokenRecord
+from agenttoken.core.times import format_time
+from agenttoken.core.timing import renewal_time
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import datetime
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from agenttoken import api, revocation
-from agenttoken.kube import Kube, KubeError
-from agenttoken.revocation import Revoked
+from agenttoken import api
+from agenttoken.core import revocation
+from agenttoken.core.revocation import Revoked
+from agenttoken.kube.adapter import Kube, KubeError
 
 REVOCATIONS_CONFIGMAP = "agenttoken-revocations"
 LIST_KEY = "revoked.json"

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 
 Key = tuple[str, str]
 

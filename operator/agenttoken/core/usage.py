@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from agenttoken.times import format_time, parse_time
+from agenttoken.core.times import format_time, parse_time
 
 IN_USE: Final = "InUse"
 IDLE: Final = "Idle"

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agenttoken import api
-from agenttoken.schedule import parse_duration
-from agenttoken.times import parse_time
-from agenttoken.usage import FLAGGED, IN_USE, parse_usage
+from agenttoken.core.times import parse_time
+from agenttoken.core.timing import parse_duration
+from agenttoken.core.usage import FLAGGED, IN_USE, parse_usage
 
 SEVERITIES: Final = ("low", "medium", "high")
 DEFAULT_ADMIN_WORDS: Final = ("admin", "administrator", "root", "superuser", "sudo", "owner")

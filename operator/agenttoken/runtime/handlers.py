@@ -16,14 +16,15 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from agenttoken import api, server
-from agenttoken.keymanager import KeyManager
-from agenttoken.keys import KeyPolicy
-from agenttoken.kube import Kube
-from agenttoken.restarts import Workload, WorkloadRef
-from agenttoken.revocationstore import RevocationStore
-from agenttoken.rollouts import RolloutManager, RolloutOptions
-from agenttoken.scheduler import Controller, ControllerOptions, utcnow
+from agenttoken import api
+from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
+from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
+from agenttoken.core.keys import KeyPolicy
+from agenttoken.core.rollout import Workload, WorkloadRef
+from agenttoken.kube.adapter import Kube
+from agenttoken.runtime import server
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agenttoken import configtemplate
-from agenttoken.configtemplate import PLACEHOLDERS, TemplateError, check, render
-from agenttoken.model import AgentTokenSpec, InvalidSpec, parse_spec
-from agenttoken.secrets import TokenRecord, desired_secret, managed_data, observe
-from agenttoken.tokens import token_hash
+from agenttoken.core import templates
+from agenttoken.core.model import AgentTokenSpec, InvalidSpec, parse_spec
+from agenttoken.core.secretdata import TokenRecord, desired_secret, managed_data, observe
+from agenttoken.core.templates import PLACEHOLDERS, TemplateError, check, render
+from agenttoken.core.tokens import token_hash
 
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNlY3JldA"
 VALUES = {**PLACEHOLDERS, "token": TOKEN, "scopes": ["tickets:read", "tickets:comment"]}
@@ -109,7 +109,7 @@ def test_output_is_capped_even_through_nested_joins() -> None:
 
 def test_template_length_is_capped() -> None:
     with pytest.raises(TemplateError, match="longer than"):
-        check("x" * (configtemplate.MAX_TEMPLATE_CHARS + 1))
+        check("x" * (templates.MAX_TEMPLATE_CHARS + 1))
 
 
 def test_rendering_does_not_see_the_process_environment() -> None:

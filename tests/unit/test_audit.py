@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agenttoken.review import ReviewPolicy, Row, broad_scope, counts, failing, review
+from agenttoken.core.audit import ReviewPolicy, Row, broad_scope, counts, failing, review
 
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 POLICY = ReviewPolicy()

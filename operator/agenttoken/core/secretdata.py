@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
-from agenttoken.configtemplate import TemplateError, render
-from agenttoken.model import AgentTokenSpec
-from agenttoken.times import format_time, parse_time
-from agenttoken.tokens import token_hash
+from agenttoken.core.model import AgentTokenSpec
+from agenttoken.core.templates import TemplateError, render
+from agenttoken.core.times import format_time, parse_time
+from agenttoken.core.tokens import token_hash
 
 
 @dataclass(frozen=True)

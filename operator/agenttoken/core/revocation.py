@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from agenttoken.times import format_time, parse_time
+from agenttoken.core.times import format_time, parse_time
 
 LEEWAY = datetime.timedelta(minutes=5)
 
