@@ -2,7 +2,7 @@
 
 The ring (private keys) lives in one Secret in the operator's namespace; the public JWKS and a
 minimal discovery document go to a ConfigMap that verifiers can mount. Rotation is decided by
-`keys.plan_rotation` (pure); this module only reads, writes and publishes. Writes use the
+`core.keys.plan_rotation` (pure); this module only reads, writes and publishes. Writes use the
 Secret's resourceVersion, so two operator instances can never overwrite each other's keys.
 """
 

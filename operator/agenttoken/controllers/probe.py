@@ -1,4 +1,4 @@
-"""Makes the `spec.verify` request with a new token; `connectivity` judges the answer.
+"""Makes the `spec.verify` request with a new token; `core.connectivity` judges the answer.
 
 The response body is never read: only the status code counts, and a body could echo the
 token back. Errors are reported by kind, never with exception text that might quote headers.

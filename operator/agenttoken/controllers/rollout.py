@@ -1,7 +1,7 @@
 """Restarts workloads, with debounce and caps, and keeps the reduced workload cache.
 
 Decisions (which workloads, whether a restart is needed, how a rollout is going) are in
-`restarts` (pure). This module owns the timing: requests for one workload within the debounce
+`core.rollout` (pure). This module owns the timing: requests for one workload within the debounce
 window are merged into one patch (one new ReplicaSet), and no more than `max_inflight` rollouts
 (`max_inflight_per_namespace` per namespace) run at once. A workload counts as in flight from
 our patch until the API reports its rollout Complete, Failed or Paused.

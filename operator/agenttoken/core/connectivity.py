@@ -1,6 +1,6 @@
 """The connectivity check a new token must pass before it is delivered (`spec.verify`). Pure.
 
-What to request and how to judge the answer; `probe` makes the request. Messages name the
+What to request and how to judge the answer; `controllers.probe` makes the request. Messages name the
 method, a redacted URL (no user info, query or fragment: they may hold credentials) and the
 status code; never the token and never the response body.
 """

@@ -46,7 +46,7 @@ class SecretKeys:
 
 @dataclass(frozen=True)
 class ConfigTemplate:
-    """spec.secret.config: a template rendered into its own key (see configtemplate)."""
+    """spec.secret.config: a template rendered into its own key (see core.templates)."""
 
     key: str
     template: str
@@ -190,7 +190,7 @@ _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 def _config(raw: Any) -> ConfigTemplate | None:
-    """Shape only; the controller checks the template itself (`configtemplate.check`) and stalls
+    """Shape only; the controller checks the template itself (`templates.check`) and stalls
     with its own reason, before anything is minted."""
     if raw is None:
         return None

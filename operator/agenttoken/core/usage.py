@@ -3,7 +3,7 @@
 "Consumed" means what the cluster shows: a Deployment, StatefulSet or DaemonSet in the
 AgentToken's namespace that runs pods (desired or current replicas above zero) and whose pod
 template reads the Secret through a volume, a projected volume, an env `secretKeyRef` or
-`envFrom` (the consumers `restarts` already finds for restarts). Before a step that takes
+`envFrom` (the consumers `rollout` already finds for restarts). Before a step that takes
 something away (marking, suspension, revocation) the operator also reads the namespace's Pods
 and CronJobs fresh from the API, so bare Pods, Jobs and CronJobs count too, and a stale cache
 never suspends a token that is in use.
