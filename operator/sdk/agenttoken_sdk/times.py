@@ -1,0 +1,19 @@
+"""RFC 3339 timestamps as the operator writes them (UTC, second precision, trailing Z)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+__all__ = ["parse_time"]
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    """An aware datetime (naive input is read as UTC), or None when value is not an RFC 3339 time."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
