@@ -70,7 +70,11 @@ print(json.dumps({"results": results, "installed": installed, "modules": sorted(
 """
 
 
-@pytest.mark.parametrize("module", [agenttoken_sdk.client, agenttoken_sdk.verify, agenttoken_sdk.verifylog])
+@pytest.mark.parametrize(
+    "module",
+    [agenttoken_sdk.client, agenttoken_sdk.verify, agenttoken_sdk.verifylog],
+    ids=lambda module: module.__name__,
+)
 def test_old_import_path_warns_and_still_works(module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     old = module.__name__.replace("agenttoken_sdk.", "agenttoken.")
     monkeypatch.delitem(sys.modules, old, raising=False)  # import it afresh, so it warns again
@@ -183,6 +187,7 @@ def test_sdk_wheel_installs_alone_and_verifies_operator_tokens(
     )
 
     report = json.loads(run(python, "-c", PROBE, volume, jwks_file, jwks_url, ISSUER, AUDIENCE))
+    print(f"installed with the SDK wheel: {report['installed']}")
 
     for how in ("file", "url"):
         assert report["results"][how] == {
