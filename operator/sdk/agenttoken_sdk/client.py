@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from agenttoken_sdk.times import parse_time
+from agenttoken_sdk.times import now_utc, parse_time
 
 __all__ = [
     "DEFAULT_BUNDLE_KEY",
@@ -54,11 +54,6 @@ _DATA_LINK: Final = "..data"
 _MAX_BUNDLE_BYTES: Final = 1024 * 1024
 # How often to re-resolve `..data` when the directory it named disappeared under us.
 _RESOLVE_ATTEMPTS: Final = 5
-
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware (the default clock)."""
-    return datetime.now(UTC)
 
 
 class TokenUnavailableError(RuntimeError):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-__all__ = ["parse_time"]
+__all__ = ["now_utc", "parse_time"]
+
+
+def now_utc() -> datetime.datetime:
+    """The current time, timezone-aware (the default clock of TokenSource and Verifier)."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 def parse_time(value: Any) -> datetime.datetime | None:

@@ -52,6 +52,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 from joserfc.jws import JWSRegistry
 
 from agenttoken_sdk.jose import CLAIM_NAMESPACE, SUPPORTED_ALGORITHMS, TOKEN_TYPE, jws_registry
+from agenttoken_sdk.times import now_utc
 from agenttoken_sdk.verifylog import ACCEPTED, REJECTED, VerificationAudit, VerificationRecord
 
 __all__ = [
@@ -94,11 +95,6 @@ _KEY_TYPES: Final[dict[str, tuple[str, str | None]]] = {
 }
 
 _PublicKey = ECKey | RSAKey | OKPKey
-
-
-def now_utc() -> datetime:
-    """The current time, timezone-aware (the default clock)."""
-    return datetime.now(UTC)
 
 
 def urllib_fetch(url: str) -> bytes:
