@@ -7,7 +7,8 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN python -m venv /venv && /venv/bin/pip install --no-compile . && \
+# operator/sdk named first: the operator's dependency agent-token-sdk resolves to this checkout.
+RUN python -m venv /venv && /venv/bin/pip install --no-compile ./operator/sdk . && \
     find /venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM python:3.12-slim

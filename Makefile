@@ -17,9 +17,12 @@ help:
 	@echo "make cluster-up    start a local control plane; KUBECONFIG=.devcluster/kubeconfig"
 	@echo "make cluster-down  stop it"
 
-$(VENV)/.installed: pyproject.toml
+# The SDK (operator/sdk) first: the operator depends on agent-token-sdk, which must resolve to this
+# checkout (pip then finds it installed and never asks PyPI for it).
+$(VENV)/.installed: pyproject.toml operator/sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e 'operator/sdk[metrics]'
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from agenttoken.core.keys import KeyRing, generate_key
 from agenttoken.core.tokens import TokenRequest, mint
-from agenttoken.verify import Verifier
+from agenttoken_sdk.verify import Verifier
 from benchsupport import header, write
 
 ISSUER = "https://bench.invalid/issuers/builtin"

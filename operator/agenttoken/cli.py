@@ -462,7 +462,7 @@ def cmd_jwks(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from agenttoken.verify import VerificationError, Verifier
+    from agenttoken_sdk.verify import VerificationError, Verifier
 
     cluster = None if (args.url and args.token_file) else Cluster()
     if args.token_file:
