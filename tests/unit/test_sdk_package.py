@@ -27,8 +27,8 @@ import pytest
 import agenttoken_sdk.client
 import agenttoken_sdk.verify
 import agenttoken_sdk.verifylog
-from agenttoken.keys import KeyRing, generate_key
-from agenttoken.tokens import TokenRequest, mint
+from agenttoken.core.keys import KeyRing, generate_key
+from agenttoken.core.tokens import TokenRequest, mint
 
 REPO = Path(__file__).resolve().parents[2]
 SDK = REPO / "operator" / "sdk"

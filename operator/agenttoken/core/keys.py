@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Final
 
 from joserfc import jwk
-from joserfc.errors import InvalidKeyCurveError, JoseError
-from joserfc.jwa import EdDSAAlgorithm
-from joserfc.jws import JWSRegistry
+from joserfc.errors import JoseError
 
 from agenttoken.core.timing import format_duration
+from agenttoken_sdk.jose import SUPPORTED_ALGORITHMS, jws_registry
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -39,7 +38,6 @@ __all__ = [
 ]
 
 DEFAULT_ALGORITHM: Final = "ES256"
-SUPPORTED_ALGORITHMS: Final = ("ES256", "RS256", "EdDSA")
 
 # JWS algorithm -> (JWK key type, curve or RSA size, JWK "crv" if any).
 _KEY_SPECS: Final[dict[str, tuple[str, str | int, str | None]]] = {
@@ -49,35 +47,6 @@ _KEY_SPECS: Final[dict[str, tuple[str, str | int, str | None]]] = {
 }
 
 _RING_FORMAT_VERSION: Final = 1
-
-
-class _Ed25519Only(EdDSAAlgorithm):
-    """JWS "EdDSA" restricted to Ed25519 keys.
-
-    RFC 9864 deprecates "EdDSA" because it does not say which curve; joserfc warns on every use.
-    Verifiers in the field (PyJWT, most gateways) still only know "EdDSA", so we keep the name and
-    remove the ambiguity ourselves by refusing any key that is not Ed25519.
-    """
-
-    security_warning = None  # type: ignore[assignment]  # joserfc types it as str; None means "no warning"
-
-    def check_key(self, key: Any) -> None:
-        super().check_key(key)
-        if key.curve_name != "Ed25519":
-            raise InvalidKeyCurveError("Algorithm 'EdDSA' is only used with Ed25519 keys here")
-
-
-class _Registry(JWSRegistry):
-    # A copy: joserfc's class-level table is shared by every registry and must not change.
-    algorithms = {**JWSRegistry.algorithms, "EdDSA": _Ed25519Only()}
-
-
-def jws_registry(algorithms: Collection[str] = SUPPORTED_ALGORITHMS) -> JWSRegistry:
-    """A joserfc JWS registry that allows only the given algorithms (all supported ones by default)."""
-    unknown = set(algorithms) - set(SUPPORTED_ALGORITHMS)
-    if unknown:
-        raise ValueError(f"unsupported signing algorithm(s): {', '.join(sorted(unknown))}")
-    return _Registry(algorithms=list(algorithms))
 
 
 def _check_algorithm(algorithm: str) -> None:

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
+from agenttoken_sdk.times import parse_time
 
-def parse_time(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+__all__ = ["format_time", "parse_time"]
 
 
 def format_time(value: datetime.datetime | None) -> str | None:

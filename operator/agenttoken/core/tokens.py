@@ -35,6 +35,7 @@ from joserfc.errors import (
 from joserfc.jwk import KeySet, KeySetSerialization
 
 from agenttoken.core.keys import SUPPORTED_ALGORITHMS, SigningKey, jws_registry
+from agenttoken_sdk.jose import CLAIM_NAMESPACE, TOKEN_TYPE
 
 __all__ = [
     "CLAIM_NAMESPACE",
@@ -50,10 +51,6 @@ __all__ = [
     "verify",
 ]
 
-#: JWS "typ" header of RFC 9068 access tokens.
-TOKEN_TYPE: Final = "at+jwt"
-#: Private claim (collision-resistant name, RFC 7519 section 4.2) holding operator-specific data.
-CLAIM_NAMESPACE: Final = "agenttoken.dev"
 # Claims RFC 9068 section 2.2 requires in every access token.
 _REQUIRED_CLAIMS: Final = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 
