@@ -6,7 +6,7 @@ key, clock or network is involved. tests/unit/test_verify.py covers the same che
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,7 +67,7 @@ class Row:
         return ParsedToken("h.p.s", changed(HEADER, self.header), changed(CLAIMS, self.claims))
 
     def run(self, check: Check) -> str | None:
-        return check(self.token(), replace(POLICY, **self.policy), self.now)
+        return check(self.token(), POLICY._replace(**self.policy), self.now)
 
 
 FAILURES: list[tuple[str, Row, str, str]] = [
@@ -130,7 +130,7 @@ def test_each_check_fails_on_its_own(row: Row, check: str, reason: str) -> None:
 
     assert list(failed) == [check]
     assert reason in failed[check]
-    assert first_failure(row.token(), replace(POLICY, **row.policy), row.now) == Failure(check, failed[check])
+    assert first_failure(row.token(), POLICY._replace(**row.policy), row.now) == Failure(check, failed[check])
 
 
 PASSES: list[tuple[str, Row]] = [
@@ -151,7 +151,7 @@ PASSES: list[tuple[str, Row]] = [
 
 @pytest.mark.parametrize("row", [r for _, r in PASSES], ids=[n for n, _ in PASSES])
 def test_inputs_every_check_accepts(row: Row) -> None:
-    assert first_failure(row.token(), replace(POLICY, **row.policy), row.now) is None
+    assert first_failure(row.token(), POLICY._replace(**row.policy), row.now) is None
 
 
 def test_chain_is_the_tail_of_checks_after_the_signature() -> None:
@@ -181,7 +181,7 @@ def test_revocation_list_is_looked_up_only_when_the_chain_gets_there() -> None:
         lookups.append(None)
         return frozenset()
 
-    policy = replace(POLICY, revoked_ids=revoked_ids)
+    policy = POLICY._replace(revoked_ids=revoked_ids)
     expired = Row(claims={"exp": NOW - LEEWAY}).token()
 
     assert first_failure(expired, policy, NOW) == Failure("exp", "token expired at 2026-11-22T11:59:30+00:00")

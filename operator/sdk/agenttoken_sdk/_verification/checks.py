@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from agenttoken_sdk._verification.model import Failure, short
 from agenttoken_sdk._verification.token import ParsedToken, audiences, number, scopes
@@ -26,9 +25,12 @@ from agenttoken_sdk.jose import TOKEN_TYPE
 RevokedIds = Callable[[], frozenset[str] | None]
 
 
-@dataclass(frozen=True)
-class Policy:
-    """What one verification demands: the Verifier's settings and the caller's arguments."""
+class Policy(NamedTuple):
+    """What one verification demands: the Verifier's settings and the caller's arguments.
+
+    A NamedTuple rather than a frozen dataclass: one is built per verification, and this is half
+    the cost (the verify path is benchmarked, bench/crypto.py).
+    """
 
     issuer: str
     audience: str

@@ -12,9 +12,8 @@ import binascii
 import copy
 import ipaddress
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from agenttoken_sdk._verification.model import Claims, VerificationError
 from agenttoken_sdk.jose import CLAIM_NAMESPACE
@@ -24,8 +23,7 @@ MAX_TOKEN_CHARS: Final = 16 * 1024
 _B64URL_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-@dataclass(frozen=True)
-class ParsedToken:
+class ParsedToken(NamedTuple):
     """A token whose parts decoded and whose payload has the required shape; not yet verified."""
 
     compact: str
