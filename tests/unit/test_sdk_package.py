@@ -86,6 +86,19 @@ def test_old_import_path_warns_and_still_works(module: ModuleType, monkeypatch: 
     assert all(getattr(shim, name) is getattr(module, name) for name in module.__all__)
 
 
+def test_verify_module_exports_the_documented_names() -> None:
+    # docs/sdk.md's table; the Verifier's parts moved to agenttoken_sdk._verification, not its names.
+    assert sorted(agenttoken_sdk.verify.__all__) == [
+        "CHECKS",
+        "Claims",
+        "VerificationError",
+        "Verifier",
+        "now_utc",
+        "urllib_fetch",
+    ]
+    assert [n for n in agenttoken_sdk.verify.__all__ if not hasattr(agenttoken_sdk.verify, n)] == []
+
+
 @pytest.fixture
 def jwks_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A loopback HTTP server for the JWKS file; yields (url, file)."""
@@ -165,6 +178,8 @@ def test_sdk_wheel_installs_alone_and_verifies_operator_tokens(
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         requires = HeaderParser().parsestr(archive.read(metadata).decode()).get_all("Requires-Dist") or []
     assert "agenttoken_sdk/py.typed" in names
+    modules = sorted(p.relative_to(SDK).as_posix() for p in (SDK / "agenttoken_sdk").rglob("*.py"))
+    assert [m for m in modules if m not in names] == [], "every SDK module, private ones too, is in the wheel"
     assert not [n for n in names if n.startswith("agenttoken/")], (
         "the operator package is not in the SDK wheel"
     )
