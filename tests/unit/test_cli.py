@@ -21,7 +21,7 @@ from agenttoken.cli.rotate import cmd_revoke, cmd_rotate
 from agenttoken.cli.run import cmd_run
 from agenttoken.cli.status import cmd_status
 from agenttoken.cli.tokens import cmd_inspect, cmd_jwks, cmd_verify
-from agenttoken.kube.adapter import Kube, KubeConfigError
+from agenttoken.kube.kubeconfig import KubeConfigError, connect_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = {
@@ -148,7 +148,7 @@ def kubeconfig(path: Path, current: str, contexts: dict[str, str | None]) -> Pat
 
 def connect(context: str | None = None) -> tuple[str, str]:
     async def go() -> tuple[str, str]:
-        kube, namespace = await Kube.connect_kubeconfig(context)
+        kube, namespace = await connect_kubeconfig(context)
         try:
             return kube.api_client.configuration.host, namespace
         finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agenttoken.kube.adapter import Kube, KubeConfigError, KubeError
+from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.kubeconfig import KubeConfigError, connect_kubeconfig
 
 # Writes by a person at the CLI show up under their own name in managedFields, not the operator's.
 FIELD_MANAGER = "agenttoken-cli"
@@ -26,7 +27,7 @@ class Session:
     async def kube(self) -> Kube:
         if self._kube is None:
             try:
-                self._kube, self._namespace = await Kube.connect_kubeconfig()
+                self._kube, self._namespace = await connect_kubeconfig()
             except KubeConfigError as exc:
                 raise CliError(f"no cluster configured (KUBECONFIG): {exc}") from None
         return self._kube

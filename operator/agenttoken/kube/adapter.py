@@ -12,7 +12,6 @@ import asyncio
 import datetime
 import json
 import logging
-import os
 import secrets as pysecrets
 import urllib.request
 from collections.abc import AsyncIterator
@@ -51,10 +50,6 @@ class KubeError(RuntimeError):
     @property
     def conflict(self) -> bool:
         return self.status == 409
-
-
-class KubeConfigError(RuntimeError):
-    """No usable cluster configuration: no kubeconfig that loads, and not in a pod either."""
 
 
 def _from_status(status: int, body: Any, reason: str | None) -> KubeError:
@@ -371,37 +366,7 @@ class Kube:
         }
         await _json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
 
-    # -- for the CLI (added for `agenttoken status|rotate|revoke|...`; the operator uses none) --
-
-    @classmethod
-    async def connect_kubeconfig(cls, context: str | None = None) -> tuple[Kube, str]:
-        """Connect as a user's tools do, and return the context's namespace ("default" if unset).
-
-        Like kubectl: the files in KUBECONFIG (several, ':'-separated, merged) or ~/.kube/config,
-        its current context unless `context` is given, any auth it names (client certificates,
-        tokens, exec plugins such as cloud login helpers, OIDC). In a pod with no kubeconfig, the
-        ServiceAccount. Proxy variables (HTTPS_PROXY, NO_PROXY) are honoured.
-        """
-        configuration = client.Configuration()
-        # Read at call time, not kubernetes_asyncio's import-time default.
-        path = os.environ.get("KUBECONFIG") or "~/.kube/config"
-        try:
-            loader = await config.load_kube_config(
-                config_file=path, context=context, client_configuration=configuration
-            )
-        except Exception as kubeconfig_error:  # any broken or missing kubeconfig: try in-cluster
-            # Only the loader's own messages: a YAML error quotes the file, which may hold a token.
-            why = str(kubeconfig_error) if isinstance(kubeconfig_error, ConfigException) else "unreadable"
-            if not any(os.path.exists(os.path.expanduser(p)) for p in path.split(os.pathsep) if p):
-                why = "no such file"
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except ConfigException as exc:
-                raise KubeConfigError(f"{exc} (kubeconfig {path}: {why})") from None
-            return cls(client.ApiClient(configuration)), "default"
-        current = loader.current_context or {}
-        namespace = str((current.get("context") or {}).get("namespace") or "default")
-        return cls(client.ApiClient(configuration)), namespace
+    # -- for the CLI (`agenttoken status|rotate|revoke|...`; the operator uses none of these) --
 
     async def get_agenttoken(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await _json_or_none(
@@ -431,19 +396,12 @@ class Kube:
         self, namespace: str, name: str, annotations: dict[str, str], *, field_manager: str
     ) -> dict[str, Any]:
         """Merge `annotations` into the AgentToken's, recorded under `field_manager`."""
-        return await _json(
-            self.custom.patch_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.AGENTTOKEN_PLURAL,
-                name,
-                {"metadata": {"annotations": annotations}},
-                field_manager=field_manager,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-            )
-        )
+        patch = {"metadata": {"annotations": annotations}}
+        call = self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, name, patch,
+            field_manager=field_manager, _content_type=MERGE_PATCH, _preload_content=False,
+        )  # fmt: skip
+        return await _json(call)
 
     async def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
         """core/v1 Events in `namespace` about objects named `involved_name`, oldest first."""
