@@ -6,7 +6,9 @@ The commands against a cluster are covered by tests/e2e/test_sdk.py and test_pra
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from agenttoken.cli.tokens import cmd_inspect, cmd_jwks, cmd_verify
 from agenttoken.kube.kubeconfig import KubeConfigError, connect_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
+EXEC_API = "client.authentication.k8s.io/v1beta1"
 COMMANDS = {
     "status": cmd_status,
     "rotate": cmd_rotate,
@@ -195,3 +198,30 @@ def test_a_broken_kubeconfig_is_not_quoted(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(KubeConfigError) as caught:
         connect()
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_an_exec_credential_plugin_supplies_the_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Cloud kubeconfigs (EKS, GKE, AKS via kubelogin) get their token from a command."""
+    path = kubeconfig(tmp_path / "config", "dev", {"dev": "team-a"})
+    doc = yaml.safe_load(path.read_text())
+    credential = {"apiVersion": EXEC_API, "kind": "ExecCredential", "status": {"token": "from-the-plugin"}}
+    doc["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": EXEC_API,
+            "command": sys.executable,
+            "args": ["-c", f"print({json.dumps(credential)!r})"],
+        }
+    }
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+
+    async def go() -> dict[str, str]:
+        kube, _ = await connect_kubeconfig()
+        try:
+            return dict(kube.api_client.configuration.api_key)
+        finally:
+            await kube.close()
+
+    assert asyncio.run(go()) == {"BearerToken": "Bearer from-the-plugin"}
