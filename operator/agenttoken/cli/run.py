@@ -76,37 +76,24 @@ def _serving(run: argparse.ArgumentParser) -> None:
     )
 
 
+# Numeric tuning options: (option, type, environment variable, default, help).
+_TUNING: tuple[tuple[str, type[int] | type[float], str, str, str], ...] = (
+    ("--restart-debounce", float, "AGENTTOKEN_RESTART_DEBOUNCE", "2",
+     "seconds to gather rotations hitting one workload into a single restart (default 2)"),
+    ("--max-rollouts", int, "AGENTTOKEN_MAX_ROLLOUTS", "10",
+     "rollouts the operator lets run at once, cluster-wide (default 10)"),
+    ("--max-rollouts-per-namespace", int, "AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5",
+     "rollouts the operator lets run at once in one namespace (default 5)"),
+    ("--usage-warmup", float, "AGENTTOKEN_USAGE_WARMUP", "30",
+     "seconds after start before the unused-token policy judges consumers (default 30)"),
+    ("--workers", int, "AGENTTOKEN_WORKERS", "32",
+     "AgentTokens reconciled at once (default 32; each waits on the apiserver most of the time)"),
+)  # fmt: skip
+
+
 def _tuning(run: argparse.ArgumentParser) -> None:
-    run.add_argument(
-        "--restart-debounce",
-        type=float,
-        default=float(os.environ.get("AGENTTOKEN_RESTART_DEBOUNCE", "2")),
-        help="seconds to gather rotations hitting one workload into a single restart (default 2)",
-    )
-    run.add_argument(
-        "--max-rollouts",
-        type=int,
-        default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS", "10")),
-        help="rollouts the operator lets run at once, cluster-wide (default 10)",
-    )
-    run.add_argument(
-        "--max-rollouts-per-namespace",
-        type=int,
-        default=int(os.environ.get("AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5")),
-        help="rollouts the operator lets run at once in one namespace (default 5)",
-    )
-    run.add_argument(
-        "--usage-warmup",
-        type=float,
-        default=float(os.environ.get("AGENTTOKEN_USAGE_WARMUP", "30")),
-        help="seconds after start before the unused-token policy judges consumers (default 30)",
-    )
-    run.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("AGENTTOKEN_WORKERS", "32")),
-        help="AgentTokens reconciled at once (default 32; each waits on the apiserver most of the time)",
-    )
+    for option, kind, variable, default, help_ in _TUNING:
+        run.add_argument(option, type=kind, default=kind(os.environ.get(variable, default)), help=help_)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
