@@ -173,9 +173,11 @@ def test_kubeconfig_files_are_merged_like_kubectl(monkeypatch: pytest.MonkeyPatc
     first = kubeconfig(tmp_path / "a", "dev", {"dev": "team-a"})
     second = kubeconfig(tmp_path / "b", "staging", {"staging": "team-s"})
     monkeypatch.setenv("KUBECONFIG", f"{first}:{tmp_path / 'absent'}:{second}")
-    # Contexts from every file; the last file's current-context wins (kubernetes_asyncio's merge).
+    # Contexts from every file; the first file's current-context wins, as in kubectl.
+    assert connect() == ("https://dev.example:6443", "team-a")
+    assert connect("staging") == ("https://staging.example:6443", "team-s")
+    monkeypatch.setenv("KUBECONFIG", f"{second}:{first}")
     assert connect() == ("https://staging.example:6443", "team-s")
-    assert connect("dev") == ("https://dev.example:6443", "team-a")
 
 
 def test_an_unknown_context_or_no_kubeconfig_is_a_config_error(
