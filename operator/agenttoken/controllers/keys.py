@@ -18,7 +18,8 @@ from typing import Any
 from agenttoken import api
 from agenttoken.core.keys import KeyPolicy, KeyRing, SigningKey, plan_rotation
 from agenttoken.core.secretdata import decode_data, encode_data
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.retry import retry_on_conflict
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +67,24 @@ class KeyManager:
     async def sync(self) -> None:
         """Load the ring, rotate if due, store and publish; safe to call at any time."""
         async with self._lock:
-            for _attempt in range(5):
-                secret = await self.kube.get_secret(self.namespace, KEYS_SECRET)
-                stored = KeyRing(keys=())
-                if secret is not None:
-                    text = decode_data(secret.get("data")).get(RING_KEY, "")
-                    if text:
-                        stored = KeyRing.from_json(text)
-                ring, changes = plan_rotation(stored, self.policy, self.clock())
-                if changes:
-                    try:
-                        await self._store(secret, ring)
-                    except KubeError as exc:
-                        if exc.conflict:
-                            continue  # someone else wrote first: re-read and decide again
-                        raise
-                    for change in changes:
-                        log.info("signing keys: %s", change)
-                self.ring = ring
-                await self._publish()
-                return
-            raise RuntimeError("signing keys: gave up after repeated write conflicts")
+            self.ring = await retry_on_conflict(self._load_and_rotate, what="signing keys")
+            await self._publish()
+
+    async def _load_and_rotate(self) -> KeyRing:
+        """One read-modify-write: the stored ring, rotated and stored back if due (409 when
+        someone else wrote first: then `sync` reads and decides again)."""
+        secret = await self.kube.get_secret(self.namespace, KEYS_SECRET)
+        stored = KeyRing(keys=())
+        if secret is not None:
+            text = decode_data(secret.get("data")).get(RING_KEY, "")
+            if text:
+                stored = KeyRing.from_json(text)
+        ring, changes = plan_rotation(stored, self.policy, self.clock())
+        if changes:
+            await self._store(secret, ring)
+            for change in changes:
+                log.info("signing keys: %s", change)
+        return ring
 
     async def _store(self, current: dict[str, Any] | None, ring: KeyRing) -> None:
         data = encode_data({RING_KEY: ring.to_json()})

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from agenttoken import api
 from agenttoken.core import revocation
 from agenttoken.core.revocation import Revoked
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.retry import retry_on_conflict
 
 REVOCATIONS_CONFIGMAP = "agenttoken-revocations"
 LIST_KEY = "revoked.json"
@@ -62,18 +64,14 @@ class RevocationStore:
         if not new:
             return
         async with self._lock:
-            for _attempt in range(5):
-                cm = await self.kube.get_configmap(self.namespace, REVOCATIONS_CONFIGMAP)
-                body, entries = next_list(cm, new, self.clock(), self.namespace)
-                try:
-                    await self.kube.write_configmap(self.namespace, body)
-                except KubeError as exc:
-                    if exc.conflict:
-                        continue
-                    raise
-                self.entries = entries
-                return
-            raise RuntimeError("revocation list: gave up after repeated write conflicts")
+            self.entries = await retry_on_conflict(partial(self._add, new), what="revocation list")
+
+    async def _add(self, new: list[Revoked]) -> tuple[Revoked, ...]:
+        """One read-modify-write of the stored list (409 when another writer came first)."""
+        cm = await self.kube.get_configmap(self.namespace, REVOCATIONS_CONFIGMAP)
+        body, entries = next_list(cm, new, self.clock(), self.namespace)
+        await self.kube.write_configmap(self.namespace, body)
+        return entries
 
     async def follow(self) -> None:
         """Keep `entries` equal to the cluster's list (it may be written by `agenttoken revoke`)."""

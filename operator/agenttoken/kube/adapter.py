@@ -365,3 +365,50 @@ class Kube:
             "count": 1,
         }
         await _json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
+
+    # -- for the CLI (`agenttoken status|rotate|revoke|...`; the operator uses none of these) --
+
+    async def get_agenttoken(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await _json_or_none(
+            self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, name, _preload_content=False
+            )
+        )
+
+    async def list_agenttokens(
+        self, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """AgentTokens in `namespace` (every namespace when None), optionally by label selector."""
+        kwargs: dict[str, Any] = {"_preload_content": False}
+        if selector:
+            kwargs["label_selector"] = selector
+        if namespace is None:
+            call = self.custom.list_cluster_custom_object(
+                api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL, **kwargs
+            )
+        else:
+            call = self.custom.list_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, **kwargs
+            )
+        return list((await _json(call)).get("items") or [])
+
+    async def annotate_agenttoken(
+        self, namespace: str, name: str, annotations: dict[str, str], *, field_manager: str
+    ) -> dict[str, Any]:
+        """Merge `annotations` into the AgentToken's, recorded under `field_manager`."""
+        patch = {"metadata": {"annotations": annotations}}
+        call = self.custom.patch_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, name, patch,
+            field_manager=field_manager, _content_type=MERGE_PATCH, _preload_content=False,
+        )  # fmt: skip
+        return await _json(call)
+
+    async def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
+        """core/v1 Events in `namespace` about objects named `involved_name`, oldest first."""
+        listing = await _json(
+            self.core.list_namespaced_event(
+                namespace, field_selector=f"involvedObject.name={involved_name}", _preload_content=False
+            )
+        )
+        items = list(listing.get("items") or [])
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")

@@ -49,6 +49,14 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = (1, 2, 4, 8, 15)
 
 
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf logs in with kubernetes_asyncio, the library of our adapter, wherever it runs. Without
+    this, kopf picks whichever client happens to be installed (the sync `kubernetes` or pykube in a
+    dev venv, only kubernetes_asyncio in the image), so tests would not exercise the shipped path."""
+    return await kopf.login_via_async_client(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)

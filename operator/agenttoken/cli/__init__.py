@@ -1,0 +1,60 @@
+"""The `agenttoken` command line (also `kubectl agenttoken` and `python -m agenttoken`).
+
+`run` starts the operator. The other commands talk to the cluster of the current KUBECONFIG
+through the operator's own adapter (`agenttoken.kube`), one `asyncio.run` per command:
+
+    agenttoken status [NAME] [-n NS | -A] [-l SELECTOR] [-o table|json|yaml]
+    agenttoken rotate (NAME | --all | -l SELECTOR) [-n NS]
+    agenttoken revoke NAME [--token-id JTI] [-n NS]
+    agenttoken inspect NAME [-n NS] [-o ...]
+    agenttoken verify (NAME | --token-file F) --audience AUD [--scope S ...] [--url URL]
+    agenttoken jwks [--url URL]
+    agenttoken audit [-n NS | -A] [-l SELECTOR] [-o ...] [--fail-on low|medium|high]
+
+No command ever prints a token: `inspect` shows its header and claims, `verify` the result.
+
+Layout: `parser` builds the argparse tree from one `register` per command module (`status`,
+`rotate` with revoke, `tokens` with inspect/verify/jwks, `audit`, `run`); `session` holds the
+lazily opened cluster connection; `output` the table/json/yaml rendering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import sys
+
+from agenttoken.cli.parser import build_parser
+from agenttoken.cli.session import CliError, Session
+from agenttoken.kube.adapter import KubeError
+
+__all__ = ["CliError", "main"]
+
+
+async def _in_session(args: argparse.Namespace) -> int:
+    session = Session()
+    try:
+        result: int = await args.func(args, session)
+        return result
+    except KubeError as exc:
+        # "HTTP <status>: <apiserver message>", as the CLI always printed API errors.
+        raise CliError(str(exc)) from None
+    finally:
+        await session.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # kubernetes_asyncio warns "Config not found" on stderr before we try in-cluster config; a
+    # missing cluster is reported once, by Session, with both reasons.
+    logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.ERROR)
+    try:
+        if inspect.iscoroutinefunction(args.func):
+            return asyncio.run(_in_session(args))
+        result: int = args.func(args)  # `run`: the operator starts its own event loop
+        return result
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
