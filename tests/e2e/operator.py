@@ -42,9 +42,15 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         self.ports = free_ports(2)
         log = self.log_path.open("ab")
+        # A crash point is injected by a test-only entry script, never by the operator itself.
+        entry = (
+            [str(Path(__file__).with_name("crashpoint.py"))]
+            if "AGENTTOKEN_TEST_CRASH" in self.extra_env
+            else ["-m", "agenttoken"]
+        )
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "agenttoken", "run",
+                sys.executable, *entry, "run",
                 "--http-port", str(self.ports[0]),
                 "--liveness", self.liveness_url,
                 *self.extra_args,
