@@ -114,6 +114,22 @@ def too_slow_event(message: str) -> Event:
     )
 
 
+def _progress(
+    state: str, message: str, record: TokenRecord, now: datetime.datetime
+) -> tuple[Reason | None, Reason | None, bool, datetime.datetime | None]:
+    """Reconciling or Stalled for the rollout's state; whether it is too slow (the previous
+    token expired first); when to look again (the previous token's expiry)."""
+    if state in ("Failed", "Paused"):
+        reason = api.REASON_ROLLOUT_FAILED if state == "Failed" else api.REASON_ROLLOUT_PAUSED
+        return None, Reason(reason, message), False, None
+    if state != "RollingOut":
+        return None, None, False, None
+    if record.previous_expires_at and now >= record.previous_expires_at:
+        slow = Reason(api.REASON_ROLLOUT_TOO_SLOW, f"{message}; the previous token already expired")
+        return slow, None, True, None
+    return Reason(api.REASON_ROLLING_OUT, message), None, False, record.previous_expires_at
+
+
 def report(
     *,
     name: str,
@@ -134,22 +150,7 @@ def report(
     ]
     to_restart = tuple(w.ref for w in selected if needs_restart(w, key, record.token_id))
     state, message = summarize(targets)
-    reconciling = stalled = None
-    wake: datetime.datetime | None = None
-    slow = False
-    if state == "RollingOut":
-        reconciling = Reason(api.REASON_ROLLING_OUT, message)
-        if record.previous_expires_at and now >= record.previous_expires_at:
-            slow = True
-            reconciling = Reason(
-                api.REASON_ROLLOUT_TOO_SLOW, f"{message}; the previous token already expired"
-            )
-        elif record.previous_expires_at:
-            wake = record.previous_expires_at
-    elif state in ("Failed", "Paused"):
-        stalled = Reason(
-            api.REASON_ROLLOUT_FAILED if state == "Failed" else api.REASON_ROLLOUT_PAUSED, message
-        )
+    reconciling, stalled, slow, wake = _progress(state, message, record, now)
     events: list[Event] = []
     if state != previous.get("state") and previous.get("tokenId") == record.token_id and targets:
         if state == "Complete":
