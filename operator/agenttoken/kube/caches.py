@@ -74,18 +74,22 @@ class WorkloadCache:
     def in_namespace(self, namespace: str) -> list[Workload]:
         return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
 
-    async def sync(self, list_refs: RefLister, interval: float = 1.0) -> None:
+    async def sync(self, list_refs: RefLister, interval: float = 1.0, max_interval: float = 30.0) -> None:
         """Set `synced` once a LIST finds nothing the watches have not delivered yet. Each LIST
-        is the current state, so a workload deleted meanwhile drops out of the next one."""
+        is the current state, so a workload deleted meanwhile drops out of the next one. Tries
+        again after `interval`, doubling up to `max_interval` (a watch that cannot start, e.g.
+        for lack of RBAC, must not turn into a LIST a second)."""
         while not self.synced.is_set():
             try:
-                missing = {WorkloadRef(*ref) for ref in await list_refs()} - self._seen
-            except Exception as exc:  # an apiserver hiccup at start: try again
+                missing = len({WorkloadRef(*ref) for ref in await list_refs()} - self._seen)
+            except Exception as exc:  # apiserver down, RBAC, timeouts: try again, never give up
                 log.warning("listing workloads to sync the cache failed: %s; retrying", exc)
-                missing = {WorkloadRef("", "", "")}
-            if not missing:
+                missing = -1
+            if missing == 0:
                 self.synced.set()
                 self._seen.clear()
                 log.info("workload cache synced: %d workloads", len(self.workloads))
                 return
+            log.debug("workload cache not synced yet: %d listed workloads not seen", missing)
             await asyncio.sleep(interval)
+            interval = min(interval * 2, max_interval)
