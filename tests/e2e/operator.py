@@ -15,6 +15,10 @@ from agenttoken.devcluster import free_ports
 
 from .kube import Kube, wait_for
 
+CRASHPOINT_BOOT = (
+    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
 
 @dataclass
 class OperatorProcess:
@@ -43,8 +47,10 @@ class OperatorProcess:
         self.ports = free_ports(2)
         log = self.log_path.open("ab")
         # A crash point is injected by a test-only entry script, never by the operator itself.
+        # Run through runpy: as a plain script its folder would lead sys.path, and this
+        # module's name (operator) would shadow the standard library's.
         entry = (
-            [str(Path(__file__).with_name("crashpoint.py"))]
+            ["-c", CRASHPOINT_BOOT, str(Path(__file__).with_name("crashpoint.py"))]
             if "AGENTTOKEN_TEST_CRASH" in self.extra_env
             else ["-m", "agenttoken"]
         )
