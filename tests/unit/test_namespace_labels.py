@@ -29,9 +29,16 @@ def namespace(name: str, **labels: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": labels}}
 
 
+class NoKeys:
+    namespace = "agenttoken-system"
+
+
 def controller(kube: CountingKube) -> Controller:
     return Controller(
-        cast(Kube, kube), cast(KeyManager, None), ControllerOptions(issuer_url="https://i"), clock=lambda: T0
+        cast(Kube, kube),
+        cast(KeyManager, NoKeys()),
+        ControllerOptions(issuer_url="https://i"),
+        clock=lambda: T0,
     )
 
 

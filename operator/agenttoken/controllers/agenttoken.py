@@ -90,7 +90,7 @@ class Controller:
                 kube=kube,
                 signing_key=lambda: keys.signing_key(),
                 issuer_url=options.issuer_url,
-                operator_namespace=keys.namespace if keys is not None else "",
+                operator_namespace=keys.namespace,
             )
         )
         self.issuers = Issuers(kube, registry, clock, self.queue.now)
