@@ -15,6 +15,10 @@ from agenttoken.devcluster import free_ports
 
 from .kube import Kube, wait_for
 
+CRASHPOINT_BOOT = (
+    "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
 
 @dataclass
 class OperatorProcess:
@@ -42,9 +46,17 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         self.ports = free_ports(2)
         log = self.log_path.open("ab")
+        # A crash point is injected by a test-only entry script, never by the operator itself.
+        # Run through runpy: as a plain script its folder would lead sys.path, and this
+        # module's name (operator) would shadow the standard library's.
+        entry = (
+            ["-c", CRASHPOINT_BOOT, str(Path(__file__).with_name("crashpoint.py"))]
+            if "AGENTTOKEN_TEST_CRASH" in self.extra_env
+            else ["-m", "agenttoken"]
+        )
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "agenttoken", "run",
+                sys.executable, *entry, "run",
                 "--http-port", str(self.ports[0]),
                 "--liveness", self.liveness_url,
                 *self.extra_args,

@@ -29,9 +29,16 @@ def namespace(name: str, **labels: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": labels}}
 
 
+class NoKeys:
+    namespace = "agenttoken-system"
+
+
 def controller(kube: CountingKube) -> Controller:
     return Controller(
-        cast(Kube, kube), cast(KeyManager, None), ControllerOptions(issuer_url="https://i"), clock=lambda: T0
+        cast(Kube, kube),
+        cast(KeyManager, NoKeys()),
+        ControllerOptions(issuer_url="https://i"),
+        clock=lambda: T0,
     )
 
 
@@ -40,14 +47,14 @@ def test_watched_labels_are_used_and_changes_recheck_the_namespace() -> None:
     ctl = controller(kube)
     ctl._index_for_workloads(("team-a", "bot"), parse_spec({"audience": ["a"], "secret": {"name": "s"}}))
     ctl.on_namespace_event(None, namespace("team-a", agents="allowed"))
-    assert not ctl._due, "the initial listing re-checks nothing"
-    assert asyncio.run(ctl._namespace_labels("team-a")) == {"agents": "allowed"}
+    assert not ctl.queue.due, "the initial listing re-checks nothing"
+    assert asyncio.run(ctl.issuers.labels("team-a")) == {"agents": "allowed"}
     ctl.on_namespace_event("MODIFIED", namespace("team-a", agents="allowed"))
-    assert not ctl._due, "an unchanged label set re-checks nothing"
+    assert not ctl.queue.due, "an unchanged label set re-checks nothing"
     ctl.on_namespace_event("MODIFIED", namespace("team-a"))
-    assert ctl._due == {("team-a", "bot"): T0.timestamp()}
-    assert asyncio.run(ctl._namespace_labels("team-a")) == {}
+    assert ctl.queue.due == {("team-a", "bot"): T0.timestamp()}
+    assert asyncio.run(ctl.issuers.labels("team-a")) == {}
     assert kube.gets == 0
     ctl.on_namespace_event("DELETED", namespace("team-a"))
-    assert asyncio.run(ctl._namespace_labels("team-a")) == {"from": "get"}  # a miss falls back to GET
+    assert asyncio.run(ctl.issuers.labels("team-a")) == {"from": "get"}  # a miss falls back to GET
     assert kube.gets == 1

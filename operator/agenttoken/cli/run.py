@@ -84,8 +84,8 @@ _TUNING: tuple[tuple[str, type[int] | type[float], str, str, str], ...] = (
      "rollouts the operator lets run at once, cluster-wide (default 10)"),
     ("--max-rollouts-per-namespace", int, "AGENTTOKEN_MAX_ROLLOUTS_PER_NAMESPACE", "5",
      "rollouts the operator lets run at once in one namespace (default 5)"),
-    ("--usage-warmup", float, "AGENTTOKEN_USAGE_WARMUP", "30",
-     "seconds after start before the unused-token policy judges consumers (default 30)"),
+    ("--usage-warmup", float, "AGENTTOKEN_USAGE_WARMUP", "0",
+     "extra seconds after the workload cache is synced before the unused-token policy judges consumers (default 0)"),
     ("--workers", int, "AGENTTOKEN_WORKERS", "32",
      "AgentTokens reconciled at once (default 32; each waits on the apiserver most of the time)"),
 )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Makes the `spec.verify` request with a new token; `core.connectivity` judges the answer.
+"""The connectivity check before delivery: the `spec.verify` request with a new token, made
+before it reaches the Secret; `core.connectivity` judges the answer.
 
 The response body is never read: only the status code counts, and a body could echo the
 token back. Errors are reported by kind, never with exception text that might quote headers.
@@ -12,6 +13,27 @@ import ssl
 import aiohttp
 
 from agenttoken.core.connectivity import Result, VerifySpec, judge
+from agenttoken.core.model import AgentTokenSpec
+from agenttoken.core.secretdata import decode_data
+from agenttoken.kube.adapter import Kube
+
+
+async def verify_new_token(kube: Kube, namespace: str, spec: AgentTokenSpec, token: str) -> Result:
+    """spec.verify with the new token; the CA bundle inline or from a ConfigMap/Secret here."""
+    verify = spec.verify
+    assert verify is not None
+    ca = verify.ca_bundle
+    if verify.ca_ref is not None:
+        ref = verify.ca_ref
+        if ref.kind == "Secret":
+            body = await kube.get_secret(namespace, ref.name)
+            ca = decode_data((body or {}).get("data")).get(ref.key)
+        else:
+            body = await kube.get_configmap(namespace, ref.name)
+            ca = ((body or {}).get("data") or {}).get(ref.key)
+        if not ca:
+            return Result(False, f"caBundleRef: {ref.kind} {ref.name} (key {ref.key!r}) not found")
+    return await check(verify, token, ca_bundle=ca)
 
 
 async def check(spec: VerifySpec, token: str, *, ca_bundle: str | None = None) -> Result:

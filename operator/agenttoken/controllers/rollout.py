@@ -1,7 +1,8 @@
-"""Restarts workloads, with debounce and caps, and keeps the reduced workload cache.
+"""Rollouts: the rollout step of a reconcile, and the restart queue that patches workloads.
 
-Decisions (which workloads, whether a restart is needed, how a rollout is going) are in
-`core.rollout` (pure). This module owns the timing: requests for one workload within the debounce
+Decisions (which workloads, whether a restart is needed, how a rollout is going, when the
+previous token is revoked) are in `core.rollout`, `core.rolloutreport` and `core.revocation`
+(pure). `RolloutStep` applies them for one AgentToken; `RolloutManager` owns the timing: requests for one workload within the debounce
 window are merged into one patch (one new ReplicaSet), and no more than `max_inflight` rollouts
 (`max_inflight_per_namespace` per namespace) run at once. A workload counts as in flight from
 our patch until the API reports its rollout Complete, Failed or Paused.
@@ -11,16 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agenttoken.controllers import metrics
-from agenttoken.core.rollout import Workload, WorkloadRef, needs_restart, progress, reduce, rollout_done
+from agenttoken.controllers.context import Key, Pass
+from agenttoken.controllers.finalizer import Revoker
+from agenttoken.core import rolloutreport
+from agenttoken.core.outcome import Event, StepResult
+from agenttoken.core.rollout import (
+    Workload,
+    WorkloadRef,
+    annotation_key,
+    needs_restart,
+    progress,
+    reduce,
+    rollout_done,
+)
+from agenttoken.core.secretdata import TokenRecord
+from agenttoken.core.status import Outcome
 from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.caches import WorkloadCache
+from agenttoken.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)
+Clock = Callable[[], datetime.datetime]
 
 
 @dataclass(frozen=True)
@@ -32,40 +52,28 @@ class RolloutOptions:
 
 class RolloutManager:
     def __init__(
-        self,
-        kube: Kube,
-        options: RolloutOptions,
-        on_change: Callable[[WorkloadRef, Workload | None], None],
+        self, kube: Kube, options: RolloutOptions, workloads: WorkloadCache, events: EventRecorder
     ) -> None:
         self.kube = kube
         self.options = options
-        self.on_change = on_change  # tells the controller which AgentTokens to look at again
-        self.workloads: dict[WorkloadRef, Workload] = {}
-        self.by_namespace: dict[str, set[WorkloadRef]] = {}
+        self.workloads = workloads
+        self.events = events
         self._pending: dict[WorkloadRef, dict[str, str]] = {}
         self._due: dict[WorkloadRef, float] = {}
         self._inflight: dict[WorkloadRef, float] = {}  # ref -> monotonic start
         self._patched_generation: dict[WorkloadRef, int] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._event_tasks: set[asyncio.Task[None]] = set()
+        workloads.subscribe(self.on_workload)
 
-    # -- cache --
+    # -- the workload cache tells us --
 
-    def on_event(self, kind: str, event_type: str | None, body: dict[str, object]) -> None:
-        w = reduce(kind, body)
-        ref = w.ref
-        if event_type == "DELETED":
-            self.workloads.pop(ref, None)
-            self.by_namespace.get(ref.namespace, set()).discard(ref)
+    def on_workload(self, ref: WorkloadRef, w: Workload | None) -> None:
+        if w is None:
             self._inflight.pop(ref, None)
             self._patched_generation.pop(ref, None)
-            self.on_change(ref, None)
-            return
-        self.workloads[ref] = w
-        self.by_namespace.setdefault(ref.namespace, set()).add(ref)
-        self._settle(ref, w)
-        self.on_change(ref, w)
+        else:
+            self._settle(ref, w)
 
     def _settle(self, ref: WorkloadRef, w: Workload) -> None:
         """Free the slot of `ref` once the rollout our patch started has finished."""
@@ -81,18 +89,9 @@ class RolloutManager:
                 reason = {"Complete": "RolloutComplete", "Failed": "RolloutFailed"}.get(
                     state, "RolloutPaused"
                 )
-                task = asyncio.get_running_loop().create_task(
-                    self._event(
-                        ref,
-                        reason,
-                        f"rollout for new token(s) {state.lower()} after {elapsed:.1f}s: {message}",
-                    )
+                self._event(
+                    ref, reason, f"rollout for new token(s) {state.lower()} after {elapsed:.1f}s: {message}"
                 )
-                self._event_tasks.add(task)
-                task.add_done_callback(self._event_tasks.discard)
-
-    def in_namespace(self, namespace: str) -> list[Workload]:
-        return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
 
     # -- restarts --
 
@@ -170,26 +169,69 @@ class RolloutManager:
         message = "restarted for new token(s): " + ", ".join(
             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changes.items()
         )
-        await self._event(ref, "RestartTriggered", message)
-        # The watch may have reported the whole rollout before our patch's response was handled
-        # (kwok finishes a one-pod rollout at once): judge on whichever view is newer, or the
-        # slot would wait for an event that already came.
-        patched = reduce(ref.kind, written)
-        cached = self.workloads.get(ref)
-        if cached is not None and cached.generation >= patched.generation:
-            self._settle(ref, cached)
-            self.on_change(ref, cached)
-        else:
-            self.on_event(ref.kind, "MODIFIED", written)
+        self._event(ref, "RestartTriggered", message)
+        # The watch may have reported the whole rollout before our patch's response was handled:
+        # the cache judges on whichever view is newer (and tells us), or the slot would wait for
+        # an event that already came.
+        self.workloads.on_written(ref.kind, written)
 
-    async def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
+    def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
         involved = {"apiVersion": "apps/v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
-        try:
-            await self.kube.emit_event(
-                involved, warning=reason == "RolloutFailed", reason=reason, message=message
-            )
-        except KubeError as exc:
-            log.warning("could not post event %s on %s: %s", reason, ref, exc)
+        self.events.post(involved, warning=reason == "RolloutFailed", reason=reason, message=message)
 
     def inflight_count(self) -> int:
         return len(self._inflight)
+
+
+class RolloutStep:
+    """The rollout step of a reconcile: report status.rollout/consumers, ask for restarts,
+    warn once about slow rollouts and stranded consumers, revoke the previous token when due."""
+
+    def __init__(self, restarts: RolloutManager | None, revoker: Revoker, clock: Clock) -> None:
+        self.restarts = restarts
+        self.revoker = revoker
+        self.clock = clock
+        # Warn-once marks, one per AgentToken (dropped with it): the token id warned about, or
+        # for consumers the stranded workloads warned about (a new one warns again).
+        self._warned_slow: dict[Key, str] = {}
+        self._warned_consumers: dict[Key, tuple[str, ...]] = {}
+
+    def forget(self, key: Key) -> None:
+        self._warned_slow.pop(key, None)
+        self._warned_consumers.pop(key, None)
+
+    async def step(self, p: Pass, record: TokenRecord, outcome: Outcome) -> StepResult:
+        previous = (p.body.get("status") or {}).get("rollout") or {}
+        workloads = self.restarts.workloads.in_namespace(p.namespace) if self.restarts else []
+        report = rolloutreport.report(
+            name=p.name, spec=p.spec, record=record, workloads=workloads, previous=previous, now=self.clock()
+        )
+        if self.restarts is not None:
+            for ref in report.restart:
+                self.restarts.request(ref, annotation_key(p.name), record.token_id)
+        outcome = dataclasses.replace(
+            outcome,
+            reconciling=report.reconciling or outcome.reconciling,
+            stalled=report.stalled or outcome.stalled,
+        )
+        events: list[Event] = []
+        if report.too_slow and self._warned_slow.get(p.key) != record.token_id:
+            self._warned_slow[p.key] = record.token_id
+            events.append(rolloutreport.too_slow_event(report.message))
+        events.extend(report.events)
+        if report.stranded and self._warned_consumers.get(p.key) != report.stranded:
+            self._warned_consumers[p.key] = report.stranded
+            events.append(rolloutreport.stranded_event(report.stranded, p.spec.rollout.strategy == "Restart"))
+        revoked_id = previous.get("revokedTokenId")
+        if report.revocation.due and record.previous_token_id and record.previous_expires_at:
+            revoked = await self.revoker.revoke(
+                p.body, record.previous_token_id, record.previous_expires_at, "Rotated"
+            )
+            events.extend([revoked] if revoked else [])
+            revoked_id = record.previous_token_id
+        return StepResult(
+            outcome,
+            status=report.status(p.spec, record, revoked_id),
+            wake=(report.wake_at,) if report.wake_at else (),
+            events=tuple(events),
+        )

@@ -25,7 +25,7 @@ from typing import Any, Final
 from agenttoken import api
 from agenttoken.core.times import parse_time
 from agenttoken.core.timing import parse_duration
-from agenttoken.core.usage import FLAGGED, IN_USE, parse_usage
+from agenttoken.core.usage import FLAGGED, IN_USE, Usage, parse_usage
 
 SEVERITIES: Final = ("low", "medium", "high")
 DEFAULT_ADMIN_WORDS: Final = ("admin", "administrator", "root", "superuser", "sudo", "owner")
@@ -114,18 +114,8 @@ def review(obj: Mapping[str, Any], policy: ReviewPolicy, now: datetime.datetime)
     if ttl is not None and ttl > policy.max_ttl:
         findings.append(Finding("LongTTL", "medium", f"ttl {ttl_text} is above {_hours(policy.max_ttl)}"))
 
-    # The operator's judgement (running pods, fresh reads) when it has one; else the listed consumers.
-    in_use = usage.state == IN_USE if usage is not None else bool(consumers)
-    if usage is not None and usage.state in FLAGGED:
-        findings.append(
-            Finding(
-                "Unused",
-                "medium",
-                f"marked {usage.state} by the operator: no consumer since {status['usage'].get('unusedSince')}",
-            )
-        )
-    elif not in_use:
-        findings.append(Finding("NoConsumers", "low", "no workload consumes its Secret"))
+    days, use_findings = _use(usage, consumers, status, now)
+    findings.extend(use_findings)
 
     created = parse_time(meta.get("creationTimestamp"))
     if revision <= 1 and created is not None and now - created >= policy.rotation_age:
@@ -137,11 +127,6 @@ def review(obj: Mapping[str, Any], policy: ReviewPolicy, now: datetime.datetime)
             )
         )
 
-    days: int | None = None
-    if in_use:
-        days = 0
-    elif usage is not None and usage.last_consumed_at is not None:
-        days = max(0, (now - usage.last_consumed_at).days)
     return Row(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -157,6 +142,28 @@ def review(obj: Mapping[str, Any], policy: ReviewPolicy, now: datetime.datetime)
         expires_at=status.get("expiresAt"),
         findings=tuple(sorted(findings, key=lambda f: (-SEVERITIES.index(f.severity), f.id))),
     )
+
+
+def _use(
+    usage: Usage | None, consumers: tuple[str, ...], status: Mapping[str, Any], now: datetime.datetime
+) -> tuple[int | None, list[Finding]]:
+    """Days since the last use, and the Unused/NoConsumers finding. The operator's
+    judgement (running pods, fresh reads) when it has one; else the listed consumers."""
+    in_use = usage.state == IN_USE if usage is not None else bool(consumers)
+    findings: list[Finding] = []
+    if usage is not None and usage.state in FLAGGED:
+        since = status["usage"].get("unusedSince")
+        findings.append(
+            Finding("Unused", "medium", f"marked {usage.state} by the operator: no consumer since {since}")
+        )
+    elif not in_use:
+        findings.append(Finding("NoConsumers", "low", "no workload consumes its Secret"))
+    days: int | None = None
+    if in_use:
+        days = 0
+    elif usage is not None and usage.last_consumed_at is not None:
+        days = max(0, (now - usage.last_consumed_at).days)
+    return days, findings
 
 
 def _hours(delta: datetime.timedelta) -> str:

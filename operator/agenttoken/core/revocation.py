@@ -74,3 +74,39 @@ def from_json(text: str) -> tuple[Revoked, ...]:
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+@dataclass(frozen=True)
+class AfterRollout:
+    """When the previous token is revoked after its successor rolled out (pure decision)."""
+
+    revoke_at: datetime.datetime | None  # None: nothing to revoke (no predecessor, or it expires first)
+    due: bool  # revoke it now
+    wake_at: datetime.datetime | None  # look again then to revoke it
+
+
+def after_rollout(
+    *,
+    previous_token_id: str | None,
+    previous_expires_at: datetime.datetime | None,
+    issued_at: datetime.datetime,
+    rollout_complete: bool,
+    completed: Iterable[datetime.datetime | None],
+    grace: datetime.timedelta,
+    revoked_token_id: str | None,
+    now: datetime.datetime,
+) -> AfterRollout:
+    """The previous token is revoked `grace` after the last target finished its rollout (or after
+    the new token was issued, without targets), unless it expires before that anyway: then
+    nothing is revoked, and no wake-up or status write is spent on it (short-TTL tokens renew
+    often; each write counts). Revoked once: `revoked_token_id` already names it."""
+    if not (previous_token_id and previous_expires_at and rollout_complete):
+        return AfterRollout(None, False, None)
+    revoke_at = max([t for t in completed if t] + [issued_at]) + grace
+    if revoke_at >= previous_expires_at:
+        return AfterRollout(None, False, None)
+    if revoked_token_id == previous_token_id:
+        return AfterRollout(revoke_at, False, None)
+    if now >= revoke_at:
+        return AfterRollout(revoke_at, True, None)
+    return AfterRollout(revoke_at, False, revoke_at)

@@ -35,23 +35,13 @@ class Outcome:
     verification: Mapping[str, Any] | None = None
 
 
-def render(
-    *,
-    previous: TokenStatus,
-    generation: int | None,
-    spec: AgentTokenSpec | None,
-    record: TokenRecord | None,
-    jitter_key: str,
-    outcome: Outcome,
-    now: datetime.datetime,
-) -> dict[str, Any]:
-    """The full status object (as a merge patch it replaces every field we own)."""
+def readiness(
+    record: TokenRecord | None, outcome: Outcome, now: datetime.datetime
+) -> tuple[Reason | None, Reason | None]:
+    """Ready True with its reason, or Ready False with its reason: exactly one is set."""
     valid = record is not None and record.expires_at > now
     ready: Reason | None = None
     not_ready: Reason | None = None
-    renews: datetime.datetime | None = None
-    if record is not None and spec is not None:
-        renews = renewal_time(record.issued_at, record.expires_at, spec.renewal, jitter_key)
     if valid and record is not None:
         if outcome.revoked is not None:
             not_ready = outcome.revoked
@@ -93,6 +83,24 @@ def render(
         not_ready = Reason(api.REASON_SUSPENDED, "no token issued; renewal is suspended")
     else:
         not_ready = outcome.failure or Reason(api.REASON_PROGRESSING, "no token issued yet")
+    return ready, not_ready
+
+
+def render(
+    *,
+    previous: TokenStatus,
+    generation: int | None,
+    spec: AgentTokenSpec | None,
+    record: TokenRecord | None,
+    jitter_key: str,
+    outcome: Outcome,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The full status object (as a merge patch it replaces every field we own)."""
+    ready, not_ready = readiness(record, outcome, now)
+    renews: datetime.datetime | None = None
+    if record is not None and spec is not None:
+        renews = renewal_time(record.issued_at, record.expires_at, spec.renewal, jitter_key)
     reconciling = outcome.failure or outcome.reconciling
     status: dict[str, Any] = {
         "observedGeneration": generation,

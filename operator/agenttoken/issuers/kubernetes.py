@@ -13,9 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from agenttoken.core.conditions import Reason
 from agenttoken.core.times import parse_time
 from agenttoken.core.tokens import token_hash
-from agenttoken.issuers import IssueContext, Issued, IssueError
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec
+from agenttoken.issuers.credentials import IssuerDeps
 from agenttoken.kube.adapter import Kube, KubeError
 
 MIN_EXPIRATION_SECONDS = 600
@@ -71,3 +73,16 @@ async def issue(
     )
     token_id = str(claims.get("jti") or token_hash(token).removeprefix("sha256:")[:32])
     return Issued(token, token_id, str(_segment(token, 0).get("kid", "kubernetes")), issued, expires)
+
+
+class KubernetesIssuer:
+    binds_to_secret = True
+
+    def __init__(self, deps: IssuerDeps) -> None:
+        self.deps = deps
+
+    async def issue(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Issued:
+        return await issue(self.deps.kube, ctx, issuer.config, now=now)
+
+    async def problem(self, issuer: IssuerSpec) -> Reason | None:
+        return None  # the ServiceAccount is checked by each TokenRequest

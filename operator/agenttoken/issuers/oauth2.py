@@ -6,7 +6,7 @@ The token endpoint is given directly (`tokenURL`) or found by discovery from `is
 Grants (`grant`): `client_credentials` (RFC 6749 4.4), `token_exchange` (RFC 8693) and
 `jwt_bearer` (RFC 7523 2.1). The last two present a subject token: a short-lived JWT minted by the
 built-in issuer naming the AgentToken, or a Kubernetes ServiceAccount token (TokenRequest);
-the AgentToken controller obtains it, this module only sends it.
+`OAuth2Issuer.credentials` obtains it, `issue` only sends it.
 
 Client authentication (`clientAuthMethod`): `client_secret_basic` (RFC 6749 2.3.1) or
 `private_key_jwt` (RFC 7523 2.2 / OIDC Core 9): a client assertion signed by the built-in issuer's
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime
 import json
 import ssl
@@ -32,9 +33,13 @@ from typing import Any, Final
 
 import aiohttp
 
+from agenttoken.core.conditions import Reason
 from agenttoken.core.keys import SigningKey
 from agenttoken.core.tokens import TokenRequest, client_assertion, token_hash
-from agenttoken.issuers import IssueContext, Issued, IssueError
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec
+from agenttoken.issuers import builtin as builtin_issuer
+from agenttoken.issuers import kubernetes as kubernetes_issuer
+from agenttoken.issuers.credentials import IssuerDeps, credential, credential_problem, keys_problem
 
 GRANT_TYPES: Final = {
     "client_credentials": "client_credentials",
@@ -225,3 +230,45 @@ async def issue(
             claims = {}
     token_id = str(claims.get("jti") or token_hash(token).removeprefix("sha256:")[:32])
     return Issued(token, token_id, "oauth2", now, now + datetime.timedelta(seconds=lifetime))
+
+
+class OAuth2Issuer:
+    binds_to_secret = False
+
+    def __init__(self, deps: IssuerDeps) -> None:
+        self.deps = deps
+
+    async def issue(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Issued:
+        return await issue(ctx, issuer.config, await self.credentials(issuer, ctx, now), now=now)
+
+    async def problem(self, issuer: IssuerSpec) -> Reason | None:
+        keys = keys_problem(self.deps) if uses_builtin_keys(issuer.config) else None
+        return keys or await credential_problem(self.deps, issuer, "clientSecretRef", "clientSecret")
+
+    async def credentials(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Credentials:
+        """The client's credential (secret or signing key) and, for assertion grants, a subject token."""
+        config = issuer.config
+        secret = key = subject = None
+        if client_auth_method(config) == "private_key_jwt":
+            key = self.deps.signing_key()
+        else:
+            secret = await credential(self.deps, issuer, config.get("clientSecretRef"), "clientSecret")
+        if needs_subject_token(config):
+            req = ctx.request
+            if subject_source(config) == "serviceAccount":
+                account = str((config.get("subjectToken") or {}).get("serviceAccountName"))
+                spec = {
+                    "audiences": list(subject_audience(config)),
+                    "expirationSeconds": kubernetes_issuer.MIN_EXPIRATION_SECONDS,
+                }
+                subject, _ = await kubernetes_issuer.request_token(
+                    self.deps.kube, req.namespace, account, spec
+                )
+            else:
+                subject = builtin_issuer.issue(
+                    dataclasses.replace(ctx, request=subject_request(req, config)),
+                    self.deps.signing_key(),
+                    issuer_url=self.deps.issuer_url,
+                    now=now,
+                ).token
+        return Credentials(client_secret=secret, signing_key=key, subject_token=subject)

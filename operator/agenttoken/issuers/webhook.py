@@ -16,9 +16,11 @@ from typing import Any
 
 import aiohttp
 
+from agenttoken.core.conditions import Reason
 from agenttoken.core.times import parse_time
 from agenttoken.core.tokens import default_subject, token_hash
-from agenttoken.issuers import IssueContext, Issued, IssueError
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec
+from agenttoken.issuers.credentials import IssuerDeps, credential, credential_problem
 
 
 async def issue(
@@ -67,3 +69,17 @@ async def issue(
         raise IssueError(f"webhook {url} returned a token that is already expired")
     token_id = str(body.get("tokenId") or token_hash(token).removeprefix("sha256:")[:32])
     return Issued(token, token_id, "webhook", now, expires)
+
+
+class WebhookIssuer:
+    binds_to_secret = False
+
+    def __init__(self, deps: IssuerDeps) -> None:
+        self.deps = deps
+
+    async def issue(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Issued:
+        bearer = await credential(self.deps, issuer, issuer.config.get("authSecretRef"), "token")
+        return await issue(ctx, issuer.config, bearer=bearer, now=now)
+
+    async def problem(self, issuer: IssuerSpec) -> Reason | None:
+        return await credential_problem(self.deps, issuer, "authSecretRef", "token")

@@ -259,6 +259,35 @@ class Kube:
         found["CronJob"] = list(cronjobs.get("items") or [])
         return found
 
+    async def list_workload_refs(self, namespace: str | None) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of every Deployment, StatefulSet and DaemonSet in `namespace`
+        (None: cluster-wide), in pages: tells when the watch caches have caught up (kube.caches)."""
+        found: set[tuple[str, str, str]] = set()
+        for kind, plural in WORKLOAD_PLURALS.items():
+            page_token: str | None = None
+            while True:
+                paging: dict[str, Any] = {"limit": 500, "_preload_content": False}
+                if page_token:
+                    paging["_continue"] = page_token
+                if namespace is None:
+                    call = self.custom.list_cluster_custom_object("apps", "v1", plural, **paging)
+                else:
+                    call = self.custom.list_namespaced_custom_object(
+                        "apps", "v1", namespace, plural, **paging
+                    )
+                page = await _json(call)
+                for item in page.get("items") or []:
+                    meta = item.get("metadata") or {}
+                    found.add((kind, str(meta.get("namespace", "")), str(meta.get("name", ""))))
+                page_token = (page.get("metadata") or {}).get("continue") or None
+                if not page_token:
+                    break
+        return found
+
+    async def list_namespace_names(self) -> list[str]:
+        listing = await _json(self.core.list_namespace(_preload_content=False))
+        return [str((ns.get("metadata") or {}).get("name", "")) for ns in listing.get("items") or []]
+
     async def patch_pod_template_annotations(
         self, kind: str, namespace: str, name: str, annotations: dict[str, str]
     ) -> dict[str, Any]:

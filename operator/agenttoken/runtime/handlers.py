@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 from typing import Any
 
 import kopf
 from aiohttp import web
+from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf's own pattern rules
 
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
@@ -22,8 +24,9 @@ from agenttoken.controllers.keys import KeyManager
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
 from agenttoken.core.keys import KeyPolicy
-from agenttoken.core.rollout import Workload, WorkloadRef
 from agenttoken.kube.adapter import Kube
+from agenttoken.kube.caches import WorkloadCache
+from agenttoken.kube.events import EventRecorder
 from agenttoken.runtime import server
 
 log = logging.getLogger(__name__)
@@ -72,12 +75,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await keys.sync()
     revocations = RevocationStore(kube, options.operator_namespace, utcnow)
     await revocations.load()
-    controller: Controller | None = None
-
-    def workload_changed(ref: WorkloadRef, workload: Workload | None) -> None:
-        if controller is not None:
-            controller.on_workload_change(ref, workload)
-
+    events = EventRecorder(kube)
+    workloads = WorkloadCache()
     rollouts = RolloutManager(
         kube,
         RolloutOptions(
@@ -85,7 +84,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             max_inflight=options.max_rollouts,
             max_inflight_per_namespace=options.max_rollouts_per_namespace,
         ),
-        workload_changed,
+        workloads,
+        events,
     )
     controller = Controller(
         kube,
@@ -95,10 +95,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         rollouts=rollouts,
         revocations=revocations,
+        events=events,
     )
     await rollouts.start()
     await controller.start()
     memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
+    memo["workloads"] = workloads
+    memo["sync_task"] = asyncio.create_task(
+        workloads.sync(functools.partial(_list_workloads, kube, options.namespaces)), name="agenttoken-sync"
+    )
+    memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
     memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
@@ -111,7 +117,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("key_task", "revocations_task"):
+    for name in ("key_task", "revocations_task", "sync_task", "warmup_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
@@ -171,17 +177,35 @@ def watch_namespaces() -> None:
 # handlers, so kopf writes nothing onto them.
 @kopf.on.event("apps", "v1", "deployments")
 async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["rollouts"].on_event("Deployment", event.get("type"), event["object"])
+    memo["workloads"].on_event("Deployment", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "statefulsets")
 async def statefulset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["rollouts"].on_event("StatefulSet", event.get("type"), event["object"])
+    memo["workloads"].on_event("StatefulSet", event.get("type"), event["object"])
 
 
 @kopf.on.event("apps", "v1", "daemonsets")
 async def daemonset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["rollouts"].on_event("DaemonSet", event.get("type"), event["object"])
+    memo["workloads"].on_event("DaemonSet", event.get("type"), event["object"])
+
+
+async def _list_workloads(kube: Kube, namespaces: tuple[str, ...]) -> set[tuple[str, str, str]]:
+    """Every workload in the scope the watches cover (kopf's namespace patterns, globs too)."""
+    if not namespaces:
+        return await kube.list_workload_refs(None)
+    if any(set(pattern) & set("*?!,[") for pattern in namespaces):
+        names = [
+            n
+            for n in await kube.list_namespace_names()
+            if any(match_namespace(NamespaceName(n), p) for p in namespaces)
+        ]
+    else:
+        names = list(namespaces)
+    found: set[tuple[str, str, str]] = set()
+    for name in names:
+        found |= await kube.list_workload_refs(name)
+    return found
 
 
 @kopf.on.probe(id="keys")

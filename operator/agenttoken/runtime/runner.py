@@ -22,7 +22,7 @@ class RunOptions:
     restart_debounce: float = 2.0
     max_rollouts: int = 10
     max_rollouts_per_namespace: int = 5
-    usage_warmup: float = 30.0
+    usage_warmup: float = 0.0  # extra seconds after the workload cache is synced
     workers: int = 32
 
 

@@ -1,0 +1,95 @@
+"""The workload watch cache: reduced Deployments, StatefulSets and DaemonSets, and when it is synced.
+
+Fed by the watch events (runtime.handlers) and by the responses to our own restart patches;
+read by the rollout step, the unused-token policy and the restart queue. Listeners hear about
+every change (the restart queue frees slots, the AgentToken controller looks again at the
+tokens a workload concerns), so data flows one way: event -> cache -> listeners -> queue.
+
+`synced`: kopf offers no hook for "the initial listing of this kind has been delivered", so it is
+derived from an explicit LIST: the cache is synced once a LIST (of the same scope the watches
+cover) finds no workload the cache has not seen. Until then an empty cache must not be read as
+"no consumer" (the unused-token policy waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agenttoken.core.rollout import Workload, WorkloadRef, reduce
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[WorkloadRef, Workload | None], None]
+RefLister = Callable[[], Awaitable[set[tuple[str, str, str]]]]
+
+
+class WorkloadCache:
+    def __init__(self) -> None:
+        self.workloads: dict[WorkloadRef, Workload] = {}
+        self.by_namespace: dict[str, set[WorkloadRef]] = {}
+        self.synced = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._seen: set[WorkloadRef] = set()  # until synced: every ref ever reported, deleted too
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def on_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        w = reduce(kind, body)
+        if not self.synced.is_set():
+            self._seen.add(w.ref)
+        if event_type == "DELETED":
+            self.workloads.pop(w.ref, None)
+            self.by_namespace.get(w.ref.namespace, set()).discard(w.ref)
+            self._notify(w.ref, None)
+            return
+        self._store(w)
+
+    def on_written(self, kind: str, body: dict[str, Any]) -> Workload:
+        """The response to our own patch. The watch may have reported later states before it
+        was handled (kwok finishes a one-pod rollout at once): the newer view wins."""
+        patched = reduce(kind, body)
+        cached = self.workloads.get(patched.ref)
+        if cached is not None and cached.generation >= patched.generation:
+            self._notify(cached.ref, cached)
+            return cached
+        self._store(patched)
+        return patched
+
+    def _store(self, w: Workload) -> None:
+        self.workloads[w.ref] = w
+        self.by_namespace.setdefault(w.ref.namespace, set()).add(w.ref)
+        self._notify(w.ref, w)
+
+    def _notify(self, ref: WorkloadRef, w: Workload | None) -> None:
+        for listener in self._listeners:
+            listener(ref, w)
+
+    def get(self, ref: WorkloadRef) -> Workload | None:
+        return self.workloads.get(ref)
+
+    def in_namespace(self, namespace: str) -> list[Workload]:
+        return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
+
+    async def sync(self, list_refs: RefLister, interval: float = 1.0, max_interval: float = 30.0) -> None:
+        """Set `synced` once a LIST finds nothing the watches have not delivered yet. Each LIST
+        is the current state, so a workload deleted meanwhile drops out of the next one. Tries
+        again after `interval`, doubling up to `max_interval` (a watch that cannot start, e.g.
+        for lack of RBAC, must not turn into a LIST a second)."""
+        while not self.synced.is_set():
+            try:
+                missing = len({WorkloadRef(*ref) for ref in await list_refs()} - self._seen)
+            except Exception as exc:  # apiserver down, RBAC, timeouts: try again, never give up
+                log.warning("listing workloads to sync the cache failed: %s; retrying", exc)
+                missing = -1
+            if missing == 0:
+                self.synced.set()
+                self._seen.clear()
+                log.info("workload cache synced: %d workloads", len(self.workloads))
+                return
+            log.debug("workload cache not synced yet: %d listed workloads not seen", missing)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, max_interval)
