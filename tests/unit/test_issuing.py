@@ -22,7 +22,8 @@ from agenttoken.core.status import Outcome
 from agenttoken.issuers import parse_issuer
 from agenttoken.issuers.credentials import IssuerDeps
 from agenttoken.issuers.registry import Registry
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 UID = "uid-1"

@@ -14,7 +14,8 @@ from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, RevocationS
 from agenttoken.core.keys import KeyPolicy, KeyRing, plan_rotation
 from agenttoken.core.revocation import Revoked
 from agenttoken.core.secretdata import decode_data, encode_data
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 from agenttoken.kube.retry import ATTEMPTS, ConflictRetriesExhausted, retry_on_conflict
 
 T0 = datetime.datetime(2026, 11, 29, 12, 0, tzinfo=datetime.UTC)

@@ -28,7 +28,7 @@ import sys
 
 from agenttoken.cli.parser import build_parser
 from agenttoken.cli.session import CliError, Session
-from agenttoken.kube.adapter import KubeError
+from agenttoken.kube.errors import KubeError
 
 __all__ = ["CliError", "main"]
 

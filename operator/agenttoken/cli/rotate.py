@@ -13,7 +13,7 @@ from agenttoken.cli.session import FIELD_MANAGER, CliError, Session
 from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, next_list
 from agenttoken.core import revocation
 from agenttoken.core.times import parse_time
-from agenttoken.kube.adapter import KubeError
+from agenttoken.kube.errors import KubeError
 from agenttoken.kube.retry import ConflictRetriesExhausted, retry_on_conflict
 
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 from agenttoken.kube.kubeconfig import KubeConfigError, connect_kubeconfig
 
 # Writes by a person at the CLI show up under their own name in managedFields, not the operator's.

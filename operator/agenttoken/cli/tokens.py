@@ -22,7 +22,7 @@ from agenttoken.cli.output import emit, render_table
 from agenttoken.cli.session import CliError, Session
 from agenttoken.controllers.keys import JWKS_CONFIGMAP
 from agenttoken.controllers.revocation import LIST_KEY, REVOCATIONS_CONFIGMAP
-from agenttoken.kube.adapter import KubeError
+from agenttoken.kube.errors import KubeError
 
 if TYPE_CHECKING:
     from agenttoken.cli.options import Subparsers

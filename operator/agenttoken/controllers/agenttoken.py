@@ -45,7 +45,8 @@ from agenttoken.core.status import Outcome, differs, render
 from agenttoken.core.templates import TemplateError
 from agenttoken.issuers.credentials import IssuerDeps
 from agenttoken.issuers.registry import Registry
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 from agenttoken.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.core.model import parse_status
 from agenttoken.core.outcome import Event
 from agenttoken.core.revocation import Revoked
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 Clock = Callable[[], datetime.datetime]
 RETRY_AFTER_CONFLICT = datetime.timedelta(seconds=1)

@@ -18,7 +18,8 @@ from agenttoken.core.policy import check as check_policy
 from agenttoken.core.status import differs
 from agenttoken.issuers import IssuerSpec, parse_issuer
 from agenttoken.issuers.registry import Registry
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 Key = tuple[str, str]  # an AgentToken's (namespace, name)
 IssuerKey = tuple[str, str, str]  # (kind, namespace or "", name)

@@ -33,7 +33,8 @@ from agenttoken.core.times import format_time
 from agenttoken.core.tokens import token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError
 from agenttoken.issuers.registry import Registry
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 Clock = Callable[[], datetime.datetime]
 

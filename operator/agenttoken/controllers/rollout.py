@@ -35,8 +35,9 @@ from agenttoken.core.rollout import (
 )
 from agenttoken.core.secretdata import TokenRecord
 from agenttoken.core.status import Outcome
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
+from agenttoken.kube.errors import KubeError
 from agenttoken.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from agenttoken.core.bodycache import BodyCache
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 Key = tuple[str, str]  # (namespace, Secret name)
 

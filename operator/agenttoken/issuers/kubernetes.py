@@ -18,7 +18,8 @@ from agenttoken.core.times import parse_time
 from agenttoken.core.tokens import token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec
 from agenttoken.issuers.credentials import IssuerDeps
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 MIN_EXPIRATION_SECONDS = 600
 

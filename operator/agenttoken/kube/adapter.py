@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
 import secrets as pysecrets
 import urllib.request
@@ -19,78 +18,15 @@ from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config, watch
-from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from agenttoken import api
+from agenttoken.kube.errors import KubeError, read_json, read_json_or_none
 
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
-
-
-class KubeError(RuntimeError):
-    def __init__(self, status: int, message: str, fields: tuple[str, ...] = ()) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        # Fields the apiserver's own validation named (Status details.causes[].field). Admission
-        # denials (policies, webhooks) answer 422 too, but name no field of the object.
-        self.fields = fields
-
-    @property
-    def invalid_object(self) -> bool:
-        """The object itself is invalid (422 naming its fields): sending it again cannot help."""
-        return self.status == 422 and bool(self.fields)
-
-    @property
-    def not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
-
-def _from_status(status: int, body: Any, reason: str | None) -> KubeError:
-    """A KubeError from an apiserver Status body (message and the fields its causes name)."""
-    if not isinstance(body, dict):
-        return KubeError(status, (reason or "error")[:500])
-    causes = (body.get("details") or {}).get("causes") or []
-    fields = tuple(str(c["field"]) for c in causes if isinstance(c, dict) and c.get("field"))
-    return KubeError(status, str(body.get("message") or reason or "error")[:500], fields)
-
-
-def _error(exc: ApiException) -> KubeError:
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        body = None
-    return _from_status(int(exc.status or 0), body, exc.reason)
-
-
-async def _json(coro: Any) -> dict[str, Any]:
-    try:
-        resp = await coro
-    except ApiException as exc:
-        raise _error(exc) from None
-    raw = await resp.read()
-    resp.release()
-    result: dict[str, Any] = json.loads(raw) if raw else {}
-    # Raw responses do not raise on error statuses by themselves.
-    if resp.status >= 400:
-        raise _from_status(resp.status, result, resp.reason)
-    return result
-
-
-async def _json_or_none(coro: Any) -> dict[str, Any] | None:
-    """A read that answers None for a missing object."""
-    try:
-        return await _json(coro)
-    except KubeError as exc:
-        if exc.not_found:
-            return None
-        raise
 
 
 async def _no_env_lookups(api_client: client.ApiClient) -> None:
@@ -134,17 +70,19 @@ class Kube:
     # -- Secrets --
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _json_or_none(self.core.read_namespaced_secret(name, namespace, _preload_content=False))
+        return await read_json_or_none(
+            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        )
 
     async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await _json(
+        return await read_json(
             self.core.create_namespaced_secret(
                 namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
             )
         )
 
     async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await _json(
+        return await read_json(
             self.core.patch_namespaced_secret(
                 name,
                 namespace,
@@ -157,7 +95,7 @@ class Kube:
 
     async def replace_secret(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Optimistic update: `body.metadata.resourceVersion` must match or KubeError(409)."""
-        return await _json(
+        return await read_json(
             self.core.replace_namespaced_secret(
                 name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
             )
@@ -168,7 +106,7 @@ class Kube:
     async def apply_configmap(self, namespace: str, name: str, data: dict[str, str]) -> None:
         body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace}}
         try:
-            await _json(
+            await read_json(
                 self.core.patch_namespaced_config_map(
                     name,
                     namespace,
@@ -183,14 +121,14 @@ class Kube:
                 raise
             body["data"] = data
             body["metadata"]["labels"] = {api.LABEL_MANAGED_BY: api.OPERATOR_NAME}  # type: ignore[index]
-            await _json(
+            await read_json(
                 self.core.create_namespaced_config_map(
                     namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
                 )
             )
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _json_or_none(
+        return await read_json_or_none(
             self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
         )
 
@@ -198,12 +136,12 @@ class Kube:
         """Create `body`, or replace it when it carries a resourceVersion (KubeError 409 if it moved)."""
         name = body["metadata"]["name"]
         if body["metadata"].get("resourceVersion") is None:
-            return await _json(
+            return await read_json(
                 self.core.create_namespaced_config_map(
                     namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
                 )
             )
-        return await _json(
+        return await read_json(
             self.core.replace_namespaced_config_map(
                 name, namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
             )
@@ -232,7 +170,7 @@ class Kube:
     # -- workloads --
 
     async def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _json_or_none(
+        return await read_json_or_none(
             self.custom.get_namespaced_custom_object(
                 "apps", "v1", namespace, WORKLOAD_PLURALS[kind], name, _preload_content=False
             )
@@ -243,15 +181,15 @@ class Kube:
         a fresh read, for the rare steps that must not trust a cache."""
         found: dict[str, list[dict[str, Any]]] = {}
         for kind, plural in WORKLOAD_PLURALS.items():
-            listing = await _json(
+            listing = await read_json(
                 self.custom.list_namespaced_custom_object(
                     "apps", "v1", namespace, plural, _preload_content=False
                 )
             )
             found[kind] = list(listing.get("items") or [])
-        pods = await _json(self.core.list_namespaced_pod(namespace, _preload_content=False))
+        pods = await read_json(self.core.list_namespaced_pod(namespace, _preload_content=False))
         found["Pod"] = list(pods.get("items") or [])
-        cronjobs = await _json(
+        cronjobs = await read_json(
             self.custom.list_namespaced_custom_object(
                 "batch", "v1", namespace, "cronjobs", _preload_content=False
             )
@@ -275,7 +213,7 @@ class Kube:
                     call = self.custom.list_namespaced_custom_object(
                         "apps", "v1", namespace, plural, **paging
                     )
-                page = await _json(call)
+                page = await read_json(call)
                 for item in page.get("items") or []:
                     meta = item.get("metadata") or {}
                     found.add((kind, str(meta.get("namespace", "")), str(meta.get("name", ""))))
@@ -285,7 +223,7 @@ class Kube:
         return found
 
     async def list_namespace_names(self) -> list[str]:
-        listing = await _json(self.core.list_namespace(_preload_content=False))
+        listing = await read_json(self.core.list_namespace(_preload_content=False))
         return [str((ns.get("metadata") or {}).get("name", "")) for ns in listing.get("items") or []]
 
     async def patch_pod_template_annotations(
@@ -293,7 +231,7 @@ class Kube:
     ) -> dict[str, Any]:
         """Touch only our annotation keys in the pod template, as our own field manager."""
         patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
-        return await _json(
+        return await read_json(
             self.custom.patch_namespaced_custom_object(
                 "apps",
                 "v1",
@@ -308,7 +246,7 @@ class Kube:
         )
 
     async def patch_agenttoken(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return await _json(
+        return await read_json(
             self.custom.patch_namespaced_custom_object(
                 api.GROUP,
                 api.VERSION,
@@ -327,14 +265,14 @@ class Kube:
     async def create_token(
         self, namespace: str, service_account: str, body: dict[str, Any]
     ) -> dict[str, Any]:
-        return await _json(
+        return await read_json(
             self.core.create_namespaced_service_account_token(
                 service_account, namespace, body, _preload_content=False
             )
         )
 
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
-        return await _json_or_none(self.core.read_namespace(name, _preload_content=False))
+        return await read_json_or_none(self.core.read_namespace(name, _preload_content=False))
 
     async def patch_issuer_status(
         self, kind: str, namespace: str, name: str, status: dict[str, Any]
@@ -351,14 +289,14 @@ class Kube:
             call = self.custom.patch_cluster_custom_object_status(
                 api.GROUP, api.VERSION, plural, name, {"status": status}, **common
             )
-        return await _json(call)
+        return await read_json(call)
 
     # -- AgentTokens --
 
     async def patch_agenttoken_status(
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
-        return await _json(
+        return await read_json(
             self.custom.patch_namespaced_custom_object_status(
                 api.GROUP,
                 api.VERSION,
@@ -393,12 +331,12 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        await _json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
+        await read_json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
 
     # -- for the CLI (`agenttoken status|rotate|revoke|...`; the operator uses none of these) --
 
     async def get_agenttoken(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _json_or_none(
+        return await read_json_or_none(
             self.custom.get_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, name, _preload_content=False
             )
@@ -419,7 +357,7 @@ class Kube:
             call = self.custom.list_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, **kwargs
             )
-        return list((await _json(call)).get("items") or [])
+        return list((await read_json(call)).get("items") or [])
 
     async def annotate_agenttoken(
         self, namespace: str, name: str, annotations: dict[str, str], *, field_manager: str
@@ -430,11 +368,11 @@ class Kube:
             api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, name, patch,
             field_manager=field_manager, _content_type=MERGE_PATCH, _preload_content=False,
         )  # fmt: skip
-        return await _json(call)
+        return await read_json(call)
 
     async def list_events(self, namespace: str, involved_name: str) -> list[dict[str, Any]]:
         """core/v1 Events in `namespace` about objects named `involved_name`, oldest first."""
-        listing = await _json(
+        listing = await read_json(
             self.core.list_namespaced_event(
                 namespace, field_selector=f"involvedObject.name={involved_name}", _preload_content=False
             )

@@ -10,7 +10,8 @@ import asyncio
 import logging
 from typing import Any
 
-from agenttoken.kube.adapter import Kube, KubeError
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 5.0

@@ -16,7 +16,7 @@ from typing import TypeVar, cast
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
-from agenttoken.kube.adapter import KubeError
+from agenttoken.kube.errors import KubeError
 
 T = TypeVar("T")
 
