@@ -1,27 +1,32 @@
 """Size limits from [architecture]: no module over ~400 lines, no function over ~60 lines, so a
 concern stays findable and a function readable. "~": a few lines of slack, not a new limit.
 
-Left out for now: modules other work is reshaping (the CLI and its second adapter, the SDK, the
-test control plane)."""
+Both distributions built from operator/ are held to it: the operator (agenttoken) and the SDK
+(operator/sdk, agenttoken_sdk)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "agenttoken"
+SOURCE_ROOT = Path(__file__).resolve().parents[2] / "operator"
 MODULE_LINES = 420
 FUNCTION_LINES = 65
-NOT_YET = {"cli.py", "client.py", "verify.py", "verifylog.py", "devcluster.py"}
+# The test control plane still ships in the package until it moves to tools/ ([realnode]).
+NOT_YET = {"agenttoken/devcluster.py"}
 
 
 def modules() -> list[Path]:
-    return [p for p in sorted(PACKAGE.rglob("*.py")) if not (p.parent == PACKAGE and p.name in NOT_YET)]
+    return [
+        p
+        for p in sorted(SOURCE_ROOT.rglob("*.py"))
+        if "build" not in p.relative_to(SOURCE_ROOT).parts and str(p.relative_to(SOURCE_ROOT)) not in NOT_YET
+    ]
 
 
 def test_no_module_is_too_long() -> None:
     long = {
-        str(p.relative_to(PACKAGE)): n
+        str(p.relative_to(SOURCE_ROOT)): n
         for p in modules()
         if (n := len(p.read_text().splitlines())) > MODULE_LINES
     }
@@ -36,5 +41,5 @@ def test_no_function_is_too_long() -> None:
                 assert node.end_lineno is not None
                 lines = node.end_lineno - node.lineno + 1
                 if lines > FUNCTION_LINES:
-                    long[f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}"] = lines
+                    long[f"{path.relative_to(SOURCE_ROOT)}:{node.lineno} {node.name}"] = lines
     assert not long, f"functions over ~60 lines: {long}"
