@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 
-from agenttoken.devcluster import (
+from devcluster import (
     Binaries,
     LocalCluster,
     free_ports,
