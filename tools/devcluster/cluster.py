@@ -224,6 +224,10 @@ class LocalCluster:
             raise ClusterError("this cluster has no real node")
         return self.node.import_images()
 
+    def stop_node(self, grace: float = 10.0) -> list[str]:
+        """Stop only the real node (the control plane keeps running); returns what it left behind."""
+        return self._stop_node(api_up=True, grace=grace)
+
     def _stop_node(self, *, api_up: bool, grace: float = 10.0) -> list[str]:
         node = self.node or RealNode.load(self.workdir / "node")
         if node is None:

@@ -160,6 +160,12 @@ def unmount_under(root: Path) -> None:
                 subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
+def clear_run_dir() -> None:
+    if RUN_DIR.exists():
+        unmount_under(RUN_DIR)
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
 def cgroup_dirs(name: str = "kubepods") -> list[Path]:
     """`kubepods` in every cgroup v1 hierarchy, or in the unified v2 tree."""
     root = Path("/sys/fs/cgroup")

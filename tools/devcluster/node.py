@@ -117,10 +117,13 @@ class RealNode:
         finally:
             os.close(fd)
         self._record("lock", holder)
-        hoststate.save_before(self.workdir / "host-before.json")
-        # A crashed earlier run may have left our bridge and table behind (the lock was free).
+        # A crashed earlier run may have left our sockets, bridge and tables behind (the lock was
+        # free, so nothing uses them): clear them before recording the host's state.
+        hoststate.clear_run_dir()
         network.delete_bridge()
         network.delete_nft_tables(self.bins.nft)
+        hoststate.save_before(self.workdir / "host-before.json")
+        hoststate.RUN_DIR.mkdir(mode=0o700)
         network.check_pod_cidr_free()
         names = ("kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics")
         self.ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
