@@ -163,7 +163,8 @@ build_helm() {
 build_kstatus() {
   local dir="$here/gomod/kstatus"
   # Keyed by the library version and a hash of our small main.go.
-  local sum; sum=$(sha256sum "$dir/main.go" "$dir/go.mod" | sha256sum | cut -c1-12)
+  # Contents only (not paths): every worktree shares the one cache entry.
+  local sum; sum=$(cat "$dir/main.go" "$dir/go.mod" | sha256sum | cut -c1-12)
   if [[ -x "$kstatus_dir/kstatus" && "$(cat "$kstatus_dir/.source" 2>/dev/null)" == "$sum" ]]; then
     log "kstatus: cached ($KSTATUS_VERSION)"; return
   fi

@@ -9,13 +9,14 @@ from .binaries import NodeBinaries
 from .network import POD_CIDR
 
 
-def containerd_config(node_dir: Path, run_dir: Path, bins: NodeBinaries, pause_image: str) -> str:
-    """containerd v2 (config version 4): every path under the node dir except its sockets, which
-    live in a short `run_dir` (a unix socket path has at most 107 bytes, and shim sockets are
-    named by a 64-character hash); never pulls the sandbox image."""
+def containerd_config(node_dir: Path, root: Path, run_dir: Path, bins: NodeBinaries, pause_image: str) -> str:
+    """containerd v2 (config version 4). `root` (content store, image snapshots, metadata) is kept
+    across runs, so images are unpacked once, not at every start; state is per run under the node
+    dir; the sockets live in a short `run_dir` (a unix socket path has at most 107 bytes, and shim
+    sockets are named by a 64-character hash). Never pulls the sandbox image."""
     d = node_dir / "containerd"
     return f"""version = 4
-root = '{d / "root"}'
+root = '{root}'
 state = '{d / "state"}'
 
 [plugins]

@@ -14,11 +14,13 @@ what is left and restore the host (hoststate.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,17 +30,39 @@ from typing import Any
 import yaml
 
 from . import hoststate, network, pki, procs
-from .binaries import ClusterError, NodeBinaries, images_dir
+from .binaries import ClusterError, NodeBinaries, cache_root, images_dir
 from .configs import containerd_config, kube_proxy_config, kubelet_config
 
 NODE_NAME = "agenttoken-node"
 NODE_LABEL = "agenttoken.dev/real-node"
 DEFAULT_SYNC_FREQUENCY = "1m0s"  # kubelet's upstream default
 PAUSE_IMAGE = "localhost/agenttoken/pause:1"
+IMAGE_PREFIX = "localhost/agenttoken/"
 # Start order; stop goes the other way.
 COMPONENTS = ("lock", "containerd", "kubelet", "kube-proxy")
 
 Api = Callable[..., tuple[int, bytes]]
+
+
+def archive_reference(archive: Path) -> tuple[str, str] | None:
+    """(image name, digest) an OCI archive's index.json names, or None if it names none."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("index.json")
+            index = json.load(member) if member else {}
+    except (OSError, KeyError, tarfile.TarError, ValueError):
+        return None
+    for manifest in index.get("manifests", []):
+        annotations = manifest.get("annotations", {})
+        name = annotations.get("io.containerd.image.name")
+        if name:
+            return str(name), str(manifest["digest"])
+    return None
+
+
+def containerd_root() -> Path:
+    """containerd's root (images, snapshots, metadata), shared by the runs of this host's one node."""
+    return cache_root() / "realnode" / "containerd-root"
 
 
 @dataclass
@@ -133,6 +157,7 @@ class RealNode:
         self._wait("containerd", lambda: self.ctr("version").returncode == 0, time.monotonic() + 30)
         self.timings["containerd"] = time.monotonic() - t0
         t1 = time.monotonic()
+        self._forget_old_containers()
         self.import_images()
         self.timings["images"] = time.monotonic() - t1
 
@@ -156,18 +181,42 @@ class RealNode:
         self.timings["kube_proxy"] = time.monotonic() - t0
 
     def import_images(self) -> list[str]:
-        """Import every OCI archive of `<cache>/images` into the CRI namespace (again after a rebuild)."""
+        """Import every OCI archive of `<cache>/images` into the CRI namespace (again after a
+        rebuild: content already in the store is not written or unpacked twice), and drop our
+        images that no archive holds any more (old `dev-<hash>` tags), so the store does not grow."""
         archives = sorted(images_dir().glob("*.tar"))
         if not any(a.name.startswith("pause") for a in archives):
             raise ClusterError(
                 f"no pause image in {images_dir()} (pods need {PAUSE_IMAGE}): run hack/build-images"
             )
-        for archive in archives:
-            result = self.ctr("images", "import", "--no-unpack=false", str(archive), timeout=300)
+        present = self._images()
+        wanted = {archive: archive_reference(archive) for archive in archives}
+        todo = [a for a, ref in wanted.items() if ref is None or present.get(ref[0]) != ref[1]]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda a: self.ctr("images", "import", str(a), timeout=300), todo))
+        for archive, result in zip(todo, results, strict=True):
             if result.returncode:
                 raise ClusterError(f"importing {archive} failed: {result.stderr.strip()}")
-        listed = self.ctr("images", "list", "--quiet").stdout.split()
-        return [name for name in listed if not name.startswith("sha256:")]
+        names = {ref[0] for ref in wanted.values() if ref is not None}
+        stale = [n for n in self._images() if n.startswith(IMAGE_PREFIX) and n not in names]
+        if stale and None not in wanted.values():
+            self.ctr("images", "remove", *stale)
+        return sorted(set(self._images()))
+
+    def _images(self) -> dict[str, str]:
+        """Image name -> manifest (or index) digest, as containerd lists them."""
+        images = {}
+        for line in self.ctr("images", "list").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3 and not fields[0].startswith("sha256:"):
+                images[fields[0]] = fields[2]
+        return images
+
+    def _forget_old_containers(self) -> None:
+        """The shared root may still list containers of a run that crashed: start from none."""
+        leftovers = self.ctr("containers", "list", "--quiet").stdout.split()
+        if leftovers:
+            self.ctr("containers", "delete", *leftovers)
 
     def ctr(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bins.ctr), "--address", str(self.socket), "--namespace", "k8s.io", *args]
@@ -192,7 +241,7 @@ class RealNode:
         conflist = network.cni_conflist(cni / "ipam", self.address)
         (cni / "net.d" / "10-agenttoken.conflist").write_text(json.dumps(conflist, indent=2))
         (self.workdir / "containerd.toml").write_text(
-            containerd_config(self.workdir, hoststate.RUN_DIR, self.bins, PAUSE_IMAGE)
+            containerd_config(self.workdir, containerd_root(), hoststate.RUN_DIR, self.bins, PAUSE_IMAGE)
         )
         kubelet = kubelet_config(self.workdir, self.socket, self.address, self.ports, self.sync_frequency)
         (self.workdir / "kubelet.yaml").write_text(yaml.safe_dump(kubelet))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import hoststate, network, procs
+from .node import containerd_root
 
 if TYPE_CHECKING:
     from .node import Api, RealNode
@@ -86,6 +87,7 @@ def teardown(node: RealNode, api: Api | None, *, grace: float, pod_timeout: floa
             api("DELETE", f"/api/v1/nodes/{node.name}")
     hoststate.unmount_under(node.workdir)
     hoststate.unmount_under(hoststate.RUN_DIR)
+    hoststate.unmount_under(containerd_root())
     network.delete_bridge()
     network.delete_nft_tables(node.bins.nft)
     left = [f"cgroup {p}" for p in hoststate.remove_cgroups()]
