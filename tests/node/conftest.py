@@ -72,6 +72,16 @@ class NodeCluster:
     # The host as it was before the node started (hoststate.snapshot()), for the teardown test.
     host_before: dict[str, Any]
 
+    def python_image(self) -> str:
+        """An image of ours with Python (agent, demo API or operator), as imported into the node."""
+        assert self.cluster.node is not None
+        names = self.cluster.node.import_images()
+        for wanted in ("agent", "demo-api", "operator"):
+            found = [n for n in names if n.startswith(f"localhost/agenttoken/{wanted}:")]
+            if found:
+                return found[0]
+        raise AssertionError(f"no Python image among {names}: run hack/build-images")
+
     def container_pid(self, ns: str, pod: str, container: str | None = None) -> int:
         """The host PID of a container's first process (its view of files: /proc/<pid>/root)."""
         status = self.kube.get_json("pod", pod, "-n", ns)
@@ -130,13 +140,15 @@ def pod_manifest(
     labels: dict[str, str] | None = None,
     service_account_token: bool = False,
     grace: int = 2,
+    interpreter: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A busybox pod pinned to the real node (never pulled: images are imported)."""
+    """A pod (busybox unless `image`) running `command` under `interpreter` (default `sh -c`), pinned to
+    the real node; never pulled: images are imported."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
         "imagePullPolicy": "Never",
-        "command": ["sh", "-c", command],
+        "command": [*(interpreter or ["sh", "-c"]), command],
         "volumeMounts": mounts or [],
     }
     return {
