@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from devcluster import DEFAULT_SYNC_FREQUENCY, LocalCluster, hoststate, network
+from devcluster import DEFAULT_SYNC_FREQUENCY, LocalCluster, network
 from devcluster.node import NODE_LABEL
 from tests.e2e.conftest import namespace  # noqa: F401 (fixture)
 from tests.e2e.kube import Kube, wait_for
@@ -109,7 +109,6 @@ def node_cluster(
     reason = cannot_run_containers()
     if reason:
         pytest.skip(f"no real node on this machine: {reason}")
-    before = hoststate.snapshot()
     cluster = LocalCluster(
         tmp_path_factory.mktemp("nodecluster"), real_node=True, sync_frequency=sync_frequency(request.config)
     )
@@ -118,7 +117,9 @@ def node_cluster(
     print(f"\ncluster with a real node ready in {cluster.started_in:.1f}s ({cluster.server}): {timings}")
     assert cluster.node is not None
     try:
-        yield NodeCluster(cluster, Kube(cluster.kubeconfig, name="realnode"), cluster.node.name, before)
+        yield NodeCluster(
+            cluster, Kube(cluster.kubeconfig, name="realnode"), cluster.node.name, cluster.node.host_before
+        )
     finally:
         cluster.stop(remove=False)
 

@@ -49,6 +49,8 @@ class LocalCluster:
     real_node: bool = False
     # kubelet's syncFrequency (how late Secret volume updates reach containers); upstream default.
     sync_frequency: str = DEFAULT_SYNC_FREQUENCY
+    # With a real node: how long to wait for another run's node to go (0: fail at once).
+    node_lock_wait: float = 0.0
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started_in: float = 0.0
@@ -196,6 +198,7 @@ class LocalCluster:
             server=self.server,
             address=self.host,
             sync_frequency=self.sync_frequency,
+            lock_wait=self.node_lock_wait,
         )
 
     def _authorize_kubelet_client(self) -> None:
