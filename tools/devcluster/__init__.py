@@ -10,15 +10,15 @@ Modules: binaries (versions, cache, build), pki, procs, cluster (the control pla
 configs, network, hoststate and teardown (the real node), devrun (`make run`).
 """
 
+from images.build import cache_root, images_dir
+
 from .binaries import (
     REPO_ROOT,
     Binaries,
     ClusterError,
     NodeBinaries,
     cache_bins_dir,
-    cache_root,
     ensure_binaries,
-    images_dir,
     kubectl_path,
     read_versions,
 )

@@ -29,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from images.build import cache_root, images_dir
+
 from . import hoststate, network, pki, procs
-from .binaries import ClusterError, NodeBinaries, cache_root, images_dir
+from .binaries import ClusterError, NodeBinaries
 from .configs import containerd_config, kube_proxy_config, kubelet_config
 
 NODE_NAME = "agenttoken-node"
