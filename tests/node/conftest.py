@@ -31,8 +31,6 @@ from tests.e2e.kube import Kube, wait_for
 
 BUSYBOX = "localhost/agenttoken/busybox:1"
 
-pytestmark = pytest.mark.node
-
 
 def cannot_run_containers() -> str | None:
     """Why this machine cannot run containers at all, or None. Anything else missing (binaries,
@@ -56,7 +54,11 @@ def cannot_run_containers() -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop the node run after all others of the session."""
+    """Every test here is a node test; those that stop the node run after all others."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.node)
     items.sort(key=lambda item: item.get_closest_marker("node_teardown") is not None)
 
 

@@ -4,8 +4,10 @@ the machine."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -168,3 +170,24 @@ def test_pods_cannot_reach_outside_the_machine(
     assert "rc=1" in logs
     took = int(re.search(r"took (\d+)s", logs).group(1))  # type: ignore[union-attr]
     assert took <= 1, f"the connection attempt waited instead of failing at once:\n{logs}"
+
+
+def _kubelet_get(node_cluster: NodeCluster, path: str, *, client_cert: bool) -> int:
+    node = node_cluster.cluster.node
+    assert node is not None
+    pki = node_cluster.cluster.workdir / "pki"
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if client_cert:
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    conn = http.client.HTTPSConnection(node.address, node.ports["kubelet"], context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_kubelet_api_refuses_anonymous_callers(node_cluster: NodeCluster) -> None:
+    # kubelet's serving certificate is signed by the cluster CA for the node's address.
+    assert _kubelet_get(node_cluster, "/pods", client_cert=False) == 401
+    assert _kubelet_get(node_cluster, "/pods", client_cert=True) == 200
