@@ -22,7 +22,8 @@ from .binaries import (
     kubectl_path,
     read_versions,
 )
-from .cluster import DEFAULT_DIR, KWOK_TAINT, NODE_NAME, LocalCluster, running_cluster
+from .cluster import DEFAULT_DIR, LocalCluster, running_cluster
+from .components import KWOK_TAINT, NODE_NAME
 from .devrun import OPERATOR_NAMESPACE, dev_run, install, kubeconfig_reachable
 from .node import DEFAULT_SYNC_FREQUENCY, RealNode
 from .pki import generate_pki, write_kubeconfig
