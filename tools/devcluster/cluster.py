@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from . import pki as pkimod
 from .binaries import Binaries, ClusterError, ensure_binaries
@@ -295,33 +294,6 @@ class LocalCluster(ControlPlaneComponents):
         self.state_file.write_text(json.dumps(state, indent=2))
 
     # -- HTTP helpers --
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        pki = self.workdir / "pki"
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-        return ctx
-
-    def api(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        timeout: float = 10.0,
-        content_type: str = "application/json",
-    ) -> tuple[int, bytes]:
-        """One request to the apiserver as the cluster admin. For fixtures, not the operator."""
-        conn = http.client.HTTPSConnection(
-            self.host, self.ports["apiserver"], context=self._ssl_context(), timeout=timeout
-        )
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": content_type} if payload else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
 
     def _api_ok(self, path: str) -> bool:
         return self.api("GET", path, timeout=3)[0] == 200

@@ -5,7 +5,9 @@ Mixed into LocalCluster (cluster.py), which owns the lifecycle: it spawns, waits
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedul
 
 
 class ControlPlaneComponents:
-    """The flags of etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok."""
+    """The flags of etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, and the
+    admin client the cluster talks to its apiserver with."""
 
     workdir: Path
     ports: dict[str, int]
@@ -30,6 +33,12 @@ class ControlPlaneComponents:
     def _spawn(self, component: str, argv: list[str]) -> None:
         raise NotImplementedError
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        pki = self.workdir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return ctx
+
     def api(
         self,
         method: str,
@@ -38,7 +47,18 @@ class ControlPlaneComponents:
         timeout: float = 10.0,
         content_type: str = "application/json",
     ) -> tuple[int, bytes]:
-        raise NotImplementedError
+        """One request to the apiserver as the cluster admin. For fixtures, not the operator."""
+        conn = http.client.HTTPSConnection(
+            self.host, self.ports["apiserver"], context=self._ssl_context(), timeout=timeout
+        )
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": content_type} if payload else {}
+            conn.request(method, path, body=payload, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def _start_etcd(self, bins: Binaries) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
