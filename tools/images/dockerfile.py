@@ -69,7 +69,10 @@ def _expand(value: str, env: dict[str, str]) -> str:
 
 
 def _exec_form(rest: str) -> list[str]:
-    value = json.loads(rest)
+    try:
+        value = json.loads(rest)
+    except json.JSONDecodeError:
+        value = None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected the JSON (exec) form, got {rest!r}")
     return value
