@@ -111,7 +111,8 @@ def main() -> int:
             try:
                 token, jti = read[mode]()
             except TokenUnavailableError as exc:
-                log(event="call", pod=pod, mode=mode, outcome="no-token", reason=type(exc).__name__)
+                # The SDK's messages name the file and token id, never the token.
+                log(event="call", pod=pod, mode=mode, outcome="no-token", reason=str(exc)[:300])
                 continue
             try:
                 status = call(url, mode, token, pod)

@@ -403,7 +403,7 @@ class DemoProgramImage(PythonImage):
     def config(self) -> oci.ImageConfig:
         config = super().config()
         config.entrypoint = ["python", f"/app/{self.program}"]
-        config.cmd = []
+        config.cmd = None
         config.exposed_ports = []
         return config
 
