@@ -30,7 +30,6 @@ from typing import Any
 import kubernetes
 
 from agenttoken.api import ANN_TOKEN_ID
-from agenttoken.devcluster import LocalCluster, install
 from agenttoken.model import parse_spec
 from agenttoken.schedule import renewal_time
 from agenttoken.secrets import TokenRecord
@@ -50,6 +49,7 @@ from benchsupport import (
     teardown,
     write,
 )
+from devcluster import LocalCluster, install
 from lifecycle import create_many
 
 NS, SHORT_NS = "steady", "steady-short"
