@@ -29,8 +29,10 @@ from images.recipes import (
     DEBIAN_PACKAGES,
     DEBIAN_SUITE,
     DISTRIBUTIONS,
+    HERE,
     MMDEBSTRAP_OPTIONS,
     NONROOT,
+    RECIPE_VERSION,
     REPO,
     Built,
     Recipe,
@@ -85,7 +87,16 @@ class PythonBase:
         ensure_debian_packages(["mmdebstrap"])
 
     def inputs(self, hasher: Hasher) -> None:
-        hasher.text("base", DEBIAN_SUITE, *DEBIAN_PACKAGES, *MMDEBSTRAP_OPTIONS, *BASE_ENV, str(NONROOT))
+        # RECIPE_VERSION: bump it when the steps below (compileall, the nonroot user) change.
+        hasher.text(
+            "base",
+            RECIPE_VERSION,
+            DEBIAN_SUITE,
+            *DEBIAN_PACKAGES,
+            *MMDEBSTRAP_OPTIONS,
+            *BASE_ENV,
+            str(NONROOT),
+        )
         hasher.text(debian_version("mmdebstrap"))
         for source in apt_sources():
             hasher.file(source)
@@ -111,17 +122,24 @@ class PythonBase:
         debian_tar = scratch / "debian.tar"
         log(f"python base: mmdebstrap {DEBIAN_SUITE} {' '.join(DEBIAN_PACKAGES)} (a minute or two)")
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(self.epoch)}
-        run(
-            [
-                "mmdebstrap",
-                "--quiet",
-                *MMDEBSTRAP_OPTIONS,
-                f"--include={','.join(DEBIAN_PACKAGES)}",
-                DEBIAN_SUITE,
-                debian_tar,
-            ],
-            env=env,
-        )
+        transcript = work_dir() / "mmdebstrap.log"
+        with transcript.open("w") as out:
+            debootstrap = subprocess.run(
+                [
+                    "mmdebstrap",
+                    "--quiet",
+                    *MMDEBSTRAP_OPTIONS,
+                    f"--include={','.join(DEBIAN_PACKAGES)}",
+                    DEBIAN_SUITE,
+                    debian_tar,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if debootstrap.returncode:
+            raise SystemExit(f"mmdebstrap failed ({debootstrap.returncode}); its output: {transcript}")
         for old in work_dir().glob("python-rootfs-*"):
             shutil.rmtree(old)
         rootfs = self.rootfs()
@@ -134,9 +152,9 @@ class PythonBase:
         layer = oci.LayerWriter(self.epoch)
         layer.add_tree(rootfs, owner=None)
         layer.discard(_keep_in_image)
-        result = layer.build()
+        built = layer.build()
         shutil.rmtree(scratch)
-        return result
+        return built
 
     def _finish(self, rootfs: Path) -> None:
         # Byte code that stays valid on a read-only root whatever the file times: mmdebstrap clamps
@@ -234,7 +252,11 @@ class Venv:
         self.base = base
 
     def inputs(self, hasher: Hasher) -> None:
-        hasher.text("venv", self.base.key())
+        # AGENTTOKEN_IMAGES_SALT forces a rebuild of the venv (bench/images.py times one).
+        hasher.text("venv", self.base.key(), os.environ.get("AGENTTOKEN_IMAGES_SALT", ""))
+        # The builder itself: a change to how layers are made rebuilds them (the Debian base has
+        # its own explicit inputs, as it is the slow one).
+        hasher.tree(HERE, sorted(HERE.glob("*.py")))
         for dist in DISTRIBUTIONS:
             root = (REPO / dist).resolve()
             hasher.text(dist).tree(REPO, _distribution_files(root))
