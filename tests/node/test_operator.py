@@ -357,8 +357,21 @@ def _time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _seconds(duration: str) -> float:
+    minutes = re.search(r"(\d+)m(?!s)", duration)
+    seconds = re.search(r"(\d+(?:\.\d+)?)s", duration)
+    return (int(minutes.group(1)) * 60 if minutes else 0) + (float(seconds.group(1)) if seconds else 0)
+
+
 @pytest.fixture(scope="module")
 def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentRun:
+    sync = node_cluster.cluster.sync_frequency
+    if _seconds(sync) > 10:
+        # Not a machine limit but this scenario's timing: with kubelet's default sync a volume
+        # reader sees a new file 60-90 s late, longer than this 60 s token lives (docs/agenttoken.md).
+        pytest.skip(
+            f"the agent scenario needs kubelet syncFrequency <= 10s (this node: {sync}); make test-node uses 5s"
+        )
     ns = "agents"
     kube.kubectl("create", "namespace", ns)
     kube.wait_default_sa(ns)
