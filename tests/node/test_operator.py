@@ -92,10 +92,10 @@ def release(kube: Kube, node_cluster: NodeCluster) -> Iterator[Release]:
     values = install_values()
     # Another test of the session may have applied the CRDs or the builtin issuer without Helm;
     # Helm refuses to adopt them, so the release then leaves them alone.
-    crds_from_chart = not _unowned(kube, "crd", "agenttokens.agenttoken.dev")
+    crds_from_chart = not _unowned(kube, "crd", "agenttokens.agenttoken.dev")  # absent or ours
     if not crds_from_chart:
         values += ["--set", "crds.enabled=false"]
-    if _unowned(kube, "clustertokenissuer", "builtin"):
+    if not crds_from_chart and _unowned(kube, "clustertokenissuer", "builtin"):
         values += ["--set", "builtinIssuer.enabled=false"]
     started = time.monotonic()
     helm(
