@@ -137,7 +137,11 @@ def test_operator_pod_runs_as_the_chart_says(kube: Kube, node_cluster: NodeClust
     mounts = mount_points(pid)
     assert "/tmp" in mounts, "the chart's emptyDir on /tmp"
     # In-cluster config: the ServiceAccount token kubelet projects, and the Service host env.
-    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts
+    # (/var/run is a symlink to /run in the Debian base: the runtime mounts at the resolved path.)
+    assert mounts & {
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+        "/run/secrets/kubernetes.io/serviceaccount",
+    }
     environ = dict(
         item.split("=", 1)
         for item in open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")  # noqa: SIM115
