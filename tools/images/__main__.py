@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         print(images_dir())
         return 0
     catalog = build_all(args.names or None, force=args.force)
-    print(json.dumps({name: record["reference"] for name, record in sorted(catalog.records.items())}, indent=2))
+    print(
+        json.dumps({name: record["reference"] for name, record in sorted(catalog.records.items())}, indent=2)
+    )
     return 0
 
 

@@ -89,7 +89,9 @@ def ensure_debian_packages(packages: Iterable[str]) -> None:
     log(f"installing Debian packages: {' '.join(missing)}")
     apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run([*apt, "install", "-y", "--no-install-recommends", *missing], env=env, check=False).returncode:
+    if subprocess.run(
+        [*apt, "install", "-y", "--no-install-recommends", *missing], env=env, check=False
+    ).returncode:
         run([*apt, "update"], env=env)
         run([*apt, "install", "-y", "--no-install-recommends", *missing], env=env)
 

@@ -19,7 +19,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 MEDIA_INDEX: Final = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
@@ -30,7 +30,13 @@ CONTAINERD_NAME: Final = "io.containerd.image.name"
 REF_NAME: Final = "org.opencontainers.image.ref.name"
 
 # Go's architecture names, as OCI configs use them.
-_ARCH: Final = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
+_ARCH: Final = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+}
 
 
 def host_architecture() -> str:
@@ -104,8 +110,8 @@ class LayerWriter:
         info.type, info.linkname, info.mode, info.mtime = tarfile.SYMTYPE, target, 0o777, self.epoch
         self.add(info)
 
-    def add_tree(self, root: Path, prefix: str = "", *, owner: tuple[int, int] = (0, 0)) -> None:
-        """A directory's content under `prefix`, owned by `owner` (default root), hard links kept."""
+    def add_tree(self, root: Path, prefix: str = "", *, owner: tuple[int, int] | None = (0, 0)) -> None:
+        """A directory's content under `prefix`, owned by `owner` (None: as on disk), hard links kept."""
         seen: dict[tuple[int, int], str] = {}
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root).as_posix()
@@ -113,7 +119,7 @@ class LayerWriter:
             st = path.lstat()
             info = tarfile.TarInfo(name)
             info.mode = stat.S_IMODE(st.st_mode)
-            info.uid, info.gid = owner
+            info.uid, info.gid = owner if owner else (st.st_uid, st.st_gid)
             info.mtime = int(st.st_mtime)
             content: Path | None = None
             if stat.S_ISDIR(st.st_mode):
@@ -131,7 +137,8 @@ class LayerWriter:
                 continue  # sockets, fifos, devices: the runtime provides /dev
             self.add(info, content)
         if prefix.strip("/"):
-            self.add_dir(prefix.strip("/"), uid=owner[0], gid=owner[1])
+            uid, gid = owner or (0, 0)
+            self.add_dir(prefix.strip("/"), uid=uid, gid=gid)
 
     def add_tar(self, tar_path: Path, keep: EntryFilter | None = None) -> None:
         """Every entry of an existing tar (e.g. a Debian rootfs), passed through `keep`."""
@@ -153,6 +160,15 @@ class LayerWriter:
 
     def names(self) -> set[str]:
         return set(self._entries)
+
+    def discard(self, keep: EntryFilter) -> None:
+        """Drop (or change) entries already added."""
+        for name, (info, content) in list(self._entries.items()):
+            kept = keep(info)
+            if kept is None:
+                del self._entries[name]
+            else:
+                self._entries[name] = (kept, content)
 
     def build(self) -> Layer:
         raw = io.BytesIO()
@@ -178,7 +194,9 @@ class ImageConfig:
 
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
-    env: list[str] = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    env: list[str] = field(
+        default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    )
     user: str = ""
     workdir: str = "/"
     exposed_ports: list[str] = field(default_factory=list)
@@ -221,7 +239,9 @@ def write_archive(
         "created": created,
         "config": config.to_json(),
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created": created, "created_by": f"{created_by} (layer {i})"} for i in range(len(layers))],
+        "history": [
+            {"created": created, "created_by": f"{created_by} (layer {i})"} for i in range(len(layers))
+        ],
     }
     blobs: dict[str, bytes] = {}
 
@@ -273,7 +293,7 @@ def write_archive(
     )
 
 
-def _drain(stream: IO[bytes]) -> int:
+def _drain(stream: gzip.GzipFile) -> int:
     total = 0
     while chunk := stream.read(1 << 20):
         total += len(chunk)
@@ -314,7 +334,9 @@ def read_archive(path: Path) -> ArchiveContents:
         entry = index["manifests"][0]
         manifest = json.loads(read("blobs/sha256/" + entry["digest"].removeprefix("sha256:")))
         config = json.loads(read("blobs/sha256/" + manifest["config"]["digest"].removeprefix("sha256:")))
-        layers = [read("blobs/sha256/" + layer["digest"].removeprefix("sha256:")) for layer in manifest["layers"]]
+        layers = [
+            read("blobs/sha256/" + layer["digest"].removeprefix("sha256:")) for layer in manifest["layers"]
+        ]
     return ArchiveContents(reference=entry["annotations"][CONTAINERD_NAME], config=config, layers=layers)
 
 
@@ -323,7 +345,7 @@ def unpack(contents: ArchiveContents, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for layer in contents.layers:
         with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
-            tar.extractall(dest, filter="tar" if hasattr(tarfile, "tar_filter") else None)
+            tar.extractall(dest, filter="tar")  # the filter refuses paths that escape dest
 
 
 def iter_layer_names(layer: bytes) -> Iterator[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -50,6 +51,7 @@ class Recipe(ABC):
 
     def prepare(self) -> None:
         """Install what building needs (Debian packages) before the inputs are hashed."""
+        return None
 
     @abstractmethod
     def inputs(self, hasher: Hasher) -> None: ...
@@ -116,8 +118,33 @@ class Busybox(Recipe):
         return Built([layer.build()], oci.ImageConfig(cmd=["sh"]), {})
 
 
+# Python distributions installed into /venv, in this order, for every Python image: paths relative
+# to the repository root. When the SDK becomes its own distribution, add "operator/sdk" here (and
+# to the Dockerfile's pip install). The three Python images share this one venv layer, so the node
+# stores it once; the agent and demo API need only the SDK from it.
+DISTRIBUTIONS: tuple[str, ...] = (".",)
+
+# The Debian side of the Python runtime base: what mmdebstrap installs.
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+MMDEBSTRAP_OPTIONS = (
+    "--variant=essential",
+    # merged /usr without the usrmerge package (which would pull in perl)
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+)
+BASE_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+NONROOT = 65532
+
+
 def all_recipes(epoch: int) -> list[Recipe]:
-    return [Pause(epoch), Busybox(epoch)]
+    from images.python import AgentImage, DemoApiImage, OperatorImage
+
+    return [Pause(epoch), Busybox(epoch), OperatorImage(epoch), AgentImage(epoch), DemoApiImage(epoch)]
 
 
 def build_all(names: list[str] | None = None, *, force: bool = False) -> Catalog:
@@ -125,12 +152,17 @@ def build_all(names: list[str] | None = None, *, force: bool = False) -> Catalog
     from images.build import images_dir
 
     out_dir = images_dir()
-    catalog = Catalog(out_dir)
     recipes = all_recipes(epoch)
     unknown = set(names or []) - {r.name for r in recipes}
     if unknown:
-        raise SystemExit(f"unknown image(s): {', '.join(sorted(unknown))}; known: {', '.join(r.name for r in recipes)}")
+        raise SystemExit(
+            f"unknown image(s): {', '.join(sorted(unknown))}; known: {', '.join(r.name for r in recipes)}"
+        )
     work_dir().mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache (make test-node and a developer may start one together).
+    lock = (work_dir() / "lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    catalog = Catalog(out_dir)
     for recipe in recipes:
         if names and recipe.name not in names:
             continue
