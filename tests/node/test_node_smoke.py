@@ -9,8 +9,12 @@ import json
 import re
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from devcluster import ClusterError, LocalCluster, network
 from devcluster.network import POD_CIDR
 from tests.e2e.kube import Kube, wait_for
 
@@ -191,3 +195,20 @@ def test_kubelet_api_refuses_anonymous_callers(node_cluster: NodeCluster) -> Non
     # kubelet's serving certificate is signed by the cluster CA for the node's address.
     assert _kubelet_get(node_cluster, "/pods", client_cert=False) == 401
     assert _kubelet_get(node_cluster, "/pods", client_cert=True) == 200
+
+
+def test_a_second_real_node_is_refused_and_harms_nothing(
+    kube: Kube, node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    tables = network.nft_tables()
+    second = LocalCluster(tmp_path / "second", real_node=True)
+    with pytest.raises(ClusterError, match="a real node already runs on this host") as refused:
+        second.start()
+    assert str(node_cluster.cluster.workdir) in str(refused.value)  # it names the holder
+    # The refused start stopped its own control plane and left the running node alone.
+    assert second.running_pids() == {}
+    assert network.BRIDGE in network.links()
+    assert set(tables) <= set(network.nft_tables())
+    node = kube.get_json("node", node_cluster.node_name)
+    assert node is not None
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
