@@ -28,6 +28,7 @@ help:
 	@echo "                   REAL_NODE=1: with a real node (SYNC_FREQUENCY=5s: kubelet syncFrequency)"
 	@echo "make cluster-down  stop it (and the real node, restoring the host)"
 	@echo "make import-images re-import <cache>/images/*.tar into the running real node"
+	@echo "make bench-node    the real node's figures -> bench/results/node.json"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +105,11 @@ bench: venv cluster-bins
 	$(PY) bench/crypto.py
 	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
 	$(PY) bench/report.py
+
+# The real node's figures (start, pod start, Secret propagation at two kubelet syncs, RSS): root,
+# and it waits for the host's one real node if another run holds it.
+bench-node: venv cluster-bins images
+	$(PY) bench/node.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
