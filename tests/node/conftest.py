@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from devcluster import DEFAULT_SYNC_FREQUENCY, LocalCluster, network
+from devcluster import DEFAULT_SYNC_FREQUENCY, ClusterError, LocalCluster, network
 from devcluster.node import NODE_LABEL
 from tests.e2e.conftest import namespace  # noqa: F401 (fixture)
 from tests.e2e.kube import Kube, wait_for
@@ -48,7 +48,7 @@ def cannot_run_containers() -> str | None:
         return "cannot create a network namespace here (unshare --net failed)"
     try:
         network.node_ip()
-    except Exception as exc:
+    except ClusterError as exc:
         return str(exc)
     return None
 
