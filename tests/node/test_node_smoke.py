@@ -201,7 +201,7 @@ def test_a_second_real_node_is_refused_and_harms_nothing(
     kube: Kube, node_cluster: NodeCluster, tmp_path: Path
 ) -> None:
     tables = network.nft_tables()
-    second = LocalCluster(tmp_path / "second", real_node=True)
+    second = LocalCluster(tmp_path / "second", real_node=True, node_lock_wait=0)
     with pytest.raises(ClusterError, match="a real node already runs on this host") as refused:
         second.start()
     assert str(node_cluster.cluster.workdir) in str(refused.value)  # it names the holder

@@ -44,8 +44,9 @@ class LocalCluster(ControlPlaneComponents):
     real_node: bool = False
     # kubelet's syncFrequency (how late Secret volume updates reach containers); upstream default.
     sync_frequency: str = DEFAULT_SYNC_FREQUENCY
-    # With a real node: how long to wait for another run's node to go (0: fail at once).
-    node_lock_wait: float = 0.0
+    # With a real node: how long to wait for another run's node to go (0: fail at once; None:
+    # env AGENTTOKEN_NODE_LOCK_WAIT, else 0).
+    node_lock_wait: float | None = None
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started_in: float = 0.0

@@ -71,11 +71,12 @@ HOST_PATHS = (
 # --- the host lock -----------------------------------------------------------------------------
 
 
-def acquire_lock(owner: Path, wait: float = 0.0) -> int:
+def acquire_lock(owner: Path, wait: float | None = None) -> int:
     """flock the host-wide lock and return its fd; the caller hands the fd to a long-lived
     process so the lock lives exactly as long as the node. If it is held, wait up to `wait`
-    seconds (default: not at all, env AGENTTOKEN_NODE_LOCK_WAIT), then fail saying who holds it."""
-    wait = float(os.environ.get("AGENTTOKEN_NODE_LOCK_WAIT", wait))
+    seconds (None: env AGENTTOKEN_NODE_LOCK_WAIT, else not at all), then fail naming the holder."""
+    if wait is None:
+        wait = float(os.environ.get("AGENTTOKEN_NODE_LOCK_WAIT", "0"))
     deadline = time.monotonic() + wait
     fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
     while True:

@@ -75,8 +75,9 @@ class RealNode:
     address: str
     sync_frequency: str = DEFAULT_SYNC_FREQUENCY
     name: str = NODE_NAME
-    # Seconds to wait for another run's node to go (the host lock); 0 fails at once.
-    lock_wait: float = 0.0
+    # Seconds to wait for another run's node to go (the host lock); 0 fails at once; None: env
+    # AGENTTOKEN_NODE_LOCK_WAIT, else 0.
+    lock_wait: float | None = None
     bins: NodeBinaries = field(default_factory=NodeBinaries.from_cache)
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)

@@ -82,7 +82,7 @@ def teardown(node: RealNode, api: Api | None, *, grace: float, pod_timeout: floa
         # Our lock holder is gone (a crash): clean the host only if the lock is free, i.e. no
         # other node has started since.
         try:
-            lock_fd = hoststate.acquire_lock(node.workdir)
+            lock_fd = hoststate.acquire_lock(node.workdir, wait=0)
         except ClusterError as exc:
             _stop_processes(node, api=None, grace=grace, pod_timeout=pod_timeout)
             return [f"host state of {node.workdir} not restored: {exc}"]
