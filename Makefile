@@ -34,6 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	@# tools/ (devcluster, images: dev and test infrastructure, not shipped) importable from the venv too
+	$(VENV)/bin/python -c 'import sysconfig; open(sysconfig.get_paths()["purelib"] + "/agenttoken-dev-tools.pth", "w").write("$(CURDIR)/tools\n")'
 	touch $@
 
 venv: $(VENV)/.installed
