@@ -202,8 +202,11 @@ def test_a_second_real_node_is_refused_and_harms_nothing(
 ) -> None:
     tables = network.nft_tables()
     second = LocalCluster(tmp_path / "second", real_node=True, node_lock_wait=0)
-    with pytest.raises(ClusterError, match="a real node already runs on this host") as refused:
-        second.start()
+    try:
+        with pytest.raises(ClusterError, match="a real node already runs on this host") as refused:
+            second.start()
+    finally:
+        second.stop()  # a no-op after the refusal; stops it all if it started after all
     assert str(node_cluster.cluster.workdir) in str(refused.value)  # it names the holder
     # The refused start stopped its own control plane and left the running node alone.
     assert second.running_pids() == {}
