@@ -24,6 +24,7 @@ import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,7 +145,7 @@ def test_operator_pod_runs_as_the_chart_says(kube: Kube, node_cluster: NodeClust
     }
     environ = dict(
         item.split("=", 1)
-        for item in open(f"/proc/{pid}/environ", "rb").read().decode().split("\0")  # noqa: SIM115
+        for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
         if "=" in item
     )
     assert environ.get("KUBERNETES_SERVICE_HOST")
