@@ -39,7 +39,6 @@ from .operator_setup import (
     ISSUER,
     OPERATOR_NS,
     RELEASE,
-    busybox_fetch,
     cgroup_memory_bytes,
     container_ids,
     helm,
@@ -50,6 +49,7 @@ from .operator_setup import (
     json_lines,
     mount_points,
     operator_pods,
+    pod_fetch,
     proc_status,
     ready_operator_pod,
     root_mount_options,
@@ -158,7 +158,7 @@ def test_discovery_jwks_and_revocations_through_the_service(
     kube: Kube, release: Release, namespace: str
 ) -> None:
     base = f"http://{release.service_ip}:8080/issuers/builtin"
-    discovery, jwks, revocations = busybox_fetch(
+    discovery, jwks, revocations = pod_fetch(
         kube,
         namespace,
         "fetch-issuer",
@@ -636,7 +636,7 @@ def test_helm_upgrade_replaces_the_pod_and_keeps_serving(
     )
     assert bundle["tokenId"]
     # Changing the algorithm rotates with overlap: the JWKS now holds an Ed25519 key beside the old one.
-    (jwks,) = busybox_fetch(kube, namespace, "fetch-jwks", [f"http://{release.service_ip}:8080/jwks.json"])
+    (jwks,) = pod_fetch(kube, namespace, "fetch-jwks", [f"http://{release.service_ip}:8080/jwks.json"])
     kinds = {key.get("kty") for key in json.loads(jwks)["keys"]}
     assert "OKP" in kinds
 
