@@ -29,9 +29,12 @@ help:
 	@echo "make cluster-down  stop it (and the real node, restoring the host)"
 	@echo "make import-images re-import <cache>/images/*.tar into the running real node"
 
-$(VENV)/.installed: pyproject.toml
+# The SDK (operator/sdk) first: the operator depends on agent-token-sdk, which must resolve to this
+# checkout (pip then finds it installed and never asks PyPI for it).
+$(VENV)/.installed: pyproject.toml operator/sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e 'operator/sdk[metrics]'
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 

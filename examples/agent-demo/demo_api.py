@@ -25,7 +25,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agenttoken.verify import VerificationError, Verifier
+from agenttoken_sdk.verify import VerificationError, Verifier
 
 _counts: collections.Counter[str] = collections.Counter()
 _counts_lock = threading.Lock()

@@ -20,11 +20,11 @@ import pytest
 from joserfc import jwk, jwt
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agenttoken.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
-from agenttoken.revocation import Revoked, to_json
-from agenttoken.tokens import CLAIM_NAMESPACE, MintedToken, TokenRequest, mint
-from agenttoken.verify import CHECKS, Claims, VerificationError, Verifier
-from agenttoken.verifylog import VerificationAudit
+from agenttoken.core.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
+from agenttoken.core.revocation import Revoked, to_json
+from agenttoken.core.tokens import CLAIM_NAMESPACE, MintedToken, TokenRequest, mint
+from agenttoken_sdk.verify import CHECKS, Claims, VerificationError, Verifier
+from agenttoken_sdk.verifylog import VerificationAudit
 
 ISSUER = "https://issuer.example.com"
 AUDIENCE = "https://api.example.com"
