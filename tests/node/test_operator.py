@@ -310,6 +310,9 @@ class Rotation:
     revision_before: int = 0
     revision_after: int = 0
     operator_killed: bool = False
+    # Wall times of the kill and of the replacement pod's readiness (for the log).
+    killed_at: float | None = None
+    replacement_ready_at: float | None = None
 
 
 @dataclass
@@ -434,6 +437,7 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
                 killed_pod = pod["metadata"]["name"]
                 kube.kubectl("delete", "pod", killed_pod, "-n", OPERATOR_NS, "--grace-period=0", "--force")
                 rotation.operator_killed = True
+                rotation.killed_at = time.time()
             pods = wait_for(
                 f"all agent-restart pods on token {rotation.token_id[:8]}",
                 lambda: _all_replaced(kube, ns, rotation.token_id),  # noqa: B023 (called inside the loop)
@@ -445,6 +449,7 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
             rotation.revision_after = _revision(kube, ns, "agent-restart")
             if rotation.operator_killed:
                 replacement_pod = ready_operator_pod(kube)["metadata"]["name"]
+                rotation.replacement_ready_at = time.time()
         # The last rotation's predecessor is revoked (revokeAfter after the rollout); the agents
         # keep calling after that, and none of those calls may be refused.
         if len(rotations) >= 2:
