@@ -515,8 +515,14 @@ def test_demo_api_rejected_no_call(agent_run: AgentRun) -> None:
     by_check: dict[str, int] = {}
     for line in rejected:
         by_check[line.get("check", "?")] = by_check.get(line.get("check", "?"), 0) + 1
+    kill = next((r for r in agent_run.rotations if r.operator_killed), None)
+    timeline = (
+        f"; operator pod killed at {kill.killed_at:.2f}, replacement Ready at {kill.replacement_ready_at:.2f}"
+        if kill and kill.killed_at and kill.replacement_ready_at
+        else ""
+    )
     assert not rejected, (
-        f"{len(rejected)} of {len(requests)} calls rejected, by check: {by_check}; first: {rejected[:3]}"
+        f"{len(rejected)} of {len(requests)} calls rejected, by check: {by_check}{timeline}; first: {rejected[:3]}"
     )
     modes = {line["mode"] for line in accepted}
     assert modes == {"volume", "env", "subpath"}
