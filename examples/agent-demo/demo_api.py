@@ -13,6 +13,8 @@ Configuration (environment):
   JWKS_URL          e.g. http://agent-token-operator.agenttoken-system.svc:8080/jwks.json
   REVOCATIONS_URL   e.g. http://agent-token-operator.agenttoken-system.svc:8080/revocations.json
   REQUIRED_SCOPES   space-separated scopes every call needs (default: none)
+  REVOCATIONS_STALE_GRACE  seconds the last revocation list keeps answering when the operator
+                    cannot be reached (default 0: fail closed at once; see the SDK's Verifier)
   PORT              default 8080
 """
 
@@ -23,6 +25,7 @@ import json
 import os
 import threading
 import time
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agenttoken_sdk.verify import VerificationError, Verifier
@@ -95,6 +98,7 @@ def main() -> int:
         audience=os.environ["AUDIENCE"],
         jwks_url=os.environ["JWKS_URL"],
         revocations_url=os.environ.get("REVOCATIONS_URL") or None,
+        revocations_stale_grace=timedelta(seconds=float(os.environ.get("REVOCATIONS_STALE_GRACE", "0"))),
         # The verifier's own audit log would repeat each line above; one line per request.
         audit=False,
     )

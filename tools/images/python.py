@@ -333,8 +333,17 @@ def download_wheels(wheelhouse: Path, distributions: tuple[str, ...]) -> list[st
     own = wheelhouse / "own"
     own.mkdir()
     pip = [sys.executable, "-m", "pip"]
-    for dist in distributions:
-        run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", own, REPO / dist])
+    for i, dist in enumerate(distributions):
+        # From a copy of exactly the files the cache key hashed (as the Dockerfile's COPY): a
+        # checkout's leftover build/ directory would otherwise put stale modules into the wheel.
+        root = (REPO / dist).resolve()
+        source = wheelhouse / f"src-{i}"
+        for path in _distribution_files(root):
+            target = source / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", own, source])
+        shutil.rmtree(source)
     names = sorted(p.name for p in own.glob("*.whl"))
     for wheel in own.iterdir():
         wheel.replace(wheelhouse / wheel.name)

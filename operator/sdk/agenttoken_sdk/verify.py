@@ -18,7 +18,11 @@ Design choices, and why:
   refresh, at most once per jwks_min_refresh, so garbage kids cannot make us hammer the issuer.
 * The revocation list is cached for at most revocations_max_age (500 ms by default) so a revocation
   bites within a second. When it cannot be fetched or parsed we fail closed (check "revoked"): an
-  API that accepted revoked tokens during an outage would make revocation useless. Only the "jti"
+  API that accepted revoked tokens during an outage would make revocation useless. The one bounded
+  exception is revocations_stale_grace (default 0: none): the last list fetched successfully keeps
+  answering for that long after it was fetched, so a restart of the operator (one replica: seconds
+  without a pod behind its Service) does not refuse every call; no revocation can be published
+  while the operator is down anyway. Only the "jti"
   of each entry is read, so an entry with a malformed time still revokes.
 * Bindings fail safe: with Verifier.environment set, a token without "env" is rejected; a token with
   "cidr" is rejected when the caller's address is unknown.
@@ -242,6 +246,7 @@ class Verifier:
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
+        revocations_stale_grace: timedelta = timedelta(0),
         audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
         if not issuer:
@@ -263,6 +268,7 @@ class Verifier:
             ("leeway", leeway),
             ("jwks_min_refresh", jwks_min_refresh),
             ("revocations_max_age", revocations_max_age),
+            ("revocations_stale_grace", revocations_stale_grace),
         ):
             if value < timedelta(0):
                 raise ValueError(f"{name} must not be negative")
@@ -281,6 +287,7 @@ class Verifier:
         self._fetch = fetch if fetch is not None else urllib_fetch
         self._jwks_min_refresh = jwks_min_refresh
         self._revocations_max_age = revocations_max_age
+        self._revocations_stale_grace = revocations_stale_grace
         # None: the default record (global Prometheus registry, logger agenttoken.verify.audit).
         self._audit = None if audit is False else (audit or VerificationAudit())
 
@@ -291,6 +298,7 @@ class Verifier:
         self._revocations_lock = threading.Lock()
         self._revoked: frozenset[str] = frozenset()
         self._revocations_fetched_at: datetime | None = None  # last successful fetch
+        self._revocations_tried_at: datetime | None = None  # last fetch attempt
 
     def __repr__(self) -> str:
         return f"Verifier(issuer={self._issuer!r}, audience={self._audience!r})"
@@ -537,17 +545,28 @@ class Verifier:
     def _revoked_ids(self, now: datetime) -> frozenset[str]:
         assert self._revocations_url is not None
         with self._revocations_lock:
-            last = self._revocations_fetched_at
-            if last is None or now < last or now - last >= self._revocations_max_age:
+            ok_at = self._revocations_fetched_at
+            if ok_at is not None and ok_at <= now < ok_at + self._revocations_max_age:
+                return self._revoked
+            tried = self._revocations_tried_at
+            # While serving a stale list, try again at most once per max age (not per call).
+            if (
+                not self._revocations_stale_grace
+                or tried is None
+                or now < tried
+                or now - tried >= self._revocations_max_age
+            ):
+                self._revocations_tried_at = now
                 try:
-                    self._revoked = self._parse_revocations(self._fetch(self._revocations_url))
-                except Exception:  # fail closed, whatever went wrong
-                    self._revocations_fetched_at = None
-                    raise VerificationError(
-                        "revoked", "the revocation list is unavailable; failing closed"
-                    ) from None
-                self._revocations_fetched_at = now
-            return self._revoked
+                    fetched = self._parse_revocations(self._fetch(self._revocations_url))
+                except Exception:  # whatever went wrong: the stale list within its grace, or fail closed
+                    fetched = None
+                if fetched is not None:
+                    self._revoked, self._revocations_fetched_at = fetched, now
+                    return fetched
+            if ok_at is not None and ok_at <= now <= ok_at + self._revocations_stale_grace:
+                return self._revoked
+            raise VerificationError("revoked", "the revocation list is unavailable; failing closed")
 
     @staticmethod
     def _parse_revocations(body: bytes) -> frozenset[str]:
