@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+# One cache layout for binaries and images (the image builder needs only the standard library).
+from images.build import cache_root as cache_root
+from images.build import images_dir as images_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
@@ -28,21 +31,8 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
     return versions
 
 
-def cache_root() -> Path:
-    root = os.environ.get("AGENTTOKEN_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "agent-token-operator"
-
-
 def cache_bins_dir() -> Path:
     return cache_root() / "bins"
-
-
-def images_dir() -> Path:
-    """OCI archives built by hack/build-images; the real node imports every `*.tar` found here."""
-    return cache_root() / "images"
 
 
 @dataclass(frozen=True)
