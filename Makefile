@@ -106,7 +106,7 @@ bench: venv cluster-bins
 	$(PY) bench/api_economy.py
 	$(PY) bench/crypto.py
 	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
-	$(PY) bench/images.py
+	$(PY) bench/image_builds.py
 	$(PY) bench/report.py
 
 clean:

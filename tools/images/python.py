@@ -256,7 +256,7 @@ class Venv:
         self.kind = "venv-" + "-".join(Path(d).name or "root" for d in distributions).replace(".", "root")
 
     def inputs(self, hasher: Hasher) -> None:
-        # AGENTTOKEN_IMAGES_SALT forces a rebuild of the venv (bench/images.py times one).
+        # AGENTTOKEN_IMAGES_SALT forces a rebuild of the venv (bench/image_builds.py times one).
         hasher.text("venv", self.base.key(), os.environ.get("AGENTTOKEN_IMAGES_SALT", ""))
         # The builder itself: a change to how layers are made rebuilds them (the Debian base has
         # its own explicit inputs, as it is the slow one).

@@ -1,7 +1,7 @@
 """Image builds: cold (empty cache: mmdebstrap, wheels from PyPI), warm (nothing changed) and after
 an edit of the operator's source (the venv and the three Python images again), plus image sizes.
 
-    python bench/images.py            # writes bench/results/images.json
+    python bench/image_builds.py            # writes bench/results/images.json
 
 The cold build uses a fresh cache directory of its own (AGENTTOKEN_CACHE), so the real cache is
 neither used nor disturbed; the edit is simulated by a changed input hash (no file is touched).
@@ -55,8 +55,9 @@ def main() -> None:
         for name, r in sorted(catalog.items())
     }
     results["note"] = (
-        "operator, agent and demo-api share the Debian base and /venv layers (same digests): a node"
-        " stores them once; agent and demo-api add one small layer each"
+        "operator, agent and demo-api share the Debian python base layer (106 MB unpacked) and agent"
+        " and demo-api also the SDK venv (same digests: a node stores them once); 'cold' starts from"
+        " an empty project cache (mmdebstrap, wheels; pip's own download cache may be warm)"
     )
     write("images", results)
 
