@@ -28,6 +28,7 @@ help:
 	@echo "                   REAL_NODE=1: with a real node (SYNC_FREQUENCY=5s: kubelet syncFrequency)"
 	@echo "make cluster-down  stop it (and the real node, restoring the host)"
 	@echo "make import-images re-import <cache>/images/*.tar into the running real node"
+	@echo "make bench-node    the real node's figures -> bench/results/node.json"
 
 # The SDK (operator/sdk) first: the operator depends on agent-token-sdk, which must resolve to this
 # checkout (pip then finds it installed and never asks PyPI for it).
@@ -108,6 +109,11 @@ bench: venv cluster-bins
 	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
 	$(PY) bench/image_builds.py
 	$(PY) bench/report.py
+
+# The real node's figures (start, pod start, Secret propagation at two kubelet syncs, RSS): root,
+# and it waits for the host's one real node if another run holds it.
+bench-node: venv cluster-bins images
+	$(PY) bench/node.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,8 @@ from devcluster.node import NODE_LABEL
 
 NS = "bench"
 BUSYBOX = "localhost/agenttoken/busybox:1"
+# One real node per host: wait for another run's node instead of failing.
+LOCK_WAIT = 1800.0
 
 
 def _manifests(pods: int) -> str:
@@ -162,7 +164,7 @@ def _sync_seconds(text: str) -> float:
 
 def run_one(sync: str, pods: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
-        cluster = LocalCluster(Path(tmp), real_node=True, sync_frequency=sync)
+        cluster = LocalCluster(Path(tmp), real_node=True, sync_frequency=sync, node_lock_wait=LOCK_WAIT)
         cluster.start()
         try:
             timings = {k: round(v, 2) for k, v in cluster.timings.items()}
@@ -200,7 +202,7 @@ def main() -> None:
     starts = [r["start"] for r in runs]
     for _ in range(args.extra_starts):
         with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
-            cluster = LocalCluster(Path(tmp), real_node=True)
+            cluster = LocalCluster(Path(tmp), real_node=True, node_lock_wait=LOCK_WAIT)
             cluster.start()
             starts.append({k: round(v, 2) for k, v in cluster.timings.items()})
             cluster.stop()

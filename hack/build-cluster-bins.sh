@@ -211,11 +211,13 @@ build_cni() {
   echo "$v" > "$cni_dir/.version"
 }
 
-# runc (containerd's runtime) and nft (kube-proxy's nftables mode, our pod-network table).
+# runc (containerd's runtime), nft (kube-proxy's nftables mode, our pod-network table), ip.
 ensure_debian_packages() {
   local missing=()
   command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || missing+=(runc)
   command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
+  # `ip` (the node's address, links) for tools/devcluster; minimal images lack it.
+  command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || [[ -x /sbin/ip ]] || missing+=(iproute2)
   if [[ ${#missing[@]} == 0 ]]; then
     log "runc, nft: present ($(runc --version 2>/dev/null | head -1))"; return
   fi

@@ -24,14 +24,12 @@ from typing import Any
 
 import pytest
 
-from devcluster import DEFAULT_SYNC_FREQUENCY, LocalCluster, hoststate, network
+from devcluster import DEFAULT_SYNC_FREQUENCY, ClusterError, LocalCluster, network
 from devcluster.node import NODE_LABEL
 from tests.e2e.conftest import namespace  # noqa: F401 (fixture)
 from tests.e2e.kube import Kube, wait_for
 
 BUSYBOX = "localhost/agenttoken/busybox:1"
-
-pytestmark = pytest.mark.node
 
 
 def cannot_run_containers() -> str | None:
@@ -50,13 +48,17 @@ def cannot_run_containers() -> str | None:
         return "cannot create a network namespace here (unshare --net failed)"
     try:
         network.node_ip()
-    except Exception as exc:
+    except ClusterError as exc:
         return str(exc)
     return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that stop the node run after all others of the session."""
+    """Every test here is a node test; those that stop the node run after all others."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.node)
     items.sort(key=lambda item: item.get_closest_marker("node_teardown") is not None)
 
 
@@ -71,6 +73,16 @@ class NodeCluster:
     node_name: str
     # The host as it was before the node started (hoststate.snapshot()), for the teardown test.
     host_before: dict[str, Any]
+
+    def python_image(self) -> str:
+        """An image of ours with Python (agent, demo API or operator), as imported into the node."""
+        assert self.cluster.node is not None
+        names = self.cluster.node.import_images()
+        for wanted in ("agent", "demo-api", "operator"):
+            found = [n for n in names if n.startswith(f"localhost/agenttoken/{wanted}:")]
+            if found:
+                return found[0]
+        raise AssertionError(f"no Python image among {names}: run hack/build-images")
 
     def container_pid(self, ns: str, pod: str, container: str | None = None) -> int:
         """The host PID of a container's first process (its view of files: /proc/<pid>/root)."""
@@ -99,7 +111,6 @@ def node_cluster(
     reason = cannot_run_containers()
     if reason:
         pytest.skip(f"no real node on this machine: {reason}")
-    before = hoststate.snapshot()
     cluster = LocalCluster(
         tmp_path_factory.mktemp("nodecluster"), real_node=True, sync_frequency=sync_frequency(request.config)
     )
@@ -108,7 +119,9 @@ def node_cluster(
     print(f"\ncluster with a real node ready in {cluster.started_in:.1f}s ({cluster.server}): {timings}")
     assert cluster.node is not None
     try:
-        yield NodeCluster(cluster, Kube(cluster.kubeconfig, name="realnode"), cluster.node.name, before)
+        yield NodeCluster(
+            cluster, Kube(cluster.kubeconfig, name="realnode"), cluster.node.name, cluster.node.host_before
+        )
     finally:
         cluster.stop(remove=False)
 
@@ -130,13 +143,15 @@ def pod_manifest(
     labels: dict[str, str] | None = None,
     service_account_token: bool = False,
     grace: int = 2,
+    interpreter: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A busybox pod pinned to the real node (never pulled: images are imported)."""
+    """A pod (busybox unless `image`) running `command` under `interpreter` (default `sh -c`), pinned to
+    the real node; never pulled: images are imported."""
     container: dict[str, Any] = {
         "name": "main",
         "image": image,
         "imagePullPolicy": "Never",
-        "command": ["sh", "-c", command],
+        "command": [*(interpreter or ["sh", "-c"]), command],
         "volumeMounts": mounts or [],
     }
     return {

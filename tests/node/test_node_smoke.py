@@ -4,11 +4,17 @@ the machine."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from devcluster import ClusterError, LocalCluster, network
 from devcluster.network import POD_CIDR
 from tests.e2e.kube import Kube, wait_for
 
@@ -80,23 +86,43 @@ def test_secret_volume_and_its_update_reach_the_container(
     )
 
 
+WHOAMI = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+print("service", f"{host}:{port}")
+# In-cluster config as client libraries do it: the Service IP, the mounted CA, the mounted token.
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+request = urllib.request.Request(
+    f"https://{host}:{port}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=json.dumps(review).encode(),
+    headers={"Authorization": "Bearer " + open(f"{sa}/token").read(), "Content-Type": "application/json"},
+)
+print(json.dumps(json.load(urllib.request.urlopen(request, context=context, timeout=10))["status"]["userInfo"]))
+"""
+
+
 def test_pod_reaches_the_apiserver_through_the_kubernetes_service(
-    kube: Kube, namespace: str, run_pod: Callable[..., dict[str, Any]]
+    kube: Kube, node_cluster: NodeCluster, namespace: str, run_pod: Callable[..., dict[str, Any]]
 ) -> None:
-    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
-    review = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    script = (
-        f'echo "service $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
-        f'wget -q -O- --header "Authorization: Bearer $(cat {sa}/token)" '
-        f"--header 'Content-Type: application/json' --post-data '{review}' "
-        f'"https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews"'
+    # A Python image built here (busybox's wget speaks no TLS the apiserver accepts); the serving
+    # certificate is verified against the ServiceAccount's CA for the Service IP.
+    image = node_cluster.python_image()
+    pod = run_pod(
+        "whoami",
+        namespace,
+        WHOAMI,
+        until="done",
+        service_account_token=True,
+        image=image,
+        interpreter=["python", "-c"],
     )
-    pod = run_pod("whoami", namespace, script, until="done", service_account_token=True)
     logs = kube.kubectl("logs", "-n", namespace, "whoami").stdout
     assert pod["status"]["phase"] == "Succeeded", logs
     assert "service 10.0.0.1:443" in logs
-    body = json.loads(logs.split("\n", 1)[1])
-    assert body["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:default"
+    user = json.loads(logs.strip().splitlines()[-1])
+    assert user["username"] == f"system:serviceaccount:{namespace}:default"
 
 
 def test_pods_reach_each_other_through_a_service(
@@ -121,8 +147,14 @@ def test_pods_reach_each_other_through_a_service(
     service = kube.get_json("service", "web", "-n", namespace)
     assert service is not None
     ip = service["spec"]["clusterIP"]
-    run_pod("client", namespace, f"wget -q -T 10 -O- http://{ip}/index.html", until="done")
-    assert kube.kubectl("logs", "-n", namespace, "client").stdout.strip() == "hello-from-web"
+    # The Service's endpoints reach kube-proxy a moment after it exists: try for a while.
+    # (nc, not wget: Debian's static busybox wget segfaults on plain http here)
+    get = f"printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80"
+    script = f"for i in $(seq 30); do {get} | grep hello-from-web && exit 0; sleep 1; done; exit 1"
+    pod = run_pod("client", namespace, script, until="done", timeout=90)
+    logs = kube.kubectl("logs", "-n", namespace, "client").stdout
+    assert pod["status"]["phase"] == "Succeeded", logs
+    assert "hello-from-web" in logs
 
 
 def test_pods_cannot_reach_outside_the_machine(
@@ -142,3 +174,41 @@ def test_pods_cannot_reach_outside_the_machine(
     assert "rc=1" in logs
     took = int(re.search(r"took (\d+)s", logs).group(1))  # type: ignore[union-attr]
     assert took <= 1, f"the connection attempt waited instead of failing at once:\n{logs}"
+
+
+def _kubelet_get(node_cluster: NodeCluster, path: str, *, client_cert: bool) -> int:
+    node = node_cluster.cluster.node
+    assert node is not None
+    pki = node_cluster.cluster.workdir / "pki"
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if client_cert:
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    conn = http.client.HTTPSConnection(node.address, node.ports["kubelet"], context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_kubelet_api_refuses_anonymous_callers(node_cluster: NodeCluster) -> None:
+    # kubelet's serving certificate is signed by the cluster CA for the node's address.
+    assert _kubelet_get(node_cluster, "/pods", client_cert=False) == 401
+    assert _kubelet_get(node_cluster, "/pods", client_cert=True) == 200
+
+
+def test_a_second_real_node_is_refused_and_harms_nothing(
+    kube: Kube, node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    tables = network.nft_tables()
+    second = LocalCluster(tmp_path / "second", real_node=True)
+    with pytest.raises(ClusterError, match="a real node already runs on this host") as refused:
+        second.start()
+    assert str(node_cluster.cluster.workdir) in str(refused.value)  # it names the holder
+    # The refused start stopped its own control plane and left the running node alone.
+    assert second.running_pids() == {}
+    assert network.BRIDGE in network.links()
+    assert set(tables) <= set(network.nft_tables())
+    node = kube.get_json("node", node_cluster.node_name)
+    assert node is not None
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"

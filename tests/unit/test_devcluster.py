@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import json
+import tarfile
 from pathlib import Path
 
 import yaml
@@ -21,6 +24,7 @@ from devcluster import (
     read_versions,
     write_kubeconfig,
 )
+from devcluster.node import archive_reference
 from devcluster.pki import KUBERNETES_SERVICE_IP
 
 
@@ -133,3 +137,26 @@ def test_host_state_helpers(tmp_path: Path) -> None:
     values = hoststate.read_sysctls(("kernel.ostype", "no.such.key"))
     assert values == {"kernel.ostype": "Linux"}
     assert hoststate.restore_sysctls(values) == []
+
+
+def test_archive_reference_reads_the_oci_index(tmp_path: Path) -> None:
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": "sha256:" + "a" * 64,
+                "size": 1,
+                "annotations": {"io.containerd.image.name": "localhost/agenttoken/pause:1"},
+            }
+        ],
+    }
+    archive = tmp_path / "pause.tar"
+    data = json.dumps(index).encode()
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert archive_reference(archive) == ("localhost/agenttoken/pause:1", "sha256:" + "a" * 64)
+    (tmp_path / "broken.tar").write_bytes(b"not a tar")
+    assert archive_reference(tmp_path / "broken.tar") is None

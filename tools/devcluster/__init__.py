@@ -10,19 +10,20 @@ Modules: binaries (versions, cache, build), pki, procs, cluster (the control pla
 configs, network, hoststate and teardown (the real node), devrun (`make run`).
 """
 
+from images.build import cache_root, images_dir
+
 from .binaries import (
     REPO_ROOT,
     Binaries,
     ClusterError,
     NodeBinaries,
     cache_bins_dir,
-    cache_root,
     ensure_binaries,
-    images_dir,
     kubectl_path,
     read_versions,
 )
-from .cluster import DEFAULT_DIR, KWOK_TAINT, NODE_NAME, LocalCluster, running_cluster
+from .cluster import DEFAULT_DIR, LocalCluster, running_cluster
+from .components import KWOK_TAINT, NODE_NAME
 from .devrun import OPERATOR_NAMESPACE, dev_run, install, kubeconfig_reachable
 from .node import DEFAULT_SYNC_FREQUENCY, RealNode
 from .pki import generate_pki, write_kubeconfig

@@ -8,9 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# One cache layout for binaries and images (the image builder needs only the standard library).
-from images.build import cache_root as cache_root
-from images.build import images_dir as images_dir
+# One cache for binaries and images: `images` (tools/images, hack/build-images) defines it.
+from images.build import cache_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"

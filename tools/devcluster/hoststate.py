@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,21 @@ HOST_PATHS = (
 # --- the host lock -----------------------------------------------------------------------------
 
 
-def acquire_lock(owner: Path) -> int:
-    """flock the host-wide lock (non-blocking) and return its fd; the caller hands the fd to a
-    long-lived process so the lock lives exactly as long as the node. Fails clearly if held."""
+def acquire_lock(owner: Path, wait: float = 0.0) -> int:
+    """flock the host-wide lock and return its fd; the caller hands the fd to a long-lived
+    process so the lock lives exactly as long as the node. If it is held, wait up to `wait`
+    seconds (default: not at all, env AGENTTOKEN_NODE_LOCK_WAIT), then fail saying who holds it."""
+    wait = float(os.environ.get("AGENTTOKEN_NODE_LOCK_WAIT", wait))
+    deadline = time.monotonic() + wait
     fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(1)
+                continue
         holder = Path(LOCK_PATH).read_text().strip() or "unknown"
         os.close(fd)
         raise ClusterError(

@@ -29,8 +29,10 @@ from typing import Any
 
 import yaml
 
+from images.build import cache_root, images_dir
+
 from . import hoststate, network, pki, procs
-from .binaries import ClusterError, NodeBinaries, cache_root, images_dir
+from .binaries import ClusterError, NodeBinaries
 from .configs import containerd_config, kube_proxy_config, kubelet_config
 
 NODE_NAME = "agenttoken-node"
@@ -73,10 +75,14 @@ class RealNode:
     address: str
     sync_frequency: str = DEFAULT_SYNC_FREQUENCY
     name: str = NODE_NAME
+    # Seconds to wait for another run's node to go (the host lock); 0 fails at once.
+    lock_wait: float = 0.0
     bins: NodeBinaries = field(default_factory=NodeBinaries.from_cache)
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # hoststate.snapshot() once the lock is ours, before the node changed anything.
+    host_before: dict[str, Any] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # -- paths --
@@ -131,7 +137,7 @@ class RealNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         t0 = time.monotonic()
-        fd = hoststate.acquire_lock(self.workdir)
+        fd = hoststate.acquire_lock(self.workdir, wait=self.lock_wait)
         try:
             holder = procs.spawn(
                 hoststate.lock_holder_argv(sys.executable, self.workdir),
@@ -147,6 +153,7 @@ class RealNode:
         network.delete_bridge()
         network.delete_nft_tables(self.bins.nft)
         hoststate.save_before(self.workdir / "host-before.json")
+        self.host_before = hoststate.snapshot()
         hoststate.RUN_DIR.mkdir(mode=0o700)
         network.check_pod_cidr_free()
         names = ("kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import hoststate, network, procs
+from .binaries import ClusterError
 from .node import containerd_root
 
 if TYPE_CHECKING:
@@ -72,6 +73,28 @@ def _remove_containers(node: RealNode) -> None:
 
 
 def teardown(node: RealNode, api: Api | None, *, grace: float, pod_timeout: float) -> list[str]:
+    if "lock" not in node.pids:
+        # It never held the host lock (e.g. a second node refused at start): nothing of it is on
+        # the host, and what is there belongs to the node that holds the lock.
+        return []
+    lock_fd = None
+    if "lock" not in node.running_pids():
+        # Our lock holder is gone (a crash): clean the host only if the lock is free, i.e. no
+        # other node has started since.
+        try:
+            lock_fd = hoststate.acquire_lock(node.workdir)
+        except ClusterError as exc:
+            _stop_processes(node, api=None, grace=grace, pod_timeout=pod_timeout)
+            return [f"host state of {node.workdir} not restored: {exc}"]
+    try:
+        return _teardown_holding_lock(node, api, grace=grace, pod_timeout=pod_timeout)
+    finally:
+        if lock_fd is not None:
+            os.ftruncate(lock_fd, 0)
+            os.close(lock_fd)
+
+
+def _stop_processes(node: RealNode, api: Api | None, *, grace: float, pod_timeout: float) -> None:
     alive = node.running_pids()
     if api is not None and "kubelet" in alive:
         drain(node, api, pod_timeout)
@@ -81,6 +104,11 @@ def teardown(node: RealNode, api: Api | None, *, grace: float, pod_timeout: floa
     if "containerd" in alive:
         _remove_containers(node)
         procs.stop_pid(alive["containerd"], node.marker, grace, node._procs.pop("containerd", None))
+
+
+def _teardown_holding_lock(node: RealNode, api: Api | None, *, grace: float, pod_timeout: float) -> list[str]:
+    holder = node.running_pids().get("lock")
+    _stop_processes(node, api, grace=grace, pod_timeout=pod_timeout)
     _stop_shims(node, grace)
     if api is not None:
         with contextlib.suppress(OSError):
@@ -101,8 +129,8 @@ def teardown(node: RealNode, api: Api | None, *, grace: float, pod_timeout: floa
     left += [f"mount {m}" for m in hoststate.mounts_under(node.workdir)]
     if network.BRIDGE in network.links():
         left.append(f"link {network.BRIDGE}")
-    if "lock" in alive:
-        procs.stop_pid(alive["lock"], str(node.workdir), grace, node._procs.pop("lock", None))
+    if holder is not None:
+        procs.stop_pid(holder, str(node.workdir), grace, node._procs.pop("lock", None))
     node.pids = {}
     with contextlib.suppress(FileNotFoundError):
         node.state_file.unlink()
