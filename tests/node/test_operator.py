@@ -582,7 +582,9 @@ def test_killing_the_operator_pod_during_a_renewal_loses_nothing(agent_run: Agen
         assert later.containers_before == earlier.containers_after
 
 
-def test_record_rotation_and_pod_figures(agent_run: AgentRun, node_cluster: NodeCluster, kube: Kube) -> None:
+def test_record_rotation_and_pod_figures(
+    agent_run: AgentRun, node_cluster: NodeCluster, kube: Kube, release: Release
+) -> None:
     durations = [
         r.replaced_at - r.issued_at for r in agent_run.rotations if r.replaced_at and not r.operator_killed
     ]
@@ -613,6 +615,7 @@ def test_record_rotation_and_pod_figures(agent_run: AgentRun, node_cluster: Node
             "image_compressed_mb": round(operator_image["compressed_bytes"] / 1e6, 1),
             "image_unpacked_mb": round(operator_image["uncompressed_bytes"] / 1e6, 1),
             "while": "after >= 10 renewals of one AgentToken with 5 agent pods",
+            "helm_install_to_ready_seconds": round(release.installed_in, 1),
         },
     )
     assert rss_kib > 0
