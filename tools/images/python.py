@@ -191,10 +191,12 @@ class PythonBase:
         partial = fresh_dir(self.rootfs().with_name(self.rootfs().name + ".partial"))
         with tarfile.open(fileobj=io.BytesIO(layer.compressed), mode="r:gz") as tar:
             tar.extractall(partial, filter="fully_trusted")  # noqa: S202 (the base layer we made)
+        # What the image leaves to the runtime but building in a chroot needs: a few devices, and
+        # /dev/shm for the semaphores of compileall's worker processes.
+        (partial / "dev" / "shm").mkdir(parents=True, exist_ok=True)
+        (partial / "dev" / "shm").chmod(0o1777)
         for node, major_minor in {"null": (1, 3), "zero": (1, 5), "urandom": (1, 9)}.items():
-            device = partial / "dev" / node
-            device.parent.mkdir(exist_ok=True)
-            os.mknod(device, 0o20666, os.makedev(*major_minor))
+            os.mknod(partial / "dev" / node, 0o20666, os.makedev(*major_minor))
         partial.replace(self.rootfs())
 
 
