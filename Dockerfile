@@ -15,12 +15,11 @@ WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-# When the SDK becomes its own distribution (operator/sdk), it is already copied above; install
-# it beside the operator: `pip install --no-compile ./operator/sdk .`
+# operator/sdk named first: the operator's dependency agent-token-sdk resolves to this checkout.
 # Byte code is compiled once here with hash-checked invalidation: the root FS is read-only and
 # PYTHONDONTWRITEBYTECODE is set, so without it every start would compile the kubernetes client's
 # thousand modules again, in memory. Unchecked hashes do not depend on file times.
-RUN python -m venv /venv && /venv/bin/pip install --no-compile . && \
+RUN python -m venv /venv && /venv/bin/pip install --no-compile ./operator/sdk . && \
     find /venv -name '__pycache__' -prune -exec rm -rf {} + && \
     /venv/bin/python -m compileall -q --invalidation-mode unchecked-hash /venv
 

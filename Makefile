@@ -30,9 +30,12 @@ help:
 	@echo "make import-images re-import <cache>/images/*.tar into the running real node"
 	@echo "make bench-node    the real node's figures -> bench/results/node.json"
 
-$(VENV)/.installed: pyproject.toml
+# The SDK (operator/sdk) first: the operator depends on agent-token-sdk, which must resolve to this
+# checkout (pip then finds it installed and never asks PyPI for it).
+$(VENV)/.installed: pyproject.toml operator/sdk/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e 'operator/sdk[metrics]'
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	@# tools/ (devcluster, images: dev and test infrastructure, not shipped) importable from the venv too
 	$(VENV)/bin/python -c 'import sysconfig; open(sysconfig.get_paths()["purelib"] + "/agenttoken-dev-tools.pth", "w").write("$(CURDIR)/tools\n")'
@@ -106,6 +109,7 @@ bench: venv cluster-bins
 	$(PY) bench/api_economy.py
 	$(PY) bench/crypto.py
 	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
+	$(PY) bench/image_builds.py
 	$(PY) bench/report.py
 
 # The real node's figures (start, pod start, Secret propagation at two kubelet syncs, RSS): root,

@@ -15,9 +15,9 @@ import os
 import time
 from typing import Any
 
-from agenttoken.keys import KeyRing, generate_key
-from agenttoken.tokens import TokenRequest, mint
-from agenttoken.verify import Verifier
+from agenttoken.core.keys import KeyRing, generate_key
+from agenttoken.core.tokens import TokenRequest, mint
+from agenttoken_sdk.verify import Verifier
 from benchsupport import header, write
 
 ISSUER = "https://bench.invalid/issuers/builtin"

@@ -30,9 +30,9 @@ from typing import Any
 import kubernetes
 
 from agenttoken.api import ANN_TOKEN_ID
-from agenttoken.model import parse_spec
-from agenttoken.schedule import renewal_time
-from agenttoken.secrets import TokenRecord
+from agenttoken.core.model import parse_spec
+from agenttoken.core.secretdata import TokenRecord
+from agenttoken.core.timing import renewal_time
 from benchsupport import (
     SELECTOR,
     Profiler,

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from agenttoken.client import TokenSource, TokenUnavailableError
+from agenttoken_sdk.client import TokenSource, TokenUnavailableError
 
 MODES = ("volume", "env", "subpath")
 _stop = threading.Event()

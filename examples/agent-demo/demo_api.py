@@ -13,6 +13,10 @@ Configuration (environment):
   JWKS_URL          e.g. http://agent-token-operator.agenttoken-system.svc:8080/jwks.json
   REVOCATIONS_URL   e.g. http://agent-token-operator.agenttoken-system.svc:8080/revocations.json
   REQUIRED_SCOPES   space-separated scopes every call needs (default: none)
+  REVOCATIONS_STALE_GRACE  seconds the last revocation list keeps answering when the operator
+                    cannot be reached (default 0: fail closed at once; see the SDK's Verifier)
+  FETCH_TIMEOUT     seconds for fetching the JWKS and the revocation list (default 2): a fetch
+                    holds back the requests waiting for it, so keep it short inside a cluster
   PORT              default 8080
 """
 
@@ -23,9 +27,12 @@ import json
 import os
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from agenttoken.verify import VerificationError, Verifier
+from agenttoken_sdk.verify import VerificationError, Verifier
 
 _counts: collections.Counter[str] = collections.Counter()
 _counts_lock = threading.Lock()
@@ -33,6 +40,18 @@ _counts_lock = threading.Lock()
 
 def log(**fields: object) -> None:
     print(json.dumps({"ts": round(time.time(), 3), **fields}, sort_keys=True), flush=True)
+
+
+def fetcher(timeout: float) -> Callable[[str], bytes]:
+    """GET with a short timeout (the SDK's default fetch waits 5 s)."""
+
+    def fetch(url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 (config)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            body: bytes = response.read(16 * 1024 * 1024)
+        return body
+
+    return fetch
 
 
 def make_handler(verifier: Verifier, required_scopes: list[str]) -> type[BaseHTTPRequestHandler]:
@@ -95,6 +114,8 @@ def main() -> int:
         audience=os.environ["AUDIENCE"],
         jwks_url=os.environ["JWKS_URL"],
         revocations_url=os.environ.get("REVOCATIONS_URL") or None,
+        revocations_stale_grace=timedelta(seconds=float(os.environ.get("REVOCATIONS_STALE_GRACE", "0"))),
+        fetch=fetcher(float(os.environ.get("FETCH_TIMEOUT", "2"))),
         # The verifier's own audit log would repeat each line above; one line per request.
         audit=False,
     )

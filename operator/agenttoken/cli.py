@@ -349,9 +349,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from agenttoken import revocation
-    from agenttoken.revocationstore import REVOCATIONS_CONFIGMAP, next_list
-    from agenttoken.times import parse_time
+    from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, next_list
+    from agenttoken.core import revocation
+    from agenttoken.core.times import parse_time
 
     cluster = Cluster()
     namespace = args.namespace or cluster.default_namespace()
@@ -462,7 +462,7 @@ def cmd_jwks(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from agenttoken.verify import VerificationError, Verifier
+    from agenttoken_sdk.verify import VerificationError, Verifier
 
     cluster = None if (args.url and args.token_file) else Cluster()
     if args.token_file:
@@ -537,8 +537,8 @@ def _audit_table(data: dict[str, Any]) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from agenttoken import review
-    from agenttoken.schedule import parse_duration
+    from agenttoken.core import audit as review
+    from agenttoken.core.timing import parse_duration
 
     try:
         policy = review.ReviewPolicy(
@@ -735,7 +735,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agenttoken.runner import RunOptions, run_operator
+    from agenttoken.runtime.runner import RunOptions, run_operator
 
     run_operator(
         RunOptions(

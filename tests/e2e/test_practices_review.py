@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agenttoken.times import parse_time
-from agenttoken.verify import VerificationError, Verifier
-from agenttoken.verifylog import VerificationAudit
+from agenttoken.core.times import parse_time
+from agenttoken_sdk.verify import VerificationError, Verifier
+from agenttoken_sdk.verifylog import VerificationAudit
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess

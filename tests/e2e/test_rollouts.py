@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agenttoken.client import TokenSource
-from agenttoken.verify import VerificationError, Verifier
+from agenttoken_sdk.client import TokenSource
+from agenttoken_sdk.verify import VerificationError, Verifier
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess

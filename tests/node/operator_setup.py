@@ -141,9 +141,18 @@ def secret_bundle(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
     return bundle
 
 
-def busybox_fetch(kube: Kube, ns: str, name: str, urls: list[str], timeout: float = 90) -> list[str]:
-    """Fetch URLs from inside a pod on the pod network; returns each body."""
-    script = "; ".join(f"wget -q -T 10 -O - {u} && echo && echo ---END---" for u in urls)
+# Fetches each URL and prints the body and a separator line (Python: Debian's busybox-static wget
+# crashes with SIGSEGV on this machine, on the host as in a pod).
+_FETCH = """
+import sys, urllib.request
+for url in sys.argv[1:]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        sys.stdout.write(response.read().decode() + "\\n---END---\\n")
+"""
+
+
+def pod_fetch(kube: Kube, ns: str, name: str, urls: list[str], timeout: float = 90) -> list[str]:
+    """Fetch URLs from inside a pod on the pod network (the agent image's Python); returns each body."""
     manifest = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -156,30 +165,23 @@ def busybox_fetch(kube: Kube, ns: str, name: str, urls: list[str], timeout: floa
             "containers": [
                 {
                     "name": "fetch",
-                    "image": image_reference("busybox"),
+                    "image": image_reference("agent"),
                     "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", script],
+                    "command": ["python", "-c", _FETCH, *urls],
                 }
             ],
         },
     }
     kube.apply(json.dumps(manifest))
-    phase = wait_for(
-        f"pod {name} to finish",
-        lambda: (
-            (
-                (kube.get_json("pod", name, "-n", ns) or {}).get("status", {}).get("phase")
-                in ("Succeeded", "Failed")
-            )
-            and (kube.get_json("pod", name, "-n", ns) or {})["status"]["phase"]
-        ),
-        timeout=timeout,
-        interval=0.5,
-    )
+
+    def finished() -> str | None:
+        phase = ((kube.get_json("pod", name, "-n", ns) or {}).get("status") or {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(f"pod {name} to finish", finished, timeout=timeout, interval=0.5)
     logs = kube.kubectl("logs", "-n", ns, name).stdout
     assert phase == "Succeeded", f"fetching {urls} from a pod failed: {logs[-2000:]}"
-    bodies = [part.strip() for part in logs.split("---END---")]
-    return bodies[: len(urls)]
+    return [part.strip() for part in logs.split("---END---")][: len(urls)]
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 

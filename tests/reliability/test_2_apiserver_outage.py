@@ -7,7 +7,7 @@ import datetime
 import threading
 import time
 
-from agenttoken.times import parse_time
+from agenttoken.core.times import parse_time
 from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess

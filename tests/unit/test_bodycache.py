@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agenttoken.bodycache import BodyCache
+from agenttoken.core.bodycache import BodyCache
 
 KEY = ("ns", "tok")
 

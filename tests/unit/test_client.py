@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from agenttoken import client
-from agenttoken.client import TokenExpiredError, TokenInfo, TokenSource, TokenUnavailableError
-from agenttoken.keys import KeyRing, SigningKey, generate_key
-from agenttoken.tokens import MintedToken, TokenRequest, mint, verify
+from agenttoken.core.keys import KeyRing, SigningKey, generate_key
+from agenttoken.core.tokens import MintedToken, TokenRequest, mint, verify
+from agenttoken_sdk import client
+from agenttoken_sdk.client import TokenExpiredError, TokenInfo, TokenSource, TokenUnavailableError
 
 ISSUER = "https://issuer.example.com"
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -212,7 +212,7 @@ def test_snapshot_directory_removed_between_resolve_and_open_is_resolved_again(
     def racing_readlink(path: Any) -> str:
         return next(answers, None) or real_readlink(path)
 
-    monkeypatch.setattr("agenttoken.client.os.readlink", racing_readlink)
+    monkeypatch.setattr("agenttoken_sdk.client.os.readlink", racing_readlink)
 
     assert TokenSource(volume, clock=clock).token() == minted.token
 
@@ -507,8 +507,8 @@ def test_httpx_clients_send_the_header_through_a_mock_transport(
 
 def test_importing_the_client_needs_only_the_standard_library() -> None:
     code = (
-        "import sys, agenttoken.client; "
-        "heavy = {'joserfc', 'cryptography', 'requests', 'httpx', 'agenttoken.tokens', 'agenttoken.keys'}; "
+        "import sys, agenttoken_sdk.client; "
+        "heavy = {'joserfc', 'cryptography', 'requests', 'httpx', 'agenttoken_sdk.jose', 'agenttoken'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from agenttoken import api
-from agenttoken.conditions import Reason
-from agenttoken.connectivity import CARef, judge, parse, redact
-from agenttoken.model import InvalidSpec, TokenStatus, parse_spec
-from agenttoken.schedule import parse_duration
-from agenttoken.secrets import TokenRecord
-from agenttoken.status import Outcome, render
-from agenttoken.tokens import token_hash
+from agenttoken.core.conditions import Reason
+from agenttoken.core.connectivity import CARef, judge, parse, redact
+from agenttoken.core.model import InvalidSpec, TokenStatus, parse_spec
+from agenttoken.core.secretdata import TokenRecord
+from agenttoken.core.status import Outcome, render
+from agenttoken.core.timing import parse_duration
+from agenttoken.core.tokens import token_hash
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
 

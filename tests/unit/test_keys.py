@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agenttoken.keys import (
+from agenttoken.core.keys import (
     SUPPORTED_ALGORITHMS,
     KeyPolicy,
     KeyRing,
@@ -22,7 +22,7 @@ from agenttoken.keys import (
     generate_key,
     plan_rotation,
 )
-from agenttoken.tokens import MintedToken, TokenRequest, mint, verify
+from agenttoken.core.tokens import MintedToken, TokenRequest, mint, verify
 
 ISSUER = "https://tokens.example.com"
 AUDIENCE = "https://api.example.com"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agenttoken.kube import _from_status
+from agenttoken.kube.adapter import _from_status
 
 
 def test_a_validation_error_naming_fields_is_an_invalid_object() -> None:

@@ -6,10 +6,10 @@ import asyncio
 import datetime
 from typing import Any, cast
 
-from agenttoken.keymanager import KeyManager
-from agenttoken.kube import Kube
-from agenttoken.model import parse_spec
-from agenttoken.scheduler import Controller, ControllerOptions
+from agenttoken.controllers.agenttoken import Controller, ControllerOptions
+from agenttoken.controllers.keys import KeyManager
+from agenttoken.core.model import parse_spec
+from agenttoken.kube.adapter import Kube
 
 T0 = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 

@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from joserfc import jwt
 
+from agenttoken.core.keys import generate_key, jws_registry
+from agenttoken.core.model import InvalidSpec
+from agenttoken.core.tokens import TokenRequest
 from agenttoken.issuers import IssueError, parse_issuer
 from agenttoken.issuers.oauth2 import (
     ASSERTION_TYPE,
@@ -20,9 +23,6 @@ from agenttoken.issuers.oauth2 import (
     subject_request,
     uses_builtin_keys,
 )
-from agenttoken.keys import generate_key, jws_registry
-from agenttoken.model import InvalidSpec
-from agenttoken.tokens import TokenRequest
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 ENDPOINT = "https://idp.example.com/realms/a/protocol/openid-connect/token"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from agenttoken.core.model import InvalidSpec
+from agenttoken.core.policy import IssuerPolicy, Request, check
 from agenttoken.issuers import parse_issuer
-from agenttoken.model import InvalidSpec
-from agenttoken.policy import IssuerPolicy, Request, check
 
 POLICY = IssuerPolicy(
     allowed_scopes=("tickets:*", "read"),

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from agenttoken import api
-from agenttoken.model import AgentTokenSpec, TokenStatus, parse_spec
-from agenttoken.renewal import Action, Snapshot, decide
-from agenttoken.secrets import TokenRecord, desired_secret, observe
-from agenttoken.tokens import token_hash
-from agenttoken.usage import IN_USE, SUSPENDED, Usage
+from agenttoken.core.model import AgentTokenSpec, TokenStatus, parse_spec
+from agenttoken.core.renewal import Action, Snapshot, decide
+from agenttoken.core.secretdata import TokenRecord, desired_secret, observe
+from agenttoken.core.tokens import token_hash
+from agenttoken.core.usage import IN_USE, SUSPENDED, Usage
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from agenttoken import api
-from agenttoken.conditions import Reason, summarize
-from agenttoken.model import InvalidSpec, TokenStatus, parse_spec, parse_status
-from agenttoken.secrets import TokenRecord, desired_secret, managed_data
-from agenttoken.status import Outcome, differs, render
-from agenttoken.tokens import token_hash
+from agenttoken.core.conditions import Reason, summarize
+from agenttoken.core.model import InvalidSpec, TokenStatus, parse_spec, parse_status
+from agenttoken.core.secretdata import TokenRecord, desired_secret, managed_data
+from agenttoken.core.status import Outcome, differs, render
+from agenttoken.core.tokens import token_hash
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
 TOKEN = "eyJhbGciOiJFUzI1NiJ9.eyJzZWNyZXQiOiJ5ZXMifQ.c2lnbmF0dXJl"

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from joserfc import jwk, jws, jwt
 from joserfc.errors import SecurityWarning
 
-from agenttoken.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
-from agenttoken.tokens import (
+from agenttoken.core.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
+from agenttoken.core.tokens import (
     CLAIM_NAMESPACE,
     MintedToken,
     TokenInvalid,

@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from agenttoken.model import InvalidSpec, parse_spec
-from agenttoken.restarts import consumed_in
-from agenttoken.usage import (
+from agenttoken.core.model import InvalidSpec, parse_spec
+from agenttoken.core.rollout import consumed_in
+from agenttoken.core.usage import (
     IDLE,
     IN_USE,
     REVOKED,

@@ -2,11 +2,12 @@
 
     layer 1  Debian bookworm essential + python3, python3-venv, ca-certificates; byte code
              compiled with unchecked hashes (valid on a read-only root, whatever the file times)
-    layer 2  /venv: `pip install` of DISTRIBUTIONS, as the Dockerfile's build stage does
+    layer 2  /venv: `pip install` of DISTRIBUTIONS (operator) or SDK_DISTRIBUTIONS (agent, demo
+             API), as the Dockerfile's build stage does
     layer 3  (agent, demo API) the example programs from examples/agent-demo/
 
-Layers 1 and 2 are cached in <cache>/image-build by the hash of their inputs and shared by the
-operator, agent and demo API images (same digests, so the node unpacks them once).
+Layers are cached in <cache>/image-build by the hash of their inputs; the base is shared by all
+three images and the SDK venv by the agent and demo API (same digests: the node stores them once).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from images.recipes import (
     NONROOT,
     RECIPE_VERSION,
     REPO,
+    SDK_DISTRIBUTIONS,
     Built,
     Recipe,
 )
@@ -189,10 +191,12 @@ class PythonBase:
         partial = fresh_dir(self.rootfs().with_name(self.rootfs().name + ".partial"))
         with tarfile.open(fileobj=io.BytesIO(layer.compressed), mode="r:gz") as tar:
             tar.extractall(partial, filter="fully_trusted")  # noqa: S202 (the base layer we made)
+        # What the image leaves to the runtime but building in a chroot needs: a few devices, and
+        # /dev/shm for the semaphores of compileall's worker processes.
+        (partial / "dev" / "shm").mkdir(parents=True, exist_ok=True)
+        (partial / "dev" / "shm").chmod(0o1777)
         for node, major_minor in {"null": (1, 3), "zero": (1, 5), "urandom": (1, 9)}.items():
-            device = partial / "dev" / node
-            device.parent.mkdir(exist_ok=True)
-            os.mknod(device, 0o20666, os.makedev(*major_minor))
+            os.mknod(partial / "dev" / node, 0o20666, os.makedev(*major_minor))
         partial.replace(self.rootfs())
 
 
@@ -246,18 +250,20 @@ def _distribution_files(root: Path) -> list[Path]:
 
 
 class Venv:
-    """Layer 2: /venv with DISTRIBUTIONS installed by pip inside the base (as the Dockerfile does)."""
+    """Layer 2: /venv with `distributions` installed by pip inside the base (as the Dockerfile does)."""
 
-    def __init__(self, base: PythonBase) -> None:
+    def __init__(self, base: PythonBase, distributions: tuple[str, ...]) -> None:
         self.base = base
+        self.distributions = distributions
+        self.kind = "venv-" + "-".join(Path(d).name or "root" for d in distributions).replace(".", "root")
 
     def inputs(self, hasher: Hasher) -> None:
-        # AGENTTOKEN_IMAGES_SALT forces a rebuild of the venv (bench/images.py times one).
+        # AGENTTOKEN_IMAGES_SALT forces a rebuild of the venv (bench/image_builds.py times one).
         hasher.text("venv", self.base.key(), os.environ.get("AGENTTOKEN_IMAGES_SALT", ""))
         # The builder itself: a change to how layers are made rebuilds them (the Debian base has
         # its own explicit inputs, as it is the slow one).
         hasher.tree(HERE, sorted(HERE.glob("*.py")))
-        for dist in DISTRIBUTIONS:
+        for dist in self.distributions:
             root = (REPO / dist).resolve()
             hasher.text(dist).tree(REPO, _distribution_files(root))
 
@@ -269,16 +275,16 @@ class Venv:
     def layer(self) -> oci.Layer:
         base_layer_ready = self.base.layer()
         del base_layer_ready
-        return _cached_layer("venv", self.key(), self._make)
+        return _cached_layer(self.kind, self.key(), self._make)
 
     def _make(self, scratch: Path) -> oci.Layer:
         wheelhouse = fresh_dir(scratch / "wheels")
-        names = download_wheels(wheelhouse)
+        names = download_wheels(wheelhouse, self.distributions)
         rootfs = self.base.rootfs()
         for leftover in ("venv", "wheels"):
             shutil.rmtree(rootfs / leftover, ignore_errors=True)
         wheelhouse.replace(rootfs / "wheels")
-        log(f"venv: pip install {' '.join(DISTRIBUTIONS)} into {VENV} (inside the base, no network)")
+        log(f"venv: pip install {' '.join(self.distributions)} into {VENV} (inside the base, no network)")
         try:
             chroot(rootfs, [PYTHON, "-m", "venv", VENV])
             pip = [
@@ -319,7 +325,7 @@ class Venv:
         return result
 
 
-def download_wheels(wheelhouse: Path) -> list[str]:
+def download_wheels(wheelhouse: Path, distributions: tuple[str, ...]) -> list[str]:
     """Our distributions as wheels plus every dependency as a wheel for the base's Python.
 
     Resolved and downloaded on the host (its pip configuration: index, proxy, CA), so the chroot
@@ -329,8 +335,17 @@ def download_wheels(wheelhouse: Path) -> list[str]:
     own = wheelhouse / "own"
     own.mkdir()
     pip = [sys.executable, "-m", "pip"]
-    for dist in DISTRIBUTIONS:
-        run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", own, REPO / dist])
+    for i, dist in enumerate(distributions):
+        # From a copy of exactly the files the cache key hashed (as the Dockerfile's COPY): a
+        # checkout's leftover build/ directory would otherwise put stale modules into the wheel.
+        root = (REPO / dist).resolve()
+        source = wheelhouse / f"src-{i}"
+        for path in _distribution_files(root):
+            target = source / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", own, source])
+        shutil.rmtree(source)
     names = sorted(p.name for p in own.glob("*.whl"))
     for wheel in own.iterdir():
         wheel.replace(wheelhouse / wheel.name)
@@ -360,9 +375,14 @@ def download_wheels(wheelhouse: Path) -> list[str]:
             "--abi",
             "none",
             *(f"--platform={p}" for p in platforms),
+            # our own wheels depend on each other (the operator on agent-token-sdk): from here
+            f"--find-links={wheelhouse}",
             *(wheelhouse / name for name in names),
         ]
     )
+    for name in names:
+        # pip copies the local wheels it resolved into the cache too: they change with the source.
+        (cache / name).unlink(missing_ok=True)
     for wheel in cache.glob("*.whl"):
         if not (wheelhouse / wheel.name).exists():
             shutil.copy2(wheel, wheelhouse / wheel.name)
@@ -372,10 +392,12 @@ def download_wheels(wheelhouse: Path) -> list[str]:
 class PythonImage(Recipe):
     """An image on the Python base with the shared venv; subclasses add their program."""
 
+    distributions: tuple[str, ...] = DISTRIBUTIONS
+
     def __init__(self, epoch: int) -> None:
         super().__init__(epoch)
         self.base = PythonBase(epoch)
-        self.venv = Venv(self.base)
+        self.venv = Venv(self.base, self.distributions)
 
     @property
     def tag(self) -> str:  # type: ignore[override]
@@ -414,8 +436,9 @@ class OperatorImage(PythonImage):
 
 
 class DemoProgramImage(PythonImage):
-    """The operator image's settings, but running one program of examples/agent-demo/."""
+    """The operator image's settings, but only the SDK and one program of examples/agent-demo/."""
 
+    distributions = SDK_DISTRIBUTIONS
     program: str
 
     def inputs(self, hasher: Hasher) -> None:

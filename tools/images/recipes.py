@@ -118,11 +118,12 @@ class Busybox(Recipe):
         return Built([layer.build()], oci.ImageConfig(cmd=["sh"]), {})
 
 
-# Python distributions installed into /venv, in this order, for every Python image: paths relative
-# to the repository root. When the SDK becomes its own distribution, add "operator/sdk" here (and
-# to the Dockerfile's pip install). The three Python images share this one venv layer, so the node
-# stores it once; the agent and demo API need only the SDK from it.
-DISTRIBUTIONS: tuple[str, ...] = (".",)
+# Python distributions installed into /venv, in this order, paths relative to the repository root:
+# the operator image gets DISTRIBUTIONS (as the Dockerfile's pip install), the agent and demo API
+# images only the SDK. The SDK comes first: the operator depends on agent-token-sdk, which pip must
+# take from this checkout, not from an index.
+SDK_DISTRIBUTIONS: tuple[str, ...] = ("operator/sdk",)
+DISTRIBUTIONS: tuple[str, ...] = (*SDK_DISTRIBUTIONS, ".")
 
 # The Debian side of the Python runtime base: what mmdebstrap installs.
 DEBIAN_SUITE = "bookworm"

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agenttoken import api
-from agenttoken.model import InvalidSpec
-from agenttoken.policy import IssuerPolicy
-from agenttoken.schedule import parse_duration
-from agenttoken.tokens import TokenRequest
+from agenttoken.core.model import InvalidSpec
+from agenttoken.core.policy import IssuerPolicy
+from agenttoken.core.timing import parse_duration
+from agenttoken.core.tokens import TokenRequest
 
 IssuerType = Literal["builtin", "kubernetes", "webhook", "oauth2"]
 TYPES: tuple[IssuerType, ...] = ("builtin", "kubernetes", "webhook", "oauth2")

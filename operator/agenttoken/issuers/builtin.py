@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 import uuid
 
+from agenttoken.core.keys import SigningKey
+from agenttoken.core.tokens import mint
 from agenttoken.issuers import IssueContext, Issued
-from agenttoken.keys import SigningKey
-from agenttoken.tokens import mint
 
 
 def issue(ctx: IssueContext, key: SigningKey, *, issuer_url: str, now: datetime.datetime) -> Issued:

@@ -13,10 +13,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from agenttoken.core.times import parse_time
+from agenttoken.core.tokens import token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError
-from agenttoken.kube import Kube, KubeError
-from agenttoken.times import parse_time
-from agenttoken.tokens import token_hash
+from agenttoken.kube.adapter import Kube, KubeError
 
 MIN_EXPIRATION_SECONDS = 600
 

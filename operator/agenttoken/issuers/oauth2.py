@@ -6,7 +6,7 @@ The token endpoint is given directly (`tokenURL`) or found by discovery from `is
 Grants (`grant`): `client_credentials` (RFC 6749 4.4), `token_exchange` (RFC 8693) and
 `jwt_bearer` (RFC 7523 2.1). The last two present a subject token: a short-lived JWT minted by the
 built-in issuer naming the AgentToken, or a Kubernetes ServiceAccount token (TokenRequest);
-the scheduler obtains it, this module only sends it.
+the AgentToken controller obtains it, this module only sends it.
 
 Client authentication (`clientAuthMethod`): `client_secret_basic` (RFC 6749 2.3.1) or
 `private_key_jwt` (RFC 7523 2.2 / OIDC Core 9): a client assertion signed by the built-in issuer's
@@ -32,9 +32,9 @@ from typing import Any, Final
 
 import aiohttp
 
+from agenttoken.core.keys import SigningKey
+from agenttoken.core.tokens import TokenRequest, client_assertion, token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError
-from agenttoken.keys import SigningKey
-from agenttoken.tokens import TokenRequest, client_assertion, token_hash
 
 GRANT_TYPES: Final = {
     "client_credentials": "client_credentials",

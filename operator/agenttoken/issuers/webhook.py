@@ -16,9 +16,9 @@ from typing import Any
 
 import aiohttp
 
+from agenttoken.core.times import parse_time
+from agenttoken.core.tokens import default_subject, token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError
-from agenttoken.times import parse_time
-from agenttoken.tokens import default_subject, token_hash
 
 
 async def issue(

@@ -1,0 +1,1 @@
+"""The Kubernetes API client: the only package that imports a Kubernetes client library."""

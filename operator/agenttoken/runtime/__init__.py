@@ -1,0 +1,1 @@
+"""Process wiring: kopf handlers, startup (`agenttoken run`) and the HTTP endpoints."""

@@ -1,0 +1,195 @@
+"""kopf wiring: settings, startup/cleanup, and the watch events that feed the controller.
+
+Only `on.event` handlers: they are not change-detecting, so kopf never writes a diff-base or
+progress onto user objects and never adds a finalizer. The settings below still point kopf's
+storage at our own status subtree and prefix, so a handler added later cannot bring
+`kopf.zalando.org/*` annotations back onto AgentTokens (GitOps tools would show drift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from agenttoken import api
+from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
+from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
+from agenttoken.core.keys import KeyPolicy
+from agenttoken.core.rollout import Workload, WorkloadRef
+from agenttoken.kube.adapter import Kube
+from agenttoken.runtime import server
+
+log = logging.getLogger(__name__)
+
+SECRET_SELECTOR = f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = api.FINALIZER
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(
+        field=f"status.{api.KOPF_STATUS_FIELD}.progress", touch_field=f"status.{api.KOPF_STATUS_FIELD}.touch"
+    )
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+        field=f"status.{api.KOPF_STATUS_FIELD}.lastHandledConfiguration"
+    )
+    # Our own Events carry reasons; kopf's per-handler log Events would only add noise.
+    settings.posting.enabled = False
+    settings.peering.standalone = True
+    # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
+    settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = (1, 2, 4, 8, 15)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure(settings)
+    options = memo["options"]
+    kube = await Kube.connect()
+    keys = KeyManager(
+        kube,
+        namespace=options.operator_namespace,
+        issuer=options.issuer_url,
+        policy=KeyPolicy(algorithm=options.key_algorithm),
+        clock=utcnow,
+    )
+    await keys.sync()
+    revocations = RevocationStore(kube, options.operator_namespace, utcnow)
+    await revocations.load()
+    controller: Controller | None = None
+
+    def workload_changed(ref: WorkloadRef, workload: Workload | None) -> None:
+        if controller is not None:
+            controller.on_workload_change(ref, workload)
+
+    rollouts = RolloutManager(
+        kube,
+        RolloutOptions(
+            debounce=options.restart_debounce,
+            max_inflight=options.max_rollouts,
+            max_inflight_per_namespace=options.max_rollouts_per_namespace,
+        ),
+        workload_changed,
+    )
+    controller = Controller(
+        kube,
+        keys,
+        ControllerOptions(
+            issuer_url=options.issuer_url, usage_warmup=options.usage_warmup, workers=options.workers
+        ),
+        rollouts=rollouts,
+        revocations=revocations,
+    )
+    await rollouts.start()
+    await controller.start()
+    memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
+    memo["revocations"] = revocations
+    memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
+    memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
+    if options.http_port:
+        memo["http"] = await server.serve(
+            server.build_app(keys, revocations), options.http_address, options.http_port
+        )
+    log.info("operator started; signing keys in %s", options.operator_namespace)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for name in ("key_task", "revocations_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
+    rollouts: RolloutManager | None = memo.get("rollouts")
+    if rollouts is not None:
+        await rollouts.stop()
+    http: web.AppRunner | None = memo.get("http")
+    if http is not None:
+        await http.cleanup()
+    kube: Kube | None = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL)
+async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_token_event(event.get("type"), event["object"])
+
+
+@kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
+async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_secret_event(event.get("type"), event["object"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, "tokenissuers")
+async def tokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await _issuer_event(api.TOKENISSUER_KIND, event, memo)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, "clustertokenissuers")
+async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await _issuer_event(api.CLUSTERTOKENISSUER_KIND, event, memo)
+
+
+async def _issuer_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+    controller: Controller = memo["controller"]
+    body = dict(event["object"])
+    controller.on_issuer_event(kind, event.get("type"), body)
+    if event.get("type") != "DELETED":
+        await controller.reconcile_issuer(kind, body)
+
+
+async def namespace_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["controller"].on_namespace_event(event.get("type"), event["object"])
+
+
+def watch_namespaces() -> None:
+    """Feed namespace labels from a watch instead of a GET per check. Only in cluster-wide mode:
+    namespaced mode has no permission to list namespaces (and a GET per check stays cheap there)."""
+    kopf.on.event("v1", "namespaces")(namespace_event)
+
+
+# Workloads: reduced to a small record on arrival (restarts.reduce); never change-detecting
+# handlers, so kopf writes nothing onto them.
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("Deployment", event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "statefulsets")
+async def statefulset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("StatefulSet", event.get("type"), event["object"])
+
+
+@kopf.on.event("apps", "v1", "daemonsets")
+async def daemonset_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo["rollouts"].on_event("DaemonSet", event.get("type"), event["object"])
+
+
+@kopf.on.probe(id="keys")
+def keys_probe(memo: kopf.Memo, **_: Any) -> str:
+    keys: KeyManager | None = memo.get("keys")
+    if keys is None:
+        raise RuntimeError("not started")
+    return keys.signing_key().kid
+
+
+async def _rotate_keys(keys: KeyManager) -> None:
+    """Key rotation is rare; checking every minute (or half the publish-ahead) is plenty."""
+    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await keys.sync()
+        except Exception:
+            log.exception("signing-key rotation failed; retrying in %.0fs", interval)
