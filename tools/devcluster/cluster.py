@@ -141,7 +141,9 @@ class LocalCluster(ControlPlaneComponents):
             if self.real_node:
                 self.node = self._new_node(pki)
                 runtime = threading.Thread(
-                    target=_capture(self.node.start_runtime, runtime_error), name="real-node-runtime"
+                    target=_capture(self.node.start_runtime, runtime_error),
+                    name="real-node-runtime",
+                    daemon=True,
                 )
                 runtime.start()
             self._start_etcd(bins)
@@ -178,7 +180,10 @@ class LocalCluster(ControlPlaneComponents):
                 self.node.start_kubelet(self.api, timeout=max(30.0, deadline - time.monotonic()))
                 self.timings.update({f"node_{k}": v for k, v in self.node.timings.items()})
         except BaseException:
-            if runtime is not None:
+            if runtime is not None and self.node is not None:
+                # Stop the runtime half at its next step (it may be waiting for the host lock),
+                # and only then stop everything, so nothing it starts is left behind.
+                self.node.cancel()
                 runtime.join()
             self.stop(remove=False)
             raise

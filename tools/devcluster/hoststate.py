@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +72,13 @@ HOST_PATHS = (
 # --- the host lock -----------------------------------------------------------------------------
 
 
-def acquire_lock(owner: Path, wait: float | None = None) -> int:
+def acquire_lock(
+    owner: Path, wait: float | None = None, cancelled: Callable[[], bool] = lambda: False
+) -> int:
     """flock the host-wide lock and return its fd; the caller hands the fd to a long-lived
     process so the lock lives exactly as long as the node. If it is held, wait up to `wait`
-    seconds (None: env AGENTTOKEN_NODE_LOCK_WAIT, else not at all), then fail naming the holder."""
+    seconds (None: env AGENTTOKEN_NODE_LOCK_WAIT, else not at all) unless `cancelled()`, then
+    fail naming the holder."""
     if wait is None:
         wait = float(os.environ.get("AGENTTOKEN_NODE_LOCK_WAIT", "0"))
     deadline = time.monotonic() + wait
@@ -84,7 +88,7 @@ def acquire_lock(owner: Path, wait: float | None = None) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            if time.monotonic() < deadline:
+            if time.monotonic() < deadline and not cancelled():
                 time.sleep(1)
                 continue
         holder = Path(LOCK_PATH).read_text().strip() or "unknown"

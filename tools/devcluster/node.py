@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class RealNode:
     # hoststate.snapshot() once the lock is ours, before the node changed anything.
     host_before: dict[str, Any] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+    # Set when the cluster's start failed or was interrupted while this half ran in its thread.
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     # -- paths --
 
@@ -138,7 +141,7 @@ class RealNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         t0 = time.monotonic()
-        fd = hoststate.acquire_lock(self.workdir, wait=self.lock_wait)
+        fd = hoststate.acquire_lock(self.workdir, wait=self.lock_wait, cancelled=self._cancel.is_set)
         try:
             holder = procs.spawn(
                 hoststate.lock_holder_argv(sys.executable, self.workdir),
@@ -148,6 +151,7 @@ class RealNode:
         finally:
             os.close(fd)
         self._record("lock", holder)
+        self._check_cancelled()
         # A crashed earlier run may have left our sockets, bridge and tables behind (the lock was
         # free, so nothing uses them): clear them before recording the host's state.
         hoststate.clear_run_dir()
@@ -161,6 +165,7 @@ class RealNode:
         self.ports = dict(zip(names, procs.free_ports(len(names)), strict=True))
         self._write_configs()
         self._save()
+        self._check_cancelled()
         self._record("containerd", self._spawn_containerd())
         self._wait("containerd", lambda: self.ctr("version").returncode == 0, time.monotonic() + 30)
         self.timings["containerd"] = time.monotonic() - t0
@@ -168,6 +173,14 @@ class RealNode:
         self._forget_old_containers()
         self.import_images()
         self.timings["images"] = time.monotonic() - t1
+
+    def cancel(self) -> None:
+        """Stop a start_runtime() running in another thread at its next step (it raises)."""
+        self._cancel.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise ClusterError("real node start cancelled")
 
     def start_kubelet(self, api: Api, timeout: float = 90) -> None:
         """The half that needs the apiserver: our nftables table, kubelet, kube-proxy, Ready."""
