@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import images.recipes
 from devcluster.node import NODE_LABEL
 from images.build import images_dir
 from tests.e2e.conftest import REPO, helm_path
@@ -28,17 +29,16 @@ RESULTS = REPO / "bench" / "results" / "operator-pod.json"
 
 
 def image_reference(name: str) -> str:
-    """The reference hack/build-images gave an image (the Python images are tagged by content)."""
-    catalog = images_dir() / "images.json"
-    assert catalog.exists(), f"{catalog} missing: run hack/build-images (make test-node does)"
-    record = json.loads(catalog.read_text()).get(name)
-    assert record, f"no {name} image in {catalog}: run hack/build-images"
-    assert (images_dir() / f"{name}.tar").exists()
-    return str(record["reference"])
+    """The reference hack/build-images gives this checkout's image (the Python images are tagged by
+    the hash of their sources, so another checkout sharing the cache cannot swap it)."""
+    archive = images_dir() / images.recipes.archive(name)
+    assert archive.exists(), f"{archive} missing: run hack/build-images (make test-node does)"
+    return images.recipes.reference(name)
 
 
 def image_record(name: str) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads((images_dir() / "images.json").read_text())[name]
+    catalog = json.loads((images_dir() / "images.json").read_text())
+    record: dict[str, Any] = catalog["archives"][image_reference(name)]
     return record
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from images import oci
+from images.build import Catalog, Record
 from images.dockerfile import parse_stages, runtime_config
 from images.recipes import BASE_ENV, DISTRIBUTIONS, REPO
 
@@ -163,3 +164,29 @@ def test_dockerfile_entrypoint_must_be_exec_form(tmp_path: Path, bad: str) -> No
     dockerfile.write_text(f"FROM scratch\nENTRYPOINT {bad}\n")
     with pytest.raises(ValueError, match="exec"):
         runtime_config(dockerfile, BASE_ENV)
+
+
+def test_catalog_keeps_every_checkouts_archive_and_prunes_the_oldest(tmp_path: Path) -> None:
+    def record(tag: str) -> Record:
+        return Record("operator", f"localhost/agenttoken/operator:{tag}", f"inputs-{tag}", "sha256:x", 1, 2, 0.1,
+                      {"archive": f"operator-{tag}.tar"})  # fmt: skip
+
+    catalog = Catalog(tmp_path)
+    for i, tag in enumerate(["dev-a", "dev-b", "dev-c"]):
+        (tmp_path / f"operator-{tag}.tar").write_bytes(b"")
+        os.utime(tmp_path / f"operator-{tag}.tar", (EPOCH + i, EPOCH + i))
+        catalog.put(record(tag))
+    # Another checkout's archive stays usable: its reference is still fresh.
+    again = Catalog(tmp_path)
+    assert again.fresh(
+        "operator", "localhost/agenttoken/operator:dev-a", "inputs-dev-a", "operator-dev-a.tar"
+    )
+    assert again.records["operator"]["reference"].endswith("dev-a")
+    assert not again.fresh("operator", "localhost/agenttoken/operator:dev-a", "other", "operator-dev-a.tar")
+
+    again.prune("operator", keep=2)
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["operator-dev-b.tar", "operator-dev-c.tar"]
+    assert set(Catalog(tmp_path).archives) == {
+        "localhost/agenttoken/operator:dev-b",
+        "localhost/agenttoken/operator:dev-c",
+    }

@@ -111,23 +111,27 @@ class Record:
 
 
 class Catalog:
-    """images.json beside the archives: inputs hash and digest per image, read by tests and bench."""
+    """images.json beside the archives: per image the last build (`images`) and every archive
+    present (`archives`, by reference) with its inputs hash, digest and sizes."""
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / "images.json"
-        self.records: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            self.records = json.loads(self.path.read_text())
+        data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if "images" not in data:  # the first layout: one record per name
+            data = {"images": data, "archives": {}}
+        self.records: dict[str, dict[str, Any]] = data["images"]
+        self.archives: dict[str, dict[str, Any]] = data["archives"]
 
-    def fresh(self, name: str, inputs: str) -> dict[str, Any] | None:
-        record = self.records.get(name)
-        archive = self.path.parent / f"{name}.tar"
-        if record and record.get("inputs") == inputs and archive.exists():
+    def fresh(self, name: str, reference: str, inputs: str, archive: str) -> dict[str, Any] | None:
+        record = self.archives.get(reference)
+        if record and record.get("inputs") == inputs and (self.path.parent / archive).exists():
+            self.records[name] = record  # this checkout's build is the current one again
+            self._save()
             return record
         return None
 
     def put(self, record: Record) -> None:
-        self.records[record.name] = {
+        entry = {
             "reference": record.reference,
             "inputs": record.inputs,
             "manifest_digest": record.manifest_digest,
@@ -136,9 +140,27 @@ class Catalog:
             "build_seconds": round(record.build_seconds, 2),
             **record.extra,
         }
+        self.records[record.name] = entry
+        self.archives[record.reference] = entry
+        self._save()
+
+    def prune(self, name: str, keep: int) -> None:
+        """Remove all but the `keep` newest archives of a content-tagged image."""
+        files = sorted(self.path.parent.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[keep:]:
+            old.unlink()
+        present = {p.name for p in self.path.parent.glob("*.tar")}
+        self.archives = {
+            r: e for r, e in self.archives.items() if e.get("archive", "") in present or "archive" not in e
+        }
+        self._save()
+
+    def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.records, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(
+            json.dumps({"images": self.records, "archives": self.archives}, indent=2, sort_keys=True) + "\n"
+        )
         tmp.replace(self.path)
 
 

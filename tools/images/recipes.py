@@ -49,6 +49,12 @@ class Recipe(ABC):
     def reference(self) -> str:
         return f"{REGISTRY}/{self.name}:{self.tag}"
 
+    @property
+    def archive(self) -> str:
+        """The file name in <cache>/images (content-tagged images: one file per tag, so checkouts
+        that share the cache do not overwrite each other's archives)."""
+        return f"{self.name}.tar" if self.tag == Recipe.tag else f"{self.name}-{self.tag}.tar"
+
     def prepare(self) -> None:
         """Install what building needs (Debian packages) before the inputs are hashed."""
         return None
@@ -148,6 +154,24 @@ def all_recipes(epoch: int) -> list[Recipe]:
     return [Pause(epoch), Busybox(epoch), OperatorImage(epoch), AgentImage(epoch), DemoApiImage(epoch)]
 
 
+# Content-tagged archives kept per image (several checkouts may share one cache).
+KEEP_ARCHIVES = 4
+
+
+def reference(name: str) -> str:
+    """The reference this checkout's sources give image `name` (whether or not it is built)."""
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+    (recipe,) = [r for r in all_recipes(epoch) if r.name == name]
+    return recipe.reference
+
+
+def archive(name: str) -> str:
+    """The archive file name of this checkout's image `name` in <cache>/images."""
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+    (recipe,) = [r for r in all_recipes(epoch) if r.name == name]
+    return recipe.archive
+
+
 def build_all(names: list[str] | None = None, *, force: bool = False) -> Catalog:
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
     from images.build import images_dir
@@ -169,14 +193,17 @@ def build_all(names: list[str] | None = None, *, force: bool = False) -> Catalog
             continue
         recipe.prepare()
         key = recipe.key()
-        if not force and catalog.fresh(recipe.name, key):
+        if not force and catalog.fresh(recipe.name, recipe.reference, key, recipe.archive):
             log(f"{recipe.name}: up to date ({recipe.reference})")
             continue
         log(f"{recipe.name}: building {recipe.reference}")
         watch = Stopwatch()
         built = recipe.build()
+        legacy = out_dir / f"{recipe.name}.tar"
+        if recipe.archive != legacy.name and legacy.exists():
+            legacy.unlink()  # from before archives were named by tag
         info = oci.write_archive(
-            out_dir / f"{recipe.name}.tar",
+            out_dir / recipe.archive,
             recipe.reference,
             built.layers,
             built.config,
@@ -192,9 +219,10 @@ def build_all(names: list[str] | None = None, *, force: bool = False) -> Catalog
                 compressed_bytes=info.compressed_size,
                 uncompressed_bytes=info.uncompressed_size,
                 build_seconds=watch.seconds(),
-                extra=built.extra,
+                extra={**built.extra, "archive": recipe.archive},
             )
         )
+        catalog.prune(recipe.name, keep=KEEP_ARCHIVES)
         log(
             f"{recipe.name}: {info.manifest_digest[:19]} {info.compressed_size / 1e6:.1f} MB compressed,"
             f" {info.uncompressed_size / 1e6:.1f} MB unpacked, {watch.seconds():.1f}s"
