@@ -151,6 +151,8 @@ class RealNode:
         finally:
             os.close(fd)
         self._record("lock", holder)
+        # Name the process that holds the lock, for whoever finds it held.
+        hoststate.LOCK_PATH.write_text(f"{self.workdir} (lock holder pid {holder.pid})\n")
         self._check_cancelled()
         # A crashed earlier run may have left our sockets, bridge and tables behind (the lock was
         # free, so nothing uses them): clear them before recording the host's state.
