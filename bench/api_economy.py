@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agenttoken.devcluster import LocalCluster, install
 from benchsupport import header, start_operator, stop, write
+from devcluster import LocalCluster, install
 
 NAMESPACES = {"economy": False, "economy-targets": True}  # namespace -> with rollout targets
 OPERATOR_USER = "agenttoken-admin"  # the operator runs with the cluster's admin certificate here

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agenttoken.devcluster import REPO_ROOT, LocalCluster, free_ports
+from devcluster import REPO_ROOT, LocalCluster, free_ports
 
 RESULTS = REPO_ROOT / "bench" / "results"
 SELECTOR = "app.kubernetes.io%2Fmanaged-by%3Dagent-token-operator"

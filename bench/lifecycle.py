@@ -28,7 +28,6 @@ from typing import Any
 
 import kubernetes
 
-from agenttoken.devcluster import LocalCluster, install
 from benchsupport import (
     ApiserverProfiler,
     Profiler,
@@ -42,6 +41,7 @@ from benchsupport import (
     teardown,
     write,
 )
+from devcluster import LocalCluster, install
 
 NS = "bench"
 BASELINE_NS = "bench-baseline"

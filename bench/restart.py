@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agenttoken.devcluster import LocalCluster, cache_bins_dir, install, read_versions
 from benchsupport import SecretWatcher, header, start_operator, stop, summary, write
+from devcluster import LocalCluster, cache_bins_dir, install, read_versions
 
 NS = "restart"
 KEY = "agenttoken.dev/revision.agent"

@@ -33,7 +33,6 @@ from agenttoken.api import ANN_TOKEN_ID
 from agenttoken.core.model import parse_spec
 from agenttoken.core.secretdata import TokenRecord
 from agenttoken.core.timing import renewal_time
-from agenttoken.devcluster import LocalCluster, install
 from benchsupport import (
     SELECTOR,
     Profiler,
@@ -50,6 +49,7 @@ from benchsupport import (
     teardown,
     write,
 )
+from devcluster import LocalCluster, install
 from lifecycle import create_many
 
 NS, SHORT_NS = "steady", "steady-short"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Builds the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kwok, helm) from upstream Go modules into a cache outside the repo, keyed by version.
+# Builds the local cluster from upstream Go modules into a cache outside the repo, keyed by version:
+# the control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm) and
+# the real node (kubelet, kube-proxy, containerd + ctr + containerd-shim-runc-v2, the CNI plugins
+# bridge, host-local, loopback and portmap). runc and nftables, which the real node also needs,
+# are Debian packages: installed here when missing (as root; otherwise a warning).
 # A component whose cached binary already reports the pinned version is skipped.
 #
 #   hack/build-cluster-bins.sh            build what is missing
@@ -19,6 +22,8 @@ etcd_dir="$bins/etcd-$ETCD_VERSION"
 kwok_dir="$bins/kwok-$KWOK_VERSION"
 helm_dir="$bins/helm-$HELM_VERSION"
 kstatus_dir="$bins/kstatus-$KSTATUS_VERSION"
+containerd_dir="$bins/containerd-$CONTAINERD_VERSION"
+cni_dir="$bins/cni-plugins-$CNI_PLUGINS_VERSION"
 
 if [[ "${1:-}" == "--print" ]]; then
   echo "$bins"
@@ -98,7 +103,7 @@ build_kubernetes() {
     ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
   mkdir -p "$k8s_dir"
-  for c in kube-apiserver kube-controller-manager kube-scheduler; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     if has_version "$k8s_dir/$c" "$KUBERNETES_VERSION" --version; then
       log "$c: cached ($KUBERNETES_VERSION)"; continue
     fi
@@ -158,7 +163,8 @@ build_helm() {
 build_kstatus() {
   local dir="$here/gomod/kstatus"
   # Keyed by the library version and a hash of our small main.go.
-  local sum; sum=$(sha256sum "$dir/main.go" "$dir/go.mod" | sha256sum | cut -c1-12)
+  # Contents only (not paths): every worktree shares the one cache entry.
+  local sum; sum=$(cat "$dir/main.go" "$dir/go.mod" | sha256sum | cut -c1-12)
   if [[ -x "$kstatus_dir/kstatus" && "$(cat "$kstatus_dir/.source" 2>/dev/null)" == "$sum" ]]; then
     log "kstatus: cached ($KSTATUS_VERSION)"; return
   fi
@@ -169,11 +175,69 @@ build_kstatus() {
   echo "$sum" > "$kstatus_dir/.source"
 }
 
+build_containerd() {
+  local pkg=github.com/containerd/containerd/v2 v=$CONTAINERD_VERSION
+  # Tags: no btrfs/devmapper/zfs snapshotters (they need C headers; we use overlayfs); the shim
+  # without grpc, as upstream's release build does.
+  local tags="urfave_cli_no_docs no_btrfs no_devmapper no_zfs"
+  local ld="-s -w -X $pkg/version.Version=$v -X $pkg/version.Package=github.com/containerd/containerd -X $pkg/version.Revision=module-proxy"
+  if has_version "$containerd_dir/containerd" "$v" --version && has_version "$containerd_dir/ctr" "$v" --version &&
+     has_version "$containerd_dir/containerd-shim-runc-v2" "$v" -v; then
+    log "containerd, ctr, containerd-shim-runc-v2: cached ($v)"; return
+  fi
+  mkdir -p "$containerd_dir"
+  log "containerd, ctr: building $v"
+  with_progress containerd env GOBIN="$containerd_dir" go install -trimpath -tags "$tags" -ldflags "$ld" \
+    "$pkg/cmd/containerd@$v" "$pkg/cmd/ctr@$v"
+  log "containerd-shim-runc-v2: building $v"
+  with_progress containerd-shim-runc-v2 env GOBIN="$containerd_dir" go install -trimpath -tags "$tags no_grpc" \
+    -ldflags "$ld" "$pkg/cmd/containerd-shim-runc-v2@$v"
+  has_version "$containerd_dir/containerd" "$v" --version || { echo "error: containerd does not report $v" >&2; exit 1; }
+}
+
+build_cni() {
+  local m=github.com/containernetworking/plugins v=$CNI_PLUGINS_VERSION p ok=1
+  for p in bridge host-local loopback portmap; do
+    CNI_COMMAND=VERSION has_version "$cni_dir/$p" '"cniVersion"' </dev/null || ok=0
+  done
+  if [[ $ok == 1 && "$(cat "$cni_dir/.version" 2>/dev/null)" == "$v" ]]; then
+    log "CNI plugins: cached ($v)"; return
+  fi
+  mkdir -p "$cni_dir"
+  log "CNI plugins bridge, host-local, loopback, portmap: building $v"
+  with_progress cni-plugins env GOBIN="$cni_dir" go install -trimpath \
+    -ldflags "-s -w -X $m/pkg/utils/buildversion.BuildVersion=$v" \
+    "$m/plugins/main/bridge@$v" "$m/plugins/main/loopback@$v" "$m/plugins/ipam/host-local@$v" "$m/plugins/meta/portmap@$v"
+  echo "$v" > "$cni_dir/.version"
+}
+
+# runc (containerd's runtime), nft (kube-proxy's nftables mode, our pod-network table), ip.
+ensure_debian_packages() {
+  local missing=()
+  command -v runc >/dev/null || [[ -x /usr/sbin/runc ]] || missing+=(runc)
+  command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
+  # `ip` (the node's address, links) for tools/devcluster; minimal images lack it.
+  command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || [[ -x /sbin/ip ]] || missing+=(iproute2)
+  if [[ ${#missing[@]} == 0 ]]; then
+    log "runc, nft: present ($(runc --version 2>/dev/null | head -1))"; return
+  fi
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+    log "warning: ${missing[*]} missing and cannot be installed here (needs root and apt): the real node will not start"
+    return
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; }
+}
+
 log "cache: $bins"
 build_etcd
 build_kwok
 build_helm
 build_kubernetes
 build_kstatus
+build_containerd
+build_cni
+ensure_debian_packages
 log "all components ready in $(( $(date +%s) - start_all ))s"
-du -sh "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$kstatus_dir" 2>/dev/null | sed 's/^/[cluster-bins] size /'
+du -sh "$k8s_dir" "$etcd_dir" "$kwok_dir" "$helm_dir" "$kstatus_dir" "$containerd_dir" "$cni_dir" 2>/dev/null | sed 's/^/[cluster-bins] size /'

@@ -1,4 +1,4 @@
-"""Shared pytest options: which cluster the e2e tier runs against."""
+"""Shared pytest options: which cluster the e2e tier runs against, how the real node runs."""
 
 import pytest
 
@@ -17,4 +17,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="tests/reliability: the small fixed CI budget (default) or the full sizes for the report "
         "(env RELIABILITY_SIZE; each knob also has its own RELIABILITY_* env override)",
+    )
+    parser.addoption(
+        "--kubelet-sync-frequency",
+        default=None,
+        help="tests/node: the real node's kubelet syncFrequency, e.g. 5s (env AGENTTOKEN_KUBELET_SYNC; "
+        "default upstream's 1m0s, which delays Secret volume updates by 60-90 s)",
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agenttoken.devcluster import Binaries, LocalCluster, kubeconfig_reachable, read_versions
+from devcluster import Binaries, LocalCluster, kubeconfig_reachable, read_versions
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agenttoken.devcluster import cache_bins_dir, free_ports
+from devcluster import cache_bins_dir, free_ports
 
 VERSION = "26.7.3"
 REALM = "agents"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agenttoken.devcluster import kubectl_path
+from devcluster import kubectl_path
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agenttoken.devcluster import free_ports
+from devcluster import free_ports
 
 from .kube import Kube, wait_for
 

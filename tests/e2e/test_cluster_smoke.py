@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agenttoken.devcluster import ClusterError, LocalCluster
+from devcluster import ClusterError, LocalCluster
 
 from .kube import Kube, wait_for
 

@@ -9,7 +9,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from agenttoken.devcluster import Binaries
+from devcluster import Binaries
 
 from .conftest import REPO, helm_path, render_chart
 from .kube import Kube, wait_for

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from agenttoken.devcluster import LocalCluster, kubectl_path
+from devcluster import LocalCluster, kubectl_path
 from tests.e2e.conftest import crds, namespace, operator, operator_identity  # noqa: F401 (fixtures)
 from tests.e2e.kube import Kube
 

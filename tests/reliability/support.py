@@ -11,7 +11,7 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
 from agenttoken.core.times import parse_time
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 
 from .conftest import now

@@ -11,7 +11,7 @@ import os
 import random
 import time
 
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess
 from tests.e2e.test_rollouts import KEY_PREFIX, workload

@@ -8,7 +8,7 @@ import threading
 import time
 
 from agenttoken.core.times import parse_time
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess
 

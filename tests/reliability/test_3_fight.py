@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube, wait_for
 from tests.e2e.operator import OperatorProcess
 from tests.e2e.test_rollouts import workload

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 
-from agenttoken.devcluster import LocalCluster
+from devcluster import LocalCluster
 from tests.e2e.kube import Kube
 from tests.e2e.operator import OperatorProcess
 

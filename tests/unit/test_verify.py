@@ -622,3 +622,27 @@ def test_audit_takes_no_labels_from_unsigned_claims(world: World, capture: Audit
 def test_audit_can_be_turned_off(world: World) -> None:
     verifier = world.verifier(audit=False)
     verifier.verify(world.mint().token, client_address=CLIENT)
+
+
+def test_stale_grace_keeps_the_last_revocation_list_through_a_short_outage(world: World) -> None:
+    victim, bystander = world.mint(), world.mint()
+    world.fetch.docs[REVOCATIONS_URL] = revocation_list(victim)
+    verifier = world.verifier(revocations_stale_grace=timedelta(seconds=30))
+    verifier.verify(bystander.token, client_address=CLIENT)
+    body = world.fetch.docs.pop(REVOCATIONS_URL)  # the operator restarts: nothing behind its Service
+
+    world.clock.advance(timedelta(seconds=10))
+    verifier.verify(bystander.token, client_address=CLIENT)
+    with pytest.raises(VerificationError, match="revoked") as caught:
+        verifier.verify(victim.token, client_address=CLIENT)
+    assert "failing closed" not in str(caught.value), "the last list still revokes"
+    # Retried at most once per max age while stale, not on every call.
+    assert world.fetch.count(REVOCATIONS_URL) == 2
+
+    world.clock.advance(timedelta(seconds=21))
+    with pytest.raises(VerificationError, match="failing closed"):
+        verifier.verify(bystander.token, client_address=CLIENT)
+
+    world.fetch.docs[REVOCATIONS_URL] = body
+    world.clock.advance(timedelta(seconds=1))
+    verifier.verify(bystander.token, client_address=CLIENT)

@@ -237,12 +237,20 @@ class TargetSpec:
         return bool(self.match_labels) and all(w.labels.get(k) == v for k, v in self.match_labels.items())
 
 
+# How long the previous token stays valid after every target rolled (or after issuance without
+# targets). Pods that read the token from a Secret volume and are not restarted see the new file
+# only at their next periodic kubelet sync: up to 1.5 x syncFrequency (default 1m) after the write
+# (68-84 s measured on a real node with the defaults). The former default of 30 s revoked the token
+# such pods were still presenting for up to a minute per renewal; this one covers the delay.
+DEFAULT_REVOKE_GRACE = datetime.timedelta(minutes=2)
+
+
 @dataclass(frozen=True)
 class RolloutSpec:
     strategy: Literal["Restart", "None"] = "None"
     targets: tuple[TargetSpec, ...] = ()
     auto_discover: bool = False
-    grace: datetime.timedelta = datetime.timedelta(seconds=30)
+    grace: datetime.timedelta = DEFAULT_REVOKE_GRACE
 
 
 def parse_rollout(raw: Mapping[str, Any] | None, parse_duration: Any) -> RolloutSpec:
@@ -257,7 +265,7 @@ def parse_rollout(raw: Mapping[str, Any] | None, parse_duration: Any) -> Rollout
     )
     auto = bool(raw.get("autoDiscover", False))
     default = "Restart" if (targets or auto) else "None"
-    grace = parse_duration(raw["revokeAfter"]) if raw.get("revokeAfter") else datetime.timedelta(seconds=30)
+    grace = parse_duration(raw["revokeAfter"]) if raw.get("revokeAfter") else DEFAULT_REVOKE_GRACE
     return RolloutSpec(
         strategy=raw.get("strategy", default), targets=targets, auto_discover=auto, grace=grace
     )

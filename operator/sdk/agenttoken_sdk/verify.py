@@ -18,8 +18,12 @@ Design choices, and why:
   refresh, at most once per jwks_min_refresh, so garbage kids cannot make us hammer the issuer.
 * The revocation list is cached for at most revocations_max_age (500 ms by default) so a revocation
   bites within a second. When it cannot be fetched or parsed we fail closed (check "revoked"): an
-  API that accepted revoked tokens during an outage would make revocation useless. Only the "jti"
-  of each entry is read, so an entry with a malformed time still revokes.
+  API that accepted revoked tokens during an outage would make revocation useless. The one bounded
+  exception is revocations_stale_grace (default 0: none): the last list fetched successfully keeps
+  answering for that long after it was fetched, so a restart of the operator (one replica: seconds
+  without a pod behind its Service) does not refuse every call; no revocation can be published
+  while the operator is down anyway. Only the "jti" of each entry is read, so an entry with a
+  malformed time still revokes.
 * Bindings fail safe: with Verifier.environment set, a token without "env" is rejected; a token with
   "cidr" is rejected when the caller's address is unknown.
 * Payload structure (JSON object, required RFC 9068 claims and their types) is part of "format" and is
@@ -107,6 +111,7 @@ class Verifier:
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
+        revocations_stale_grace: timedelta = timedelta(0),
         audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
         if not issuer:
@@ -117,7 +122,10 @@ class Verifier:
             raise ValueError("give exactly one of jwks and jwks_url")
         self._algorithms = _allowed_algorithms(algorithms)
         _check_durations(
-            leeway=leeway, jwks_min_refresh=jwks_min_refresh, revocations_max_age=revocations_max_age
+            leeway=leeway,
+            jwks_min_refresh=jwks_min_refresh,
+            revocations_max_age=revocations_max_age,
+            revocations_stale_grace=revocations_stale_grace,
         )
         if environment == "":
             raise ValueError("environment must be None or a non-empty string")
@@ -133,7 +141,12 @@ class Verifier:
         self._revocations = (
             None
             if revocations_url is None
-            else RevocationList(url=revocations_url, fetch=fetch, max_age=revocations_max_age)
+            else RevocationList(
+                url=revocations_url,
+                fetch=fetch,
+                max_age=revocations_max_age,
+                stale_grace=revocations_stale_grace,
+            )
         )
         # None: the default record (global Prometheus registry, logger agenttoken.verify.audit).
         self._audit = None if audit is False else (audit or VerificationAudit())

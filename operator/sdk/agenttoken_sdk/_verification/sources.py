@@ -144,24 +144,35 @@ def parse_revocations(body: bytes) -> frozenset[str]:
 
 
 class RevocationList:
-    """The issuer's revocation list at `url`, at most `max_age` old."""
+    """The issuer's revocation list at `url`, at most `max_age` old; when a refresh fails, the last
+    good list keeps answering until `stale_grace` after it was fetched (0: fail closed at once)."""
 
-    def __init__(self, *, url: str, fetch: Fetch, max_age: timedelta) -> None:
+    def __init__(self, *, url: str, fetch: Fetch, max_age: timedelta, stale_grace: timedelta) -> None:
         self._url = url
         self._fetch = fetch
         self._max_age = max_age
+        self._stale_grace = stale_grace
         self._lock = threading.Lock()
         self._revoked: frozenset[str] = frozenset()
         self._fetched_at: datetime | None = None  # last successful fetch
+        self._tried_at: datetime | None = None  # last fetch attempt
 
     def revoked_ids(self, now: datetime) -> frozenset[str] | None:
-        """The revoked token ids, or None when the list cannot be fetched or parsed (fail closed)."""
+        """The revoked token ids, or None when no list young enough can be had (fail closed)."""
         with self._lock:
-            if _stale(self._fetched_at, now, self._max_age):
+            ok_at = self._fetched_at
+            if not _stale(ok_at, now, self._max_age):
+                return self._revoked
+            # While serving a stale list, try again at most once per max age (not on every call).
+            if not self._stale_grace or _stale(self._tried_at, now, self._max_age):
+                self._tried_at = now
                 try:
-                    self._revoked = parse_revocations(self._fetch(self._url))
-                except Exception:  # whatever went wrong, the caller fails closed
-                    self._fetched_at = None
-                    return None
-                self._fetched_at = now
-            return self._revoked
+                    fetched = parse_revocations(self._fetch(self._url))
+                except Exception:  # whatever went wrong: the stale list within its grace, or fail closed
+                    fetched = None
+                if fetched is not None:
+                    self._revoked, self._fetched_at = fetched, now
+                    return fetched
+            if self._stale_grace and ok_at is not None and ok_at <= now <= ok_at + self._stale_grace:
+                return self._revoked
+            return None
