@@ -603,6 +603,12 @@ def test_record_rotation_and_pod_figures(
             "median_seconds": round(statistics.median(durations), 2) if durations else None,
             "max_seconds": round(max(durations), 2) if durations else None,
             "with_operator_pod_killed_seconds": [round(d, 2) for d in killed],
+            # Force-delete -> the Recreate replacement Ready: how long the Service had no pod.
+            "operator_pod_killed_to_replacement_ready_seconds": [
+                round(r.replacement_ready_at - r.killed_at, 2)
+                for r in agent_run.rotations
+                if r.killed_at and r.replacement_ready_at
+            ],
             "kubelet_sync_frequency": node_cluster.cluster.sync_frequency,
         },
     )
