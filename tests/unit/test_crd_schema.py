@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import yaml
 
 CRDS = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml"))
 # apiVersion/kind/metadata are described by Kubernetes itself for every object.
@@ -90,9 +90,12 @@ def test_the_duration_shape_never_overflows_go(text: str) -> None:
     assert go_duration_ns(text) < 2**63
 
 
-@pytest.mark.parametrize("text", ["9" * 9 + "s" + "9" * 9 + "s" + "9" * 9 + "s", "99999h" * 5, "9999999m" * 4])
+@pytest.mark.parametrize(
+    "text", ["9" * 9 + "s" + "9" * 9 + "s" + "9" * 9 + "s", "99999h" * 5, "9999999m" * 4]
+)
 def test_the_longest_numbers_the_shape_admits_still_fit(text: str) -> None:
-    assert re.fullmatch(DURATION_SHAPE, text) and len(text) <= 32
+    assert re.fullmatch(DURATION_SHAPE, text)
+    assert len(text) <= 32
     assert go_duration_ns(text) < 2**63
 
 
