@@ -492,6 +492,42 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "revokeAfter needs spec.unused.suspendAfter",
     ),
     ("unused period not a duration", {"unused": {"markAfter": "a week"}}, "spec.unused.markAfter"),
+    # Absurd input: beyond int64 nanoseconds, or beyond each field's own limit.
+    ("absurd ttl", {"ttl": "99999999h"}, "ttl must be between 60s and 168h"),
+    ("ttl in days", {"ttl": "7d"}, "ttl must be between 60s and 168h"),
+    ("absurd renewBefore", {"renewBefore": "99999999h"}, "renewBefore must be at most 168h"),
+    (
+        "renewBefore beyond its limit",
+        {"ttl": "168h", "renewBefore": "169h"},
+        "renewBefore must be at most 168h",
+    ),
+    (
+        "absurd rollout grace",
+        {"rollout": {"revokeAfter": "99999999h"}},
+        "rollout.revokeAfter must be at most 168h",
+    ),
+    (
+        "absurd verify timeout",
+        {"verify": {"url": "https://api.example.com", "timeout": "99999999999s"}},
+        "verify.timeout must be at most 30s",
+    ),
+    ("absurd markAfter", {"unused": {"markAfter": "99999999h"}}, "unused.markAfter must be at most 8760h"),
+    (
+        "absurd suspendAfter",
+        {"unused": {"suspendAfter": "9999999999m"}},
+        "unused.suspendAfter must be at most 8760h",
+    ),
+    (
+        "absurd unused revokeAfter",
+        {"unused": {"suspendAfter": "1h", "revokeAfter": "99999999h"}},
+        "unused.revokeAfter must be at most 8760h",
+    ),
+    ("huge percentage", {"renewBeforePercentage": 99999999999}, "spec.renewBeforePercentage"),
+    (
+        "huge status code",
+        {"verify": {"url": "https://api.example.com", "expectedStatus": [99999999999]}},
+        "spec.verify.expectedStatus[0]",
+    ),
 ]
 
 
@@ -508,6 +544,39 @@ def test_invalid_manifests_are_rejected(
     result = kube.apply(json.dumps(body), "-n", namespace, "--dry-run=server", check=False)
     assert result.returncode != 0, f"{case}: accepted"
     assert message in result.stderr, result.stderr
+    assert_no_cel_failure(result.stderr)
+
+
+def assert_no_cel_failure(stderr: str) -> None:
+    """A rule that errs instead of answering shows CEL internals, not the rule's message."""
+    for internal in ("type conversion", "no such overload"):
+        assert internal not in stderr, stderr
+
+
+ISSUER_INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("absurd minTTL", {"minTTL": "99999999h"}, "policy.minTTL must be at most 168h"),
+    ("absurd maxTTL", {"maxTTL": "99999999999s"}, "policy.maxTTL must be at most 168h"),
+    ("maxTTL beyond the longest ttl", {"maxTTL": "169h"}, "policy.maxTTL must be at most 168h"),
+    ("minTTL not a duration", {"minTTL": "five minutes"}, "policy.minTTL must be at most 168h"),
+    ("absurd bounds together", {"minTTL": "99999999h", "maxTTL": "1h"}, "policy.minTTL must be at most 168h"),
+]
+
+
+@pytest.mark.parametrize("kind", ["TokenIssuer", "ClusterTokenIssuer"])
+@pytest.mark.parametrize(("case", "policy", "message"), ISSUER_INVALID, ids=[c[0] for c in ISSUER_INVALID])
+def test_absurd_issuer_policies_are_rejected_with_the_rule_message(
+    kube: Kube, crds: Path, namespace: str, kind: str, case: str, policy: dict[str, Any], message: str
+) -> None:
+    body = {
+        "apiVersion": "agenttoken.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "absurd"},
+        "spec": {"builtin": {}, "policy": policy},
+    }
+    result = kube.apply(json.dumps(body), "-n", namespace, "--dry-run=server", check=False)
+    assert result.returncode != 0, f"{case}: accepted"
+    assert message in result.stderr, result.stderr
+    assert_no_cel_failure(result.stderr)
 
 
 def test_secret_name_is_immutable(kube: Kube, crds: Path, namespace: str) -> None:
@@ -523,6 +592,13 @@ def test_secret_name_is_immutable(kube: Kube, crds: Path, namespace: str) -> Non
 def test_explain_describes_fields(kube: Kube, crds: Path) -> None:
     out = kube.kubectl("explain", "agenttoken.spec.renewBefore").stdout
     assert "Renew when this much lifetime is left" in out
+    for field, text in [
+        ("agenttoken.spec.rollout.targets.selector.matchLabels", "a workload must all carry"),
+        ("agenttoken.spec.verify.caBundleRef.kind", "ConfigMap or Secret"),
+        ("agenttoken.spec.verify.caBundleRef.name", "Name of the ConfigMap or Secret"),
+        ("clustertokenissuer.spec.oauth2.clientID", "client_id"),
+    ]:
+        assert text in kube.kubectl("explain", field).stdout, field
 
 
 def test_metrics_report_tokens(kube: Kube, operator: OperatorProcess) -> None:
