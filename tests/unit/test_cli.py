@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,41 @@ def test_an_exec_credential_plugin_supplies_the_token(
             await kube.close()
 
     assert asyncio.run(go()) == {"BearerToken": "Bearer from-the-plugin"}
+
+
+BROKEN_PIPE_SCRIPT = """
+import argparse, sys
+import agenttoken.cli as cli
+
+def lots(args):
+    for _ in range(10_000):
+        print("ns  name  Ready  True  Issued")
+    return 0
+
+class Parser:
+    def parse_args(self, argv):
+        return argparse.Namespace(func=lots)
+
+cli.build_parser = lambda: Parser()
+sys.exit(cli.main([]))
+"""
+
+
+def test_a_reader_that_leaves_is_not_a_traceback() -> None:
+    """`agenttoken status -A | head -1`: the pipe closes under a long listing; exit quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BROKEN_PIPE_SCRIPT],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 141

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
 
 from agenttoken.cli.parser import build_parser
@@ -46,11 +47,11 @@ async def _in_session(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # kubernetes_asyncio warns "Config not found" on stderr before we try in-cluster config; a
     # missing cluster is reported once, by Session, with both reasons.
     logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.ERROR)
     try:
+        args = build_parser().parse_args(argv)  # inside: `--help | head -0` is a broken pipe too
         if inspect.iscoroutinefunction(args.func):
             return asyncio.run(_in_session(args))
         result: int = args.func(args)  # `run`: the operator starts its own event loop
@@ -58,3 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `agenttoken status -A | head`: the reader left. Exit quietly, as kubectl does; point
+        # stdout at /dev/null so the interpreter's final flush cannot raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a killed pipe writer
