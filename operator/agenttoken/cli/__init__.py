@@ -9,6 +9,8 @@ through the operator's own adapter (`agenttoken.kube`), one `asyncio.run` per co
     agenttoken inspect NAME [-n NS] [-o ...]
     agenttoken verify (NAME | --token-file F) --audience AUD [--scope S ...] [--url URL]
     agenttoken jwks [--url URL]
+    agenttoken keys list
+    agenttoken keys revoke KID [--force] [--wait] [--timeout SECONDS]
     agenttoken audit [-n NS | -A] [-l SELECTOR] [-o ...] [--fail-on low|medium|high]
 
 No command ever prints a token: `inspect` shows its header and claims, `verify` the result.

@@ -8,6 +8,14 @@ the same time changes nothing, so a crash between planning and storing is harmle
 
 Algorithms: ES256 (P-256, the default: small and fast), RS256 (RSA 2048, the RFC 7518 minimum, for
 verifiers that only speak RSA; 2048 keeps key generation fast) and EdDSA (Ed25519).
+
+Purposes: a ring signs either access tokens (PURPOSE_ACCESS, published in the JWKS every verifier
+trusts) or OAuth client assertions (PURPOSE_ASSERTION, published in a separate JWKS that only the
+OAuth server is configured with). A verifier of access tokens never sees an assertion key, so an
+assertion (or anything else signed by that key) can never pass as an access token.
+
+Emergency revocation (`revoke_key`): the key's private material leaves the ring at once and only a
+tombstone (kid, time) stays, forever: a revoked kid is never published or used to sign again.
 """
 
 from __future__ import annotations
@@ -28,13 +36,18 @@ from agenttoken_sdk.jose import SUPPORTED_ALGORITHMS, jws_registry
 
 __all__ = [
     "DEFAULT_ALGORITHM",
+    "PURPOSES",
+    "PURPOSE_ACCESS",
+    "PURPOSE_ASSERTION",
     "SUPPORTED_ALGORITHMS",
     "KeyPolicy",
     "KeyRing",
+    "RevokedKey",
     "SigningKey",
     "generate_key",
     "jws_registry",
     "plan_rotation",
+    "revoke_key",
 ]
 
 DEFAULT_ALGORITHM: Final = "ES256"
@@ -47,6 +60,11 @@ _KEY_SPECS: Final[dict[str, tuple[str, str | int, str | None]]] = {
 }
 
 _RING_FORMAT_VERSION: Final = 1
+
+# What a ring's keys sign. Stored in the ring, so a ring can never be loaded for the other purpose.
+PURPOSE_ACCESS: Final = "access-token"
+PURPOSE_ASSERTION: Final = "client-assertion"
+PURPOSES: Final = (PURPOSE_ACCESS, PURPOSE_ASSERTION)
 
 
 def _check_algorithm(algorithm: str) -> None:
@@ -159,11 +177,25 @@ _DEFAULT_RETENTION: Final = KeyPolicy().retention
 
 
 @dataclass(frozen=True)
+class RevokedKey:
+    """A tombstone: this kid was revoked at revoked_at and must never be published or sign again."""
+
+    kid: str
+    revoked_at: datetime
+
+    def __post_init__(self) -> None:
+        _require_aware("revoked_at", self.revoked_at)
+
+
+@dataclass(frozen=True)
 class KeyRing:
-    """All keys an issuer knows, plus how long retired keys stay published (set by plan_rotation)."""
+    """All keys an issuer knows for one purpose, the tombstones of revoked keys, and how long retired
+    keys stay published (set by plan_rotation)."""
 
     keys: tuple[SigningKey, ...] = ()
     retention: timedelta = _DEFAULT_RETENTION
+    purpose: str = PURPOSE_ACCESS
+    revoked: tuple[RevokedKey, ...] = ()
 
     def __post_init__(self) -> None:
         kids = [k.kid for k in self.keys]
@@ -171,6 +203,14 @@ class KeyRing:
             raise ValueError("key ring has duplicate key ids")
         if self.retention < timedelta(0):
             raise ValueError("retention must not be negative")
+        if self.purpose not in PURPOSES:
+            raise ValueError(f"key ring purpose must be one of {', '.join(PURPOSES)}")
+        if set(kids) & self.revoked_kids:
+            raise ValueError("key ring holds a revoked key")
+
+    @property
+    def revoked_kids(self) -> frozenset[str]:
+        return frozenset(r.kid for r in self.revoked)
 
     def signing_key(self, now: datetime) -> SigningKey | None:
         """The newest active key (latest activates_at <= now, not retired at now), or None."""
@@ -197,6 +237,8 @@ class KeyRing:
         """Serialize for a Kubernetes Secret. CONTAINS PRIVATE KEYS: only ever write it to a Secret."""
         doc = {
             "version": _RING_FORMAT_VERSION,
+            "purpose": self.purpose,
+            "revoked": [{"kid": r.kid, "revokedAt": r.revoked_at.isoformat()} for r in self.revoked],
             "retentionSeconds": self.retention.total_seconds(),
             "keys": [
                 {
@@ -213,8 +255,9 @@ class KeyRing:
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> KeyRing:
-        """Parse to_json output. Every kid is checked against its key's thumbprint.
+    def from_json(cls, text: str, *, purpose: str = PURPOSE_ACCESS) -> KeyRing:
+        """Parse to_json output. Every kid is checked against its key's thumbprint, and the ring's
+        purpose against `purpose` (a ring written before purposes existed signs access tokens).
 
         Errors name the field that is wrong, never key material.
         """
@@ -230,8 +273,22 @@ class KeyRing:
         retention = doc.get("retentionSeconds")
         if isinstance(retention, bool) or not isinstance(retention, int | float):
             raise ValueError("key ring field 'retentionSeconds' must be a number")
+        stored_purpose = doc.get("purpose", PURPOSE_ACCESS)
+        if stored_purpose != purpose:
+            raise ValueError(f"key ring purpose is {stored_purpose!r}, expected {purpose!r}")
+        raw_revoked = doc.get("revoked", [])
+        if not isinstance(raw_revoked, list):
+            raise ValueError("key ring field 'revoked' must be a list")
+        revoked = tuple(_revoked_from_doc(i, item) for i, item in enumerate(raw_revoked))
         keys = tuple(_key_from_doc(i, item) for i, item in enumerate(raw_keys))
-        return cls(keys=keys, retention=timedelta(seconds=retention))
+        return cls(keys=keys, retention=timedelta(seconds=retention), purpose=purpose, revoked=revoked)
+
+
+def _revoked_from_doc(index: int, item: Any) -> RevokedKey:
+    where = f"revoked[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("kid"), str) or not item["kid"]:
+        raise ValueError(f"{where} must be an object with a kid")
+    return RevokedKey(kid=item["kid"], revoked_at=_parse_time(f"{where}.revokedAt", item.get("revokedAt")))
 
 
 def _parse_time(where: str, value: Any) -> datetime:
@@ -333,6 +390,7 @@ def plan_rotation(
     """
     _require_aware("now", now)
     keys, reasons = _retire_superseded(list(ring.keys), now)
+    generate = _never_revoked(generate, ring.revoked_kids)
 
     current = KeyRing(tuple(keys), ring.retention).signing_key(now)
     has_pending = any(k.is_pending(now) for k in keys)
@@ -370,4 +428,55 @@ def plan_rotation(
             kept.append(k)
     if policy.retention != ring.retention:
         reasons.append(f"retention of retired keys set to {format_duration(policy.retention)}")
-    return KeyRing(tuple(kept), policy.retention), reasons
+    return replace(ring, keys=tuple(kept), retention=policy.retention), reasons
+
+
+def _never_revoked(generate: KeyGenerator, revoked: frozenset[str]) -> KeyGenerator:
+    """A generator that never returns a revoked kid (a thumbprint collision is astronomically
+    unlikely; the check makes "never comes back" a property of the code, not of chance)."""
+
+    def fresh(algorithm: str, now: datetime) -> SigningKey:
+        for _ in range(8):
+            key = generate(algorithm, now)
+            if key.kid not in revoked:
+                return key
+        raise RuntimeError("the key generator keeps returning revoked key ids")
+
+    return fresh
+
+
+def revoke_key(
+    ring: KeyRing,
+    kid: str,
+    policy: KeyPolicy,
+    now: datetime,
+    *,
+    generate: KeyGenerator = generate_key,
+) -> tuple[KeyRing, list[str]]:
+    """Emergency revocation of `kid`: returns (new ring, reasons; empty if it was already revoked).
+
+    The key and its private material leave the ring at once (so it is neither published nor able
+    to sign) and a tombstone stays forever. When the ring has no signing key left, a fresh key
+    signs at once: there is no time to publish ahead, verifiers fetch the JWKS again on an unknown
+    kid. Older keys the revoked key had superseded stay retired (never signing again). A kid the
+    ring does not hold is still tombstoned: revoking ahead (e.g. a kid seen in a leaked token) is
+    allowed. Idempotent, like plan_rotation.
+    """
+    _require_aware("now", now)
+    if kid in ring.revoked_kids:
+        return ring, []
+    held = [k for k in ring.keys if k.kid == kid]
+    # Retire every started key first, so removing the newest cannot bring an older one back.
+    keys, _ = _retire_superseded(list(ring.keys), now)
+    keys = [k for k in keys if k.kid != kid]
+    tombstones = (*ring.revoked, RevokedKey(kid, now))
+    reasons = [f"revoked key {kid}" + ("" if held else " (not in the ring: tombstoned ahead)")]
+    revoked_ring = replace(ring, keys=tuple(keys), revoked=tombstones)
+    if revoked_ring.signing_key(now) is None:
+        fresh = _never_revoked(generate, revoked_ring.revoked_kids)(policy.algorithm, now)
+        keys, _ = _retire_superseded([*keys, fresh], now)
+        reasons.append(
+            f"generated key {fresh.kid} ({policy.algorithm}; replaces revoked key {kid}, signs at once)"
+        )
+        revoked_ring = replace(revoked_ring, keys=tuple(keys))
+    return revoked_ring, reasons
