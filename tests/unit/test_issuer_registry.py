@@ -18,7 +18,6 @@ from agenttoken.issuers.registry import Registry
 from agenttoken.kube.adapter import Kube
 
 
-
 def unverified_header(token: str) -> dict[str, Any]:
     head = token.split(".")[0]
     return cast(dict[str, Any], json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))))

@@ -11,7 +11,8 @@ import pytest
 
 from agenttoken.controllers.keys import ASSERTION_RING_KEY, RING_KEY, KeyManager
 from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, RevocationStore
-from agenttoken.core.keys import PURPOSE_ASSERTION, KeyPolicy, KeyRing, plan_rotation
+from agenttoken.core.keyplan import plan_rotation
+from agenttoken.core.keys import PURPOSE_ASSERTION, KeyPolicy, KeyRing
 from agenttoken.core.revocation import Revoked
 from agenttoken.core.secretdata import decode_data, encode_data
 from agenttoken.kube.adapter import Kube

@@ -11,7 +11,7 @@ Emergency revocation: `agenttoken keys revoke KID` and GitOps both write the kid
 ConfigMap `agenttoken-key-revocations` (key `revoked-kids`, one kid a line). That ConfigMap is the
 decision, in the cluster: every replica stops publishing and signing with a requested kid the
 moment it sees it; the primary (`may_write`) then tombstones the kid in the ring Secret
-(core.keys.revoke_key: material gone, a fresh key signs at once), which other replicas pick up by
+(core.keyplan.revoke_key: material gone, a fresh key signs at once), which other replicas pick up by
 reading the Secret again. Every write is guarded by a resourceVersion, and every step is derived
 from what is stored, so a crash or a second replica at any line repeats it, never undoes it.
 Removing a kid from the ConfigMap later (a GitOps revert) does not bring the key back: the
@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agenttoken import api
+from agenttoken.core.keyplan import plan_rotation, revoke_key
 from agenttoken.core.keys import (
     PURPOSE_ACCESS,
     PURPOSE_ASSERTION,
     KeyPolicy,
     KeyRing,
     SigningKey,
-    plan_rotation,
-    revoke_key,
 )
 from agenttoken.core.secretdata import decode_data, encode_data
 from agenttoken.kube.adapter import Kube
