@@ -58,4 +58,4 @@ class GoVerifier:
 
     def close(self) -> None:
         self.proc.kill()
-        self.proc.wait()
+        self.proc.communicate()  # reaps it and closes both pipes

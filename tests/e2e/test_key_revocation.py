@@ -125,6 +125,7 @@ def token_endpoint() -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/token"
     server.shutdown()
+    server.server_close()
 
 
 def test_client_assertions_use_a_key_no_access_token_verifier_trusts(
