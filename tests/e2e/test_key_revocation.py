@@ -179,6 +179,13 @@ def test_client_assertions_use_a_key_no_access_token_verifier_trusts(
     assert go_verifier.check(forged).startswith("reject unknown kid")
 
 
+def agenttoken_cli(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "agenttoken"), *args],
+        env=kube.env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
 def create_many(kube: Kube, namespace: str, count: int) -> None:
     for start in range(0, count, 250):
         items = [
@@ -218,10 +225,10 @@ def test_emergency_key_revocation_reissues_every_token_and_verifiers_refuse_the_
     assert rejected_by_sdk(sdk, old_token) is None
     assert go_verifier.check(old_token) == f"ok {old_kid}"
 
-    cli = subprocess.run(
-        [str(Path(sys.executable).parent / "agenttoken"), "keys", "revoke", old_kid],
-        env=kube.env, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+    typo = agenttoken_cli(kube, "keys", "revoke", "not-a-published-kid")
+    assert typo.returncode == 1
+    assert "is not published" in typo.stderr
+    cli = agenttoken_cli(kube, "keys", "revoke", old_kid)
     assert cli.returncode == 0, cli.stderr
     # The key leaves the JWKS at once (served and published), and a new key signs.
     wait_for("the old key out of the JWKS", lambda: old_kid not in kids(f"{operator.base_url}/jwks.json"), 10)
@@ -258,6 +265,10 @@ def test_emergency_key_revocation_reissues_every_token_and_verifiers_refuse_the_
         SEEN_TOKENS.add(token)
         assert rejected_by_sdk(sdk, token) is None
         assert go_verifier.check(token) == f"ok {new_kid}"
+
+    listed = json.loads(agenttoken_cli(kube, "keys", "list", "-o", "json").stdout)
+    assert {"kid": old_kid, "purpose": "", "alg": "", "state": "revoked"} in listed
+    assert any(r["kid"] == new_kid and r["purpose"] == "access-token" for r in listed)
 
     # Status and Events say what happened.
     tokens = json.loads(kube.kubectl("get", "agenttokens", "-n", namespace, "-o", "json").stdout)["items"]

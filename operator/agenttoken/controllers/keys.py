@@ -230,9 +230,9 @@ class KeyManager:
             new = kids - self.requested - self.rings.revoked_kids()
             if new:
                 log.warning("signing keys: revocation requested for %s", ", ".join(sorted(new)))
-            # Only ever grows in memory: a kid removed from the ConfigMap stays revoked (the
-            # primary tombstones it as soon as it is seen).
-            self.requested = self.requested | kids
+            # Exactly the ConfigMap: once the primary tombstoned a kid, the ring keeps it revoked
+            # whatever the ConfigMap says later; a kid withdrawn before that is simply withdrawn.
+            self.requested = kids
             self._wake.set()
 
     async def load_requests(self) -> None:
