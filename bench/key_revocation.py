@@ -74,6 +74,7 @@ def main() -> int:
                 f"{args.count} Secrets of one key",
                 lambda: next((k for k, n in kids_of_secrets(cluster).items() if n == args.count), None),
                 timeout=900,
+                interval=1.0,
             )
             cpu0 = cpu_seconds(op.pid)
             t0 = time.monotonic()

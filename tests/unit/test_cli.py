@@ -242,3 +242,20 @@ def test_an_exec_credential_plugin_supplies_the_token(
             await kube.close()
 
     assert asyncio.run(go()) == {"BearerToken": "Bearer from-the-plugin"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "revoke", "-N9cpNAX"],
+        ["keys", "revoke", "--wait", "-N9cpNAX", "--timeout", "5"],
+        ["keys", "revoke", "--operator-namespace=ops", "-N9cpNAX"],
+        ["keys", "revoke", "--", "-N9cpNAX"],
+    ],
+)
+def test_a_kid_starting_with_a_dash_is_the_kid(argv: list[str]) -> None:
+    from agenttoken.cli.keys import kid_as_positional
+
+    args = build_parser().parse_args(kid_as_positional(argv))
+    assert args.kid == "-N9cpNAX"
+    assert args.func is cmd_keys_revoke

@@ -28,6 +28,7 @@ import inspect
 import logging
 import sys
 
+from agenttoken.cli import keys
 from agenttoken.cli.parser import build_parser
 from agenttoken.cli.session import CliError, Session
 from agenttoken.kube.errors import KubeError
@@ -48,7 +49,7 @@ async def _in_session(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(keys.kid_as_positional(sys.argv[1:] if argv is None else argv))
     # kubernetes_asyncio warns "Config not found" on stderr before we try in-cluster config; a
     # missing cluster is reported once, by Session, with both reasons.
     logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.ERROR)

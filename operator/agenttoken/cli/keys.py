@@ -26,13 +26,32 @@ from agenttoken.controllers.keys import (
     requested_kids,
     with_revoked_kid,
 )
-from agenttoken.kube.errors import KubeError
-from agenttoken.kube.retry import ConflictRetriesExhausted, retry_on_conflict
 
 if TYPE_CHECKING:
     from agenttoken.cli.options import Subparsers
 
 POLL_SECONDS = 1.0
+# Options of `keys revoke` and whether each takes a value.
+_REVOKE_OPTIONS = {"-h": False, "--help": False, "--force": False, "--wait": False, "--timeout": True}
+_REVOKE_OPTIONS["--operator-namespace"] = True
+
+
+def kid_as_positional(argv: list[str]) -> list[str]:
+    """A kid is base64url and may start with `-` (argparse would take it for an option): in
+    `keys revoke`, an argument that is no option of it is the kid, wherever it starts."""
+    if argv[:2] != ["keys", "revoke"] or "--" in argv:
+        return argv
+    options: list[str] = []
+    positional: list[str] = []
+    rest, i = argv[2:], 0
+    while i < len(rest):
+        arg = rest[i]
+        name = arg.split("=", 1)[0]
+        takes = 1 if name in _REVOKE_OPTIONS and _REVOKE_OPTIONS[name] and "=" not in arg else 0
+        (options if name in _REVOKE_OPTIONS else positional).extend(rest[i : i + 1 + takes])
+        i += 1 + takes
+    # Options first, then `--` and the kid: after `--` argparse reads no option.
+    return [*argv[:2], *options, "--", *positional] if positional else argv
 
 
 def register(sub: Subparsers) -> None:
@@ -93,26 +112,10 @@ async def cmd_revoke(args: argparse.Namespace, session: Session) -> int:
         raise CliError(
             f"key {kid} is not published; check `agenttoken keys list`, or --force to revoke ahead"
         )
-    kube = await session.kube()
     started = time.monotonic()
-
-    async def add() -> bool:
-        cm = await kube.get_configmap(ns, KEY_REVOCATIONS_CONFIGMAP)
-        body = with_revoked_kid(cm, kid, ns)
-        if body is None:
-            return False
-        try:
-            await kube.write_configmap(ns, body)
-        except KubeError as exc:
-            if exc.conflict:
-                raise  # retry_on_conflict reads again
-            raise CliError(f"writing {ns}/{KEY_REVOCATIONS_CONFIGMAP} failed: HTTP {exc.status}") from None
-        return True
-
-    try:
-        added = await retry_on_conflict(add, what="key revocations")
-    except ConflictRetriesExhausted:
-        raise CliError("writing the key revocations kept conflicting; try again") from None
+    added = await session.update_configmap(
+        ns, KEY_REVOCATIONS_CONFIGMAP, lambda cm: with_revoked_kid(cm, kid, ns), "key revocations"
+    )
     print(
         f"key {kid}: revocation {'recorded' if added else 'was already recorded'} in {ns}/{KEY_REVOCATIONS_CONFIGMAP}"
     )
