@@ -190,6 +190,7 @@ class KeyManager:
         """Run `hook(signing key)` on the primary whenever the signing key changed since the hooks
         last succeeded (see KeyChangeHook); a failing hook is retried on the next sync."""
         self._revoked_hooks.append(hook)
+        self._hooked_kid = None  # the new hook has not seen the current key yet
 
     def subscribe_revoked(self, listener: Callable[[frozenset[str]], None]) -> None:
         """`listener(kids)` when kids newly appear in the stored rings' tombstones (every replica):
