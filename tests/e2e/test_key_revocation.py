@@ -163,7 +163,8 @@ def test_client_assertions_use_a_key_no_access_token_verifier_trusts(
     assert kid in client
     assert kid not in access
     # The provider's view: the assertion verifies against client-jwks.json.
-    jws.deserialize_compact(assertion, KeySet.import_key_set(fetch(f"{operator.base_url}/client-jwks.json")))
+    client_jwks: Any = fetch(f"{operator.base_url}/client-jwks.json")
+    jws.deserialize_compact(assertion, KeySet.import_key_set(client_jwks))
 
     # An access token forged with the assertion key (read from the key Secret, as a thief would):
     # refused by both verifiers, because access-token verifiers never see that key.
@@ -186,10 +187,11 @@ def agenttoken_cli(kube: Kube, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def create_many(kube: Kube, namespace: str, count: int) -> None:
+def create_many(kube: Kube, namespace: str, count: int, prefix: str = "kr") -> None:
     for start in range(0, count, 250):
         items = [
-            json.loads(agenttoken(f"kr-{i}", f"kr-{i}-token")) for i in range(start, min(count, start + 250))
+            json.loads(agenttoken(f"{prefix}-{i}", f"{prefix}-{i}-token"))
+            for i in range(start, min(count, start + 250))
         ]
         kube.apply(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), "-n", namespace)
 
@@ -307,3 +309,49 @@ def test_emergency_key_revocation_reissues_every_token_and_verifiers_refuse_the_
     )
     assert old_kid not in kids(f"{operator.base_url}/jwks.json")
     assert old_kid in {r["kid"] for r in stored_rings(kube)["keyring.json"]["revoked"]}
+
+
+def test_a_crash_right_after_the_revocation_is_stored_loses_nothing(
+    kube: Kube, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """kill -9 right after the ring Secret holds the revocation (JWKS not published, no token
+    re-issued yet): the restarted operator publishes without the key, keeps the replacement key it
+    stored (no second one), and re-issues every token."""
+    count = 30
+    create_many(kube, namespace, count, prefix="crash")
+    old_kid = wait_for(
+        f"{count} Secrets of one key",
+        lambda: next((k for k, v in secrets_by_kid(kube, namespace).items() if len(v) == count), None),
+        timeout=300,
+        interval=1,
+    )
+    marker = tmp_path / "crashed"
+    operator.stop()
+    crashing = OperatorProcess(
+        kube,
+        operator.log_path,
+        extra_env={"AGENTTOKEN_TEST_CRASH": f"after-key-ring-write:{marker}"},
+        kubeconfig=operator.kubeconfig,
+    )
+    crashing.start()
+    try:
+        assert agenttoken_cli(kube, "keys", "revoke", old_kid).returncode == 0
+        wait_for("the test crash point", crashing.exited, timeout=60)
+    finally:
+        crashing.stop()
+    assert marker.exists()
+    ring = stored_rings(kube)["keyring.json"]
+    assert old_kid in {r["kid"] for r in ring["revoked"]}
+    stored = {k["kid"] for k in ring["keys"]}
+    operator.start()
+    wait_for("the old key out of the JWKS", lambda: old_kid not in kids(f"{operator.base_url}/jwks.json"), 30)
+    new_kid = wait_for(
+        f"all {count} Secrets re-issued",
+        lambda: next(
+            (k for k, v in secrets_by_kid(kube, namespace).items() if len(v) == count and k != old_kid), None
+        ),
+        timeout=300,
+        interval=1,
+    )
+    assert new_kid in stored, "the restarted operator generated another key instead of the stored one"
+    assert {k["kid"] for k in stored_rings(kube)["keyring.json"]["keys"]} == stored
