@@ -327,12 +327,7 @@ def test_a_crash_right_after_the_revocation_is_stored_loses_nothing(
     )
     marker = tmp_path / "crashed"
     operator.stop()
-    crashing = OperatorProcess(
-        kube,
-        operator.log_path,
-        extra_env={"AGENTTOKEN_TEST_CRASH": f"after-key-ring-write:{marker}"},
-        kubeconfig=operator.kubeconfig,
-    )
+    crashing = operator.crashing_twin("after-key-ring-write", marker)
     crashing.start()
     try:
         assert agenttoken_cli(kube, "keys", "revoke", old_kid).returncode == 0
