@@ -48,6 +48,16 @@ def start_operator(
             time.sleep(0.2)
 
 
+def wait_for(what: str, probe: Any, timeout: float = 60, interval: float = 0.05) -> Any:
+    """Poll `probe` until it returns something other than None; TimeoutError(what) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := probe()) is not None:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(what)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchsupport import SecretWatcher, header, start_operator, stop, summary, write
+from benchsupport import SecretWatcher, header, start_operator, stop, summary, wait_for, write
 from devcluster import LocalCluster, cache_bins_dir, install, read_versions
 
 NS = "restart"
@@ -92,15 +92,6 @@ def theirs(dep: dict[str, Any]) -> str | None:
 
 def first_after(events: list[tuple[float, str, dict[str, Any]]], since: float, probe: Any) -> float | None:
     return next((t for t, _, obj in events if t >= since and probe(obj)), None)
-
-
-def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := probe()) is not None:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 def rotations(cluster: LocalCluster, count: int, with_reloader: bool) -> dict[str, Any]:

@@ -5,6 +5,8 @@ process die like kill -9, once (the marker file records that it did).
 Points:
 - `after-secret-write`: right after a Secret write with a token succeeded (the Secret holds the
   new token), before status or any workload patch.
+- `after-key-ring-write`: right after the key-ring Secret was written (e.g. an emergency key
+  revocation stored), before the JWKS is published, hooks run or any token is re-issued.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agenttoken.controllers.keys import KeyManager
 from agenttoken.controllers.secrets import SecretStore
 
-POINTS = {"after-secret-write": (SecretStore, "write")}
+POINTS = {"after-secret-write": (SecretStore, "write"), "after-key-ring-write": (KeyManager, "_store")}
 
 
 def _die_once(point: str, marker: str) -> None:

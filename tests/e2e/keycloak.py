@@ -202,15 +202,23 @@ def _prepare(kc: Keycloak) -> None:
 
 
 def trust_operator(
-    kc: Keycloak, *, alias: str, client_id: str, issuer: str, jwks_url: str | None = None, jwks: Any = None
+    kc: Keycloak,
+    *,
+    alias: str,
+    client_id: str,
+    issuer: str,
+    jwks_url: str | None = None,
+    jwks: Any = None,
+    client_jwks_url: str | None = None,
 ) -> None:
     """Make Keycloak trust tokens signed by the operator (or by the apiserver's ServiceAccount keys).
 
     - an OpenID Connect identity provider `alias` whose issuer and keys (a JWKS URL, or a JWKS
       given inline) are those of the subject tokens, with the JWT Authorization Grant switched on;
     - a confidential client `client_id` that authenticates with `private_key_jwt` against the
-      operator's JWKS when `jwks_url` is given (else with CLIENT_SECRET), may use the jwt-bearer
-      grant with that provider, and may exchange its tokens (legacy token exchange permission).
+      operator's client-assertion JWKS when `client_jwks_url` is given (else with CLIENT_SECRET),
+      may use the jwt-bearer grant with that provider, and may exchange its tokens (legacy token
+      exchange permission).
     """
     keys = {"useJwksUrl": "true", "jwksUrl": jwks_url} if jwks_url else {
         "useJwksUrl": "false", "publicKeySignatureVerifier": json.dumps(jwks)
@@ -243,13 +251,13 @@ def trust_operator(
     )
     auth = (
         {"clientAuthenticatorType": "client-jwt"}
-        if jwks_url
+        if client_jwks_url
         else {"clientAuthenticatorType": "client-secret", "secret": CLIENT_SECRET}
     )
     attributes = {
         "oauth2.jwt.authorization.grant.enabled": "true",
         "oauth2.jwt.authorization.grant.idp": alias,
-        **({"use.jwks.url": "true", "jwks.url": jwks_url} if jwks_url else {}),
+        **({"use.jwks.url": "true", "jwks.url": client_jwks_url} if client_jwks_url else {}),
     }
     headers, _ = admin(
         kc,

@@ -74,6 +74,16 @@ class OperatorProcess:
         log.close()
         wait_for("the operator's liveness endpoint", self.alive, timeout=timeout)
 
+    def crashing_twin(self, point: str, marker: Path) -> OperatorProcess:
+        """This operator (same identity and log) set to die like kill -9 at crash point `point`
+        (tests/e2e/crashpoint.py), once: `marker` records that it did."""
+        return OperatorProcess(
+            self.kube,
+            self.log_path,
+            extra_env={"AGENTTOKEN_TEST_CRASH": f"{point}:{marker}"},
+            kubeconfig=self.kubeconfig,
+        )
+
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 

@@ -609,9 +609,10 @@ def test_oauth2_issuer_against_keycloak(
 def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
     kube: Kube, operator: OperatorProcess, namespace: str, keycloak: Any
 ) -> None:
-    """No client secret at all: Keycloak verifies the client assertion and the subject tokens
-    against the operator's published JWKS (client "Signed JWT" authenticator, an identity provider
-    with the JWT Authorization Grant switched on, a legacy token-exchange permission)."""
+    """No client secret at all: Keycloak verifies the client assertion against the operator's
+    client-assertion JWKS and the subject tokens against its access-token JWKS (client "Signed JWT"
+    authenticator, an identity provider with the JWT Authorization Grant switched on, a legacy
+    token-exchange permission). The two key sets never share a key."""
     from . import keycloak as kc
 
     with urllib.request.urlopen(f"{operator.base_url}/.well-known/openid-configuration", timeout=5) as resp:
@@ -622,7 +623,20 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
         client_id="agent-signed",
         issuer=discovery["issuer"],
         jwks_url=f"{operator.base_url}/jwks.json",
+        client_jwks_url=f"{operator.base_url}/client-jwks.json",
     )
+    access_kids, assertion_kids = (
+        {
+            k["kid"]
+            for k in json.loads(urllib.request.urlopen(f"{operator.base_url}/{doc}", timeout=5).read())[
+                "keys"
+            ]
+        }
+        for doc in ("jwks.json", "client-jwks.json")
+    )
+    assert access_kids
+    assert assertion_kids
+    assert not access_kids & assertion_kids, "an assertion key is also an access-token key"
     common = {
         "issuerURL": keycloak.issuer,
         "clientID": "agent-signed",

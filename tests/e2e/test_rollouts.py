@@ -287,12 +287,7 @@ def test_crash_after_secret_write_rolls_exactly_once(
     # Crash right after the Secret holds the new token, before status or any workload patch.
     marker = tmp_path / "crashed"
     operator.stop()
-    crashing = OperatorProcess(
-        kube,
-        operator.log_path,
-        extra_env={"AGENTTOKEN_TEST_CRASH": f"after-secret-write:{marker}"},
-        kubeconfig=operator.kubeconfig,
-    )
+    crashing = operator.crashing_twin("after-secret-write", marker)
     crashing.start()
     try:
         rotate(kube, namespace, "crashy", "boom")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .kube import Kube
 from .operator import OperatorProcess
+from .test_key_revocation import SEEN_ASSERTIONS
 from .test_lifecycle import SEEN_TOKENS
 from .test_practices_delivery import NEVER_DELIVERED
 
@@ -77,3 +78,42 @@ def test_no_jwt_appears_in_logs_events_or_status(kube: Kube, operator: OperatorP
     }
     for where, text in haystacks.items():
         assert not jwt_shape.search(text), f"a JWT-shaped string in {where}"
+
+
+PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
+RUN = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def test_signing_keys_and_client_assertions_appear_nowhere(kube: Kube, operator: OperatorProcess) -> None:
+    """Both key rings (access-token and client-assertion keys) stay in their Secret; the client
+    assertions the operator sent (and the access token forged with the assertion key) appear in no
+    log, Event, status, annotation, ConfigMap or metric. Counts only, never the values."""
+    secret = kube.get_json("secret", "agenttoken-signing-keys", "-n", "agenttoken-system")
+    assert secret is not None
+    rings = {k: json.loads(base64.b64decode(v)) for k, v in secret["data"].items()}
+    assert set(rings) >= {"keyring.json", "assertion-keyring.json"}
+    keys = {
+        k["jwk"][m] for ring in rings.values() for k in ring["keys"] for m in PRIVATE_MEMBERS if m in k["jwk"]
+    }
+    assert keys
+    assertions = {part for a in SEEN_ASSERTIONS for part in a.split(".")[1:]}
+    secrets = json.loads(kube.kubectl("get", "secrets", "-A", "-o", "json").stdout)["items"]
+    haystacks = {
+        "operator log": operator.log_text(),
+        "metrics": operator.metrics(),
+        "events": kube.kubectl("get", "events", "-A", "-o", "json").stdout,
+        "agenttokens": kube.kubectl("get", "agenttokens", "-A", "-o", "json").stdout,
+        "issuers": kube.kubectl("get", "tokenissuers,clustertokenissuers", "-A", "-o", "json").stdout,
+        "configmaps": kube.kubectl("get", "configmaps", "-A", "-o", "json").stdout,
+        "secret metadata": json.dumps([s["metadata"] for s in secrets]),
+        "other secrets' data": "\n".join(
+            base64.b64decode(v).decode(errors="replace")
+            for s in secrets
+            if s["metadata"]["name"] != "agenttoken-signing-keys"
+            for v in (s.get("data") or {}).values()
+        ),
+    }
+    for where, text in haystacks.items():
+        runs = set(RUN.findall(text))
+        assert not keys & runs, f"{len(keys & runs)} private key member(s) in {where}"
+        assert not assertions & runs, f"{len(assertions & runs)} client assertion part(s) in {where}"

@@ -19,6 +19,8 @@ import yaml
 
 from agenttoken.cli import main
 from agenttoken.cli.audit import AUDIT_FAILED, cmd_audit
+from agenttoken.cli.keys import cmd_list as cmd_keys_list
+from agenttoken.cli.keys import cmd_revoke as cmd_keys_revoke
 from agenttoken.cli.options import DEFAULT_ISSUER, DEFAULT_OPERATOR_NAMESPACE
 from agenttoken.cli.parser import build_parser
 from agenttoken.cli.rotate import cmd_revoke, cmd_rotate
@@ -38,7 +40,14 @@ COMMANDS = {
     "jwks": cmd_jwks,
     "audit": cmd_audit,
     "run": cmd_run,
+    "keys list": cmd_keys_list,
+    "keys revoke": cmd_keys_revoke,
 }
+
+
+def command_of(args: Any) -> str:
+    """The COMMANDS key: the command, and the subcommand of a group (`keys list`)."""
+    return f"{args.command} {args.keys_command}" if args.command == "keys" else str(args.command)
 
 
 def parse(line: str) -> Any:
@@ -46,10 +55,16 @@ def parse(line: str) -> Any:
 
 
 def test_every_command_is_there_with_its_function() -> None:
-    minimal = {"verify": "verify x --audience a", "jwks": "jwks", "audit": "audit", "run": "run"}
+    minimal = {
+        "verify": "verify x --audience a",
+        "jwks": "jwks",
+        "audit": "audit",
+        "run": "run",
+        "keys list": "keys list",
+    }
     for command, func in COMMANDS.items():
         args = parse(minimal.get(command, f"{command} x"))
-        assert args.command == command
+        assert command_of(args) == command
         assert args.func is func
 
 
@@ -62,7 +77,7 @@ def test_every_documented_example_parses() -> None:
     assert len(lines) >= 8
     for line in lines:
         args = parse(line.removeprefix("agenttoken ").replace("$NS", "ns").replace("$URL", "http://x"))
-        assert args.func is COMMANDS[args.command]
+        assert args.func is COMMANDS[command_of(args)]
 
 
 @pytest.mark.parametrize(
@@ -267,3 +282,20 @@ def test_a_reader_that_leaves_is_not_a_traceback() -> None:
     assert "Traceback" not in done.stderr
     assert "BrokenPipeError" not in done.stderr
     assert done.returncode == 141
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "revoke", "-N9cpNAX"],
+        ["keys", "revoke", "--wait", "-N9cpNAX", "--timeout", "5"],
+        ["keys", "revoke", "--operator-namespace=ops", "-N9cpNAX"],
+        ["keys", "revoke", "--", "-N9cpNAX"],
+    ],
+)
+def test_a_kid_starting_with_a_dash_is_the_kid(argv: list[str]) -> None:
+    from agenttoken.cli.keys import kid_as_positional
+
+    args = build_parser().parse_args(kid_as_positional(argv))
+    assert args.kid == "-N9cpNAX"
+    assert args.func is cmd_keys_revoke

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 from typing import Any, cast
 
 from agenttoken import api
@@ -12,8 +13,15 @@ from agenttoken.core.keys import generate_key
 from agenttoken.core.model import parse_spec
 from agenttoken.issuers import IssueContext, parse_issuer
 from agenttoken.issuers.credentials import IssuerDeps
+from agenttoken.issuers.oauth2 import OAuth2Issuer, build_form
 from agenttoken.issuers.registry import Registry
 from agenttoken.kube.adapter import Kube
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    head = token.split(".")[0]
+    return cast(dict[str, Any], json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))))
+
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
@@ -33,15 +41,46 @@ def issuer(kind: str, spec: dict[str, Any], namespace: str = "team") -> Any:
     return parse_issuer(kind, {"metadata": {"name": "i", "namespace": namespace}, "spec": spec})
 
 
+ACCESS_KEY = generate_key("ES256", T0 - dt.timedelta(hours=1))
+ASSERTION_KEY = generate_key("ES256", T0 - dt.timedelta(hours=1))
+
+
+def deps(kube: SecretsKube, *, keys: bool = True) -> IssuerDeps:
+    def key(k: Any) -> Any:
+        def get() -> Any:
+            if not keys:
+                raise RuntimeError("no signing key yet")
+            return k
+
+        return get
+
+    return IssuerDeps(
+        cast(Kube, kube), key(ACCESS_KEY), "https://issuer", "agenttoken-system", key(ASSERTION_KEY)
+    )
+
+
 def registry(kube: SecretsKube, *, keys: bool = True) -> Registry:
-    key = generate_key("ES256", T0 - dt.timedelta(hours=1))
+    return Registry(deps(kube, keys=keys))
 
-    def signing_key() -> Any:
-        if not keys:
-            raise RuntimeError("no signing key yet")
-        return key
 
-    return Registry(IssuerDeps(cast(Kube, kube), signing_key, "https://issuer", "agenttoken-system"))
+def test_client_assertions_use_the_assertion_key_and_subject_tokens_the_access_key() -> None:
+    """Purpose-separated keys: the client assertion is signed by the assertion key (published only
+    in client-jwks.json), the subject token (a token for the provider) by the access-token key."""
+    config = {
+        "tokenURL": "https://idp/token",
+        "clientID": "agent",
+        "clientAuthMethod": "private_key_jwt",
+        "grant": "jwt_bearer",
+    }
+    spec = parse_spec({"audience": ["https://api"], "ttl": "1h", "secret": {"name": "tok"}})
+    ctx = IssueContext(request=spec.token_request("team", "agent", "uid-1"), secret_name="tok")
+    adapter = OAuth2Issuer(deps(SecretsKube({})))
+    creds = asyncio.run(adapter.credentials(issuer("TokenIssuer", {"oauth2": config}), ctx, T0))
+    assert creds.signing_key is ASSERTION_KEY
+    assert creds.subject_token is not None
+    assert unverified_header(creds.subject_token)["kid"] == ACCESS_KEY.kid
+    form, _ = build_form(ctx.request, config, creds, endpoint="https://idp/token", now=T0)
+    assert unverified_header(form["client_assertion"])["kid"] == ASSERTION_KEY.kid
 
 
 def test_the_builtin_adapter_mints_through_the_registry() -> None:

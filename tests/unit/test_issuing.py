@@ -58,7 +58,9 @@ class FakeKube:
 
 def setup(kube: FakeKube, raw_spec: dict[str, Any]) -> tuple[Issuing, SecretStore, Pass, Snapshot]:
     key = generate_key("ES256", T0 - dt.timedelta(hours=1))
-    registry = Registry(IssuerDeps(cast(Kube, kube), lambda: key, "https://issuer", "agenttoken-system"))
+    registry = Registry(
+        IssuerDeps(cast(Kube, kube), lambda: key, "https://issuer", "agenttoken-system", lambda: key)
+    )
     secrets = SecretStore(cast(Kube, kube))
     issuing = Issuing(cast(Kube, kube), secrets, registry, lambda: T0)
     spec = parse_spec({"audience": ["https://api"], "ttl": "1h", "secret": {"name": "tok"}} | raw_spec)

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agenttoken.core.keyplan import plan_rotation
 from agenttoken.core.keys import (
     SUPPORTED_ALGORITHMS,
     KeyPolicy,
     KeyRing,
     SigningKey,
     generate_key,
-    plan_rotation,
 )
 from agenttoken.core.tokens import MintedToken, TokenRequest, mint, verify
 

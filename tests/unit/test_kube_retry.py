@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import pytest
 
-from agenttoken.controllers.keys import RING_KEY, KeyManager
+from agenttoken.controllers.keys import ASSERTION_RING_KEY, RING_KEY, KeyManager
 from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, RevocationStore
-from agenttoken.core.keys import KeyPolicy, KeyRing, plan_rotation
+from agenttoken.core.keyplan import plan_rotation
+from agenttoken.core.keys import PURPOSE_ASSERTION, KeyPolicy, KeyRing
 from agenttoken.core.revocation import Revoked
 from agenttoken.core.secretdata import decode_data, encode_data
 from agenttoken.kube.adapter import Kube
@@ -147,9 +148,10 @@ class KeySecrets:
         self.creates += 1
         if self.creates == 1:  # the other replica's create lands between our read and ours
             theirs, _ = plan_rotation(KeyRing(keys=()), KeyPolicy(), T0)
+            assertion, _ = plan_rotation(KeyRing(purpose=PURPOSE_ASSERTION), KeyPolicy(), T0)
             self.secret = {
                 "metadata": {"resourceVersion": "1"},
-                "data": encode_data({RING_KEY: theirs.to_json()}),
+                "data": encode_data({RING_KEY: theirs.to_json(), ASSERTION_RING_KEY: assertion.to_json()}),
             }
             raise KubeError(409, "secrets already exists")
         raise AssertionError("the ring exists now: only a replace could be right")

@@ -32,6 +32,9 @@ def namespace(name: str, **labels: str) -> dict[str, Any]:
 class NoKeys:
     namespace = "agenttoken-system"
 
+    def subscribe_revoked(self, listener: object) -> None:
+        pass
+
 
 def controller(kube: CountingKube) -> Controller:
     return Controller(

@@ -91,7 +91,7 @@ def test_assertion_grants_send_the_subject_token(grant: str, field: str) -> None
 
 
 def test_missing_credentials_are_refused() -> None:
-    with pytest.raises(IssueError, match="signing key"):
+    with pytest.raises(IssueError, match="client-assertion key"):
         form({"clientAuthMethod": "private_key_jwt"}, Credentials())
     with pytest.raises(IssueError, match="client secret"):
         form({}, Credentials())

@@ -437,6 +437,35 @@ def test_unreachable_jwks_fails_kid_and_is_retried_only_after_the_interval(world
     assert world.fetch.count(JWKS_URL) == 2
 
 
+def test_a_key_that_left_the_jwks_stops_verifying_once_the_cache_expires(world: World) -> None:
+    """Emergency key revocation: the issuer drops a key from its JWKS; a verifier that cached it
+    refuses its tokens at the latest jwks_max_age later (here 60 s), with one refetch."""
+    verifier = world.verifier(jwks_max_age=timedelta(seconds=60))
+    token = world.mint().token
+    verifier.verify(token, client_address=CLIENT)
+    others = [k for alg, k in world.keys.items() if alg != "ES256"]
+    world.fetch.docs[JWKS_URL] = json.dumps(jwks_of(*others)).encode()
+    world.clock.advance(timedelta(seconds=59))
+    verifier.verify(token, client_address=CLIENT)  # still cached: within the bound
+    world.clock.advance(timedelta(seconds=1))
+    with pytest.raises(VerificationError) as caught:
+        verifier.verify(token, client_address=CLIENT)
+    assert caught.value.check == "kid"
+    assert world.fetch.count(JWKS_URL) == 2
+
+
+def test_a_jwks_that_cannot_be_refreshed_is_trusted_for_twice_its_max_age_only(world: World) -> None:
+    verifier = world.verifier(jwks_max_age=timedelta(seconds=60), jwks_min_refresh=timedelta(seconds=10))
+    token = world.mint().token
+    verifier.verify(token, client_address=CLIENT)
+    del world.fetch.docs[JWKS_URL]  # e.g. an attacker blocks the fetch to keep a revoked key alive
+    world.clock.advance(timedelta(seconds=119))
+    verifier.verify(token, client_address=CLIENT)
+    world.clock.advance(timedelta(seconds=1))
+    with pytest.raises(VerificationError, match="fetching the JWKS failed"):
+        verifier.verify(token, client_address=CLIENT)
+
+
 def test_jwks_entries_with_private_members_are_ignored(world: World) -> None:
     key = world.keys["ES256"]
     private = {**key.private_jwk, "kid": key.kid, "alg": "ES256", "use": "sig"}

@@ -9,6 +9,8 @@ through the operator's own adapter (`agenttoken.kube`), one `asyncio.run` per co
     agenttoken inspect NAME [-n NS] [-o ...]
     agenttoken verify (NAME | --token-file F) --audience AUD [--scope S ...] [--url URL]
     agenttoken jwks [--url URL]
+    agenttoken keys list
+    agenttoken keys revoke KID [--force] [--wait] [--timeout SECONDS]
     agenttoken audit [-n NS | -A] [-l SELECTOR] [-o ...] [--fail-on low|medium|high]
 
 No command ever prints a token: `inspect` shows its header and claims, `verify` the result.
@@ -27,6 +29,7 @@ import logging
 import os
 import sys
 
+from agenttoken.cli import keys
 from agenttoken.cli.parser import build_parser
 from agenttoken.cli.session import CliError, Session
 from agenttoken.kube.errors import KubeError
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     # missing cluster is reported once, by Session, with both reasons.
     logging.getLogger("kubernetes_asyncio.config.kube_config").setLevel(logging.ERROR)
     try:
-        args = build_parser().parse_args(argv)  # inside: `--help | head -0` is a broken pipe too
+        # Parsed inside the try: `--help | head -0` is a broken pipe too.
+        args = build_parser().parse_args(keys.kid_as_positional(sys.argv[1:] if argv is None else argv))
         if inspect.iscoroutinefunction(args.func):
             return asyncio.run(_in_session(args))
         result: int = args.func(args)  # `run`: the operator starts its own event loop

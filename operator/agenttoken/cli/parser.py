@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agenttoken import __version__
-from agenttoken.cli import audit, rotate, run, status, tokens
+from agenttoken.cli import audit, keys, rotate, run, status, tokens
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(sub)  # status
     rotate.register(sub)  # rotate, revoke
     tokens.register(sub)  # inspect, verify, jwks
+    keys.register(sub)  # keys list, keys revoke
     audit.register(sub)  # audit
     run.register(sub)  # run
     return parser

@@ -13,8 +13,6 @@ from agenttoken.cli.session import FIELD_MANAGER, CliError, Session
 from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, next_list
 from agenttoken.core import revocation
 from agenttoken.core.times import parse_time
-from agenttoken.kube.errors import KubeError
-from agenttoken.kube.retry import ConflictRetriesExhausted, retry_on_conflict
 
 if TYPE_CHECKING:
     from agenttoken.cli.options import Subparsers
@@ -84,22 +82,12 @@ async def _expiry(session: Session, obj: dict[str, Any], token_id: str) -> datet
 
 async def _publish(session: Session, operator_namespace: str, entry: revocation.Revoked) -> None:
     """Add `entry` to the stored list: read, add, write with the read resourceVersion; again on 409."""
-    kube = await session.kube()
-
-    async def add() -> None:
-        cm = await kube.get_configmap(operator_namespace, REVOCATIONS_CONFIGMAP)
-        body, _ = next_list(cm, [entry], entry.revoked_at, operator_namespace)
-        try:
-            await kube.write_configmap(operator_namespace, body)
-        except KubeError as exc:
-            if exc.conflict:
-                raise  # retry_on_conflict reads again
-            raise CliError(f"writing the revocation list failed: HTTP {exc.status}") from None
-
-    try:
-        await retry_on_conflict(add, what="revocation list")
-    except ConflictRetriesExhausted:
-        raise CliError("writing the revocation list kept conflicting; try again") from None
+    await session.update_configmap(
+        operator_namespace,
+        REVOCATIONS_CONFIGMAP,
+        lambda cm: next_list(cm, [entry], entry.revoked_at, operator_namespace)[0],
+        "revocation list",
+    )
 
 
 async def cmd_revoke(args: argparse.Namespace, session: Session) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
 from agenttoken.kube.kubeconfig import KubeConfigError, connect_kubeconfig
+from agenttoken.kube.retry import ConflictRetriesExhausted, retry_on_conflict
 
 # Writes by a person at the CLI show up under their own name in managedFields, not the operator's.
 FIELD_MANAGER = "agenttoken-cli"
@@ -68,3 +70,32 @@ class Session:
 
     async def configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await (await self.kube()).get_configmap(namespace, name)
+
+    async def update_configmap(
+        self,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        what: str,
+    ) -> bool:
+        """Read-modify-write of one ConfigMap: `change(current)` returns the body to write (with the
+        read resourceVersion, or none to create) or None when nothing is to change; read and
+        decide again on 409. True if something was written."""
+        kube = await self.kube()
+
+        async def attempt() -> bool:
+            body = change(await kube.get_configmap(namespace, name))
+            if body is None:
+                return False
+            try:
+                await kube.write_configmap(namespace, body)
+            except KubeError as exc:
+                if exc.conflict:
+                    raise  # retry_on_conflict reads again
+                raise CliError(f"writing the {what} ({namespace}/{name}) failed: HTTP {exc.status}") from None
+            return True
+
+        try:
+            return await retry_on_conflict(attempt, what=what)
+        except ConflictRetriesExhausted:
+            raise CliError(f"writing the {what} kept conflicting; try again") from None

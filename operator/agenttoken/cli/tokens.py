@@ -20,14 +20,12 @@ from agenttoken import api
 from agenttoken.cli.options import DEFAULT_ISSUER, common
 from agenttoken.cli.output import emit, render_table
 from agenttoken.cli.session import CliError, Session
-from agenttoken.controllers.keys import JWKS_CONFIGMAP
+from agenttoken.controllers.keys import JWKS_CONFIGMAP, JWKS_KEY
 from agenttoken.controllers.revocation import LIST_KEY, REVOCATIONS_CONFIGMAP
 from agenttoken.kube.errors import KubeError
 
 if TYPE_CHECKING:
     from agenttoken.cli.options import Subparsers
-
-JWKS_KEY = "jwks.json"
 
 
 def register(sub: Subparsers) -> None:

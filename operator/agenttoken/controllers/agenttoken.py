@@ -86,10 +86,13 @@ class Controller:
         self.secrets = SecretStore(kube)
         self.events = events or EventRecorder(kube)
         self.queue = WorkQueue(self.reconcile, clock, options.workers)
+        self.keys = keys
+        keys.subscribe_revoked(self.on_keys_revoked)
         registry = Registry(
             IssuerDeps(
                 kube=kube,
                 signing_key=lambda: keys.signing_key(),
+                assertion_key=lambda: keys.assertion_key(),
                 issuer_url=options.issuer_url,
                 operator_namespace=keys.namespace,
             )
@@ -154,6 +157,17 @@ class Controller:
         owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
         if owner and self.tokens.get((namespace, owner)) is not None:
             self.queue.now((namespace, owner))
+
+    def on_keys_revoked(self, kids: frozenset[str]) -> None:
+        """Signing keys were revoked: every AgentToken whose token one of them signed, now."""
+        # Status and the Secret's record both say which key signed; either may lag the other.
+        affected = self.secrets.owners_signed_by(kids)
+        affected.update(
+            k for k, b in self.tokens.bodies.items() if (b.get("status") or {}).get("keyId") in kids
+        )
+        for key in affected:
+            if self.tokens.get(key) is not None:
+                self.queue.now(key)
 
     def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         self.issuers.on_event(kind, event_type, body)
@@ -254,7 +268,12 @@ class Controller:
         def snapshot() -> Snapshot:
             observed = observe(self.secrets.get(p.secret_key), name=p.name, uid=p.uid, spec=p.spec)
             return Snapshot(
-                spec=p.spec, status=p.previous, secret=observed, rotate_request=rotate, jitter_key=p.uid
+                spec=p.spec,
+                status=p.previous,
+                secret=observed,
+                rotate_request=rotate,
+                jitter_key=p.uid,
+                revoked_keys=self.keys.revoked_kids(),
             )
 
         snap = snapshot()

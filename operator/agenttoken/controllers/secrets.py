@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agenttoken import api
 from agenttoken.core.bodycache import BodyCache
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
@@ -35,6 +36,16 @@ class SecretStore:
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._cache.get(key)
+
+    def owners_signed_by(self, kids: frozenset[str]) -> set[Key]:
+        """AgentTokens (namespace, name) whose Secret records a token signed by one of `kids`."""
+        found: set[Key] = set()
+        for (namespace, _), body in self._cache.bodies.items():
+            meta = body.get("metadata") or {}
+            owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
+            if owner and (meta.get("annotations") or {}).get(api.ANN_KEY_ID) in kids:
+                found.add((namespace, owner))
+        return found
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> bool:
         """A watch event; True if it told us something new."""

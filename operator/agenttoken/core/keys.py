@@ -8,14 +8,20 @@ the same time changes nothing, so a crash between planning and storing is harmle
 
 Algorithms: ES256 (P-256, the default: small and fast), RS256 (RSA 2048, the RFC 7518 minimum, for
 verifiers that only speak RSA; 2048 keeps key generation fast) and EdDSA (Ed25519).
+
+Purposes: a ring signs either access tokens (PURPOSE_ACCESS, published in the JWKS every verifier
+trusts) or OAuth client assertions (PURPOSE_ASSERTION, published in a separate JWKS that only the
+OAuth server is configured with). A verifier of access tokens never sees an assertion key, so an
+assertion (or anything else signed by that key) can never pass as an access token.
+
+Emergency revocation (`revoke_key`): the key's private material leaves the ring at once and only a
+tombstone (kid, time) stays, forever: a revoked kid is never published or used to sign again.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Final
@@ -23,18 +29,20 @@ from typing import Any, Final
 from joserfc import jwk
 from joserfc.errors import JoseError
 
-from agenttoken.core.timing import format_duration
 from agenttoken_sdk.jose import SUPPORTED_ALGORITHMS, jws_registry
 
 __all__ = [
     "DEFAULT_ALGORITHM",
+    "PURPOSES",
+    "PURPOSE_ACCESS",
+    "PURPOSE_ASSERTION",
     "SUPPORTED_ALGORITHMS",
     "KeyPolicy",
     "KeyRing",
+    "RevokedKey",
     "SigningKey",
     "generate_key",
     "jws_registry",
-    "plan_rotation",
 ]
 
 DEFAULT_ALGORITHM: Final = "ES256"
@@ -47,6 +55,11 @@ _KEY_SPECS: Final[dict[str, tuple[str, str | int, str | None]]] = {
 }
 
 _RING_FORMAT_VERSION: Final = 1
+
+# What a ring's keys sign. Stored in the ring, so a ring can never be loaded for the other purpose.
+PURPOSE_ACCESS: Final = "access-token"
+PURPOSE_ASSERTION: Final = "client-assertion"
+PURPOSES: Final = (PURPOSE_ACCESS, PURPOSE_ASSERTION)
 
 
 def _check_algorithm(algorithm: str) -> None:
@@ -159,11 +172,25 @@ _DEFAULT_RETENTION: Final = KeyPolicy().retention
 
 
 @dataclass(frozen=True)
+class RevokedKey:
+    """A tombstone: this kid was revoked at revoked_at and must never be published or sign again."""
+
+    kid: str
+    revoked_at: datetime
+
+    def __post_init__(self) -> None:
+        _require_aware("revoked_at", self.revoked_at)
+
+
+@dataclass(frozen=True)
 class KeyRing:
-    """All keys an issuer knows, plus how long retired keys stay published (set by plan_rotation)."""
+    """All keys an issuer knows for one purpose, the tombstones of revoked keys, and how long retired
+    keys stay published (set by plan_rotation)."""
 
     keys: tuple[SigningKey, ...] = ()
     retention: timedelta = _DEFAULT_RETENTION
+    purpose: str = PURPOSE_ACCESS
+    revoked: tuple[RevokedKey, ...] = ()
 
     def __post_init__(self) -> None:
         kids = [k.kid for k in self.keys]
@@ -171,6 +198,14 @@ class KeyRing:
             raise ValueError("key ring has duplicate key ids")
         if self.retention < timedelta(0):
             raise ValueError("retention must not be negative")
+        if self.purpose not in PURPOSES:
+            raise ValueError(f"key ring purpose must be one of {', '.join(PURPOSES)}")
+        if set(kids) & self.revoked_kids:
+            raise ValueError("key ring holds a revoked key")
+
+    @property
+    def revoked_kids(self) -> frozenset[str]:
+        return frozenset(r.kid for r in self.revoked)
 
     def signing_key(self, now: datetime) -> SigningKey | None:
         """The newest active key (latest activates_at <= now, not retired at now), or None."""
@@ -197,6 +232,8 @@ class KeyRing:
         """Serialize for a Kubernetes Secret. CONTAINS PRIVATE KEYS: only ever write it to a Secret."""
         doc = {
             "version": _RING_FORMAT_VERSION,
+            "purpose": self.purpose,
+            "revoked": [{"kid": r.kid, "revokedAt": r.revoked_at.isoformat()} for r in self.revoked],
             "retentionSeconds": self.retention.total_seconds(),
             "keys": [
                 {
@@ -213,8 +250,9 @@ class KeyRing:
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> KeyRing:
-        """Parse to_json output. Every kid is checked against its key's thumbprint.
+    def from_json(cls, text: str, *, purpose: str = PURPOSE_ACCESS) -> KeyRing:
+        """Parse to_json output. Every kid is checked against its key's thumbprint, and the ring's
+        purpose against `purpose` (a ring written before purposes existed signs access tokens).
 
         Errors name the field that is wrong, never key material.
         """
@@ -230,8 +268,22 @@ class KeyRing:
         retention = doc.get("retentionSeconds")
         if isinstance(retention, bool) or not isinstance(retention, int | float):
             raise ValueError("key ring field 'retentionSeconds' must be a number")
+        stored_purpose = doc.get("purpose", PURPOSE_ACCESS)
+        if stored_purpose != purpose:
+            raise ValueError(f"key ring purpose is {stored_purpose!r}, expected {purpose!r}")
+        raw_revoked = doc.get("revoked", [])
+        if not isinstance(raw_revoked, list):
+            raise ValueError("key ring field 'revoked' must be a list")
+        revoked = tuple(_revoked_from_doc(i, item) for i, item in enumerate(raw_revoked))
         keys = tuple(_key_from_doc(i, item) for i, item in enumerate(raw_keys))
-        return cls(keys=keys, retention=timedelta(seconds=retention))
+        return cls(keys=keys, retention=timedelta(seconds=retention), purpose=purpose, revoked=revoked)
+
+
+def _revoked_from_doc(index: int, item: Any) -> RevokedKey:
+    where = f"revoked[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("kid"), str) or not item["kid"]:
+        raise ValueError(f"{where} must be an object with a kid")
+    return RevokedKey(kid=item["kid"], revoked_at=_parse_time(f"{where}.revokedAt", item.get("revokedAt")))
 
 
 def _parse_time(where: str, value: Any) -> datetime:
@@ -277,97 +329,3 @@ def _key_from_doc(index: int, item: Any) -> SigningKey:
         private_jwk=dict(private_jwk),
         retired_at=None if retired is None else _parse_time(f"{where}.retiredAt", retired),
     )
-
-
-KeyGenerator = Callable[[str, datetime], SigningKey]
-
-
-def _retire_superseded(keys: list[SigningKey], now: datetime) -> tuple[list[SigningKey], list[str]]:
-    """Retire every active key that a newer key has taken over from; the newest stays signing.
-
-    A key retires at the activation time of the next newer key, which is when signing_key() stopped
-    choosing it (even if nobody ran plan_rotation at that moment).
-    """
-    started = sorted((k for k in keys if k.activates_at <= now), key=SigningKey._order)
-    retire_at: dict[str, datetime] = {}
-    activated: list[str] = []
-    for older, newer in itertools.pairwise(started):
-        if older.retired_at is None:
-            retire_at[older.kid] = newer.activates_at
-            if newer.kid not in activated:
-                activated.append(newer.kid)
-    reasons = [f"activated key {kid}" for kid in activated]
-    result = []
-    for k in keys:
-        if k.kid in retire_at:
-            k = replace(k, retired_at=retire_at[k.kid])
-            reasons.append(f"retired key {k.kid} (superseded at {_fmt(retire_at[k.kid])})")
-        result.append(k)
-    return result, reasons
-
-
-def _fmt(t: datetime) -> str:
-    return t.isoformat(timespec="seconds")
-
-
-def plan_rotation(
-    ring: KeyRing,
-    policy: KeyPolicy,
-    now: datetime,
-    *,
-    generate: KeyGenerator = generate_key,
-) -> tuple[KeyRing, list[str]]:
-    """Decide the ring for now: returns (new ring, human-readable reasons; empty if nothing changed).
-
-    1. Activate: a key whose activates_at has come takes over; the key it replaces is retired at that
-       activation time.
-    2. Generate: with no key able to sign, create one that signs at once (bootstrap: there is nothing
-       to overlap with). Otherwise, with nothing pending, create a key that signs from
-       now + publish_ahead when the signing key has signed for rotation_period - publish_ahead, or when
-       its algorithm differs from policy.algorithm.
-       A pending key of a previous algorithm is still allowed to activate; the next plan rotates again.
-    3. Remove keys retired more than max_token_ttl + leeway ago.
-
-    Idempotent: plan_rotation(plan_rotation(r, p, t)[0], p, t) returns an equal ring and no reasons.
-    `generate` is injectable for tests; it is the only source of randomness.
-    """
-    _require_aware("now", now)
-    keys, reasons = _retire_superseded(list(ring.keys), now)
-
-    current = KeyRing(tuple(keys), ring.retention).signing_key(now)
-    has_pending = any(k.is_pending(now) for k in keys)
-    new_key: SigningKey | None = None
-    if current is None:
-        new_key = generate(policy.algorithm, now)
-        reasons.append(
-            f"generated key {new_key.kid} ({policy.algorithm}; no key could sign, so it signs at once)"
-        )
-    elif not has_pending:
-        due = now - current.activates_at >= policy.rotation_period - policy.publish_ahead
-        if current.algorithm != policy.algorithm or due:
-            activates = now + policy.publish_ahead
-            new_key = replace(generate(policy.algorithm, now), activates_at=activates)
-            why = (
-                f"algorithm change {current.algorithm} -> {policy.algorithm}"
-                if current.algorithm != policy.algorithm
-                else f"key {current.kid} is due for rotation"
-            )
-            reasons.append(
-                f"generated key {new_key.kid} ({policy.algorithm}; {why}; "
-                f"publish ahead until {_fmt(activates)})"
-            )
-    if new_key is not None:
-        keys.append(new_key)
-        # With publish_ahead == 0 the new key takes over at once; do it now so a second call is a no-op.
-        keys, more = _retire_superseded(keys, now)
-        reasons.extend(more)
-
-    kept: list[SigningKey] = []
-    for k in keys:
-        if k.retired_at is not None and k.retired_at + policy.retention < now:
-            reasons.append(f"removed key {k.kid} (retired at {_fmt(k.retired_at)}; its tokens have expired)")
-        else:
-            kept.append(k)
-    if policy.retention != ring.retention:
-        reasons.append(f"retention of retired keys set to {format_duration(policy.retention)}")
-    return KeyRing(tuple(kept), policy.retention), reasons

@@ -47,6 +47,7 @@ RENEWAL_DUE = "RenewalDue"
 UP_TO_DATE = "UpToDate"
 SUSPENDED = api.REASON_SUSPENDED
 REVOKED = api.REASON_TOKEN_REVOKED
+KEY_REVOKED = api.REASON_KEY_REVOKED
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Snapshot:
     secret: ObservedSecret
     rotate_request: str | None  # current value of the agenttoken.dev/rotate annotation
     jitter_key: str  # stable per object (uid), so a restart computes the same renewal time
+    # Kids of signing keys revoked in an emergency: a token one of them signed is re-minted now.
+    revoked_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,13 @@ def _revoked(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
     return None
 
 
+def _key_revoked(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
+    record = current_record(snap)
+    if record and record.key_id in snap.revoked_keys:
+        return KEY_REVOKED, f"signing key {record.key_id} was revoked"
+    return None
+
+
 def _spec_changed(snap: Snapshot, now: datetime.datetime) -> tuple[str, str] | None:
     record = current_record(snap)
     if record and record.spec_hash != snap.spec.claims_hash():
@@ -142,6 +152,7 @@ CHAIN: tuple[Check, ...] = (
     _no_token,
     _altered,
     _revoked,
+    _key_revoked,
     _spec_changed,
     _rotate_requested,
     _expired,
@@ -177,8 +188,12 @@ def decide(snap: Snapshot, now: datetime.datetime) -> Decision:
         if hit is None:
             continue
         reason, message = hit
-        # An explicit rotate request bypasses the backoff: a human asked for it now.
-        if reason != ROTATE_REQUESTED and snap.status.failed_attempts and snap.status.last_failure_time:
+        # An explicit rotate request or key revocation bypasses the backoff: a human asked for it now.
+        if (
+            reason not in (ROTATE_REQUESTED, KEY_REVOKED)
+            and snap.status.failed_attempts
+            and snap.status.last_failure_time
+        ):
             expires = record.expires_at if record else None
             retry = next_retry_time(snap.status.last_failure_time, snap.status.failed_attempts, expires)
             if retry > now:

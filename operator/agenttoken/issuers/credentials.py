@@ -19,6 +19,8 @@ class IssuerDeps:
     signing_key: Callable[[], SigningKey]  # the built-in issuer's current key; RuntimeError if none yet
     issuer_url: str  # the built-in issuer's `iss`
     operator_namespace: str  # where a ClusterTokenIssuer's credential Secrets live
+    # The OAuth client-assertion key: never signs access tokens (own ring, own JWKS).
+    assertion_key: Callable[[], SigningKey]
 
 
 async def credential(
@@ -37,10 +39,12 @@ async def credential(
     return decode_data({"v": raw})["v"]
 
 
-def keys_problem(deps: IssuerDeps) -> Reason | None:
-    """KeysNotReady while the built-in signing key is not loaded yet."""
+def keys_problem(deps: IssuerDeps, *, assertion: bool = False) -> Reason | None:
+    """KeysNotReady while the built-in signing key (or the client-assertion key) is not loaded yet."""
     try:
         deps.signing_key()
+        if assertion:
+            deps.assertion_key()
     except RuntimeError as exc:
         return Reason("KeysNotReady", str(exc))
     return None

@@ -9,9 +9,10 @@ built-in issuer naming the AgentToken, or a Kubernetes ServiceAccount token (Tok
 `OAuth2Issuer.credentials` obtains it, `issue` only sends it.
 
 Client authentication (`clientAuthMethod`): `client_secret_basic` (RFC 6749 2.3.1) or
-`private_key_jwt` (RFC 7523 2.2 / OIDC Core 9): a client assertion signed by the built-in issuer's
-current key, so the provider verifies it against the operator's published JWKS and no shared
-secret exists at all.
+`private_key_jwt` (RFC 7523 2.2 / OIDC Core 9): a client assertion signed by the operator's
+client-assertion key, a key that never signs access tokens, published at `<issuer>/client-jwks.json`
+(configure that as the client's JWKS URL at the provider). So no shared secret exists at all, and
+no access-token verifier (which trusts only `<issuer>/jwks.json`) can accept an assertion.
 
 The AgentToken's scopes are sent as `scope`, its audience as `audience` (and `resource`, RFC 8707)
 when configured. The provider decides the lifetime: we trust `expires_in`. Error responses are
@@ -59,7 +60,7 @@ class Credentials:
     """What the client presents; none of it is ever logged or reported."""
 
     client_secret: str | None = field(default=None, repr=False)
-    signing_key: SigningKey | None = field(default=None, repr=False)  # private_key_jwt
+    signing_key: SigningKey | None = field(default=None, repr=False)  # private_key_jwt: the assertion key
     subject_token: str | None = field(default=None, repr=False)  # token_exchange, jwt_bearer
 
 
@@ -143,7 +144,7 @@ def build_form(
     client_id = str(config["clientID"])
     if client_auth_method(config) == "private_key_jwt":
         if creds.signing_key is None:
-            raise IssueError("private_key_jwt needs the built-in issuer's signing key")
+            raise IssueError("private_key_jwt needs the operator's client-assertion key")
         form["client_id"] = client_id
         form["client_assertion_type"] = ASSERTION_TYPE
         form["client_assertion"] = client_assertion(
@@ -242,7 +243,8 @@ class OAuth2Issuer:
         return await issue(ctx, issuer.config, await self.credentials(issuer, ctx, now), now=now)
 
     async def problem(self, issuer: IssuerSpec) -> Reason | None:
-        keys = keys_problem(self.deps) if uses_builtin_keys(issuer.config) else None
+        assertion = client_auth_method(issuer.config) == "private_key_jwt"
+        keys = keys_problem(self.deps, assertion=assertion) if uses_builtin_keys(issuer.config) else None
         return keys or await credential_problem(self.deps, issuer, "clientSecretRef", "clientSecret")
 
     async def credentials(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Credentials:
@@ -250,7 +252,7 @@ class OAuth2Issuer:
         config = issuer.config
         secret = key = subject = None
         if client_auth_method(config) == "private_key_jwt":
-            key = self.deps.signing_key()
+            key = self.deps.assertion_key()
         else:
             secret = await credential(self.deps, issuer, config.get("clientSecretRef"), "clientSecret")
         if needs_subject_token(config):

@@ -72,6 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         policy=KeyPolicy(algorithm=options.key_algorithm),
         clock=utcnow,
     )
+    await keys.load_requests()  # a revoked kid must not be published or used, even briefly
     await keys.sync()
     revocations = RevocationStore(kube, options.operator_namespace, utcnow)
     await revocations.load()
@@ -107,7 +108,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
-    memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
+    keys.report_with(
+        lambda involved, reason, message: events.post(involved, warning=True, reason=reason, message=message)
+    )
+    # Key rotation is rare; checking every minute (or half the publish-ahead) is plenty. Revocation
+    # requests wake the loop at once.
+    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
+    memo["key_task"] = asyncio.create_task(keys.run(interval), name="agenttoken-keys")
     if options.http_port:
         memo["http"] = await server.serve(
             server.build_app(keys, revocations), options.http_address, options.http_port
@@ -214,14 +221,3 @@ def keys_probe(memo: kopf.Memo, **_: Any) -> str:
     if keys is None:
         raise RuntimeError("not started")
     return keys.signing_key().kid
-
-
-async def _rotate_keys(keys: KeyManager) -> None:
-    """Key rotation is rare; checking every minute (or half the publish-ahead) is plenty."""
-    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await keys.sync()
-        except Exception:
-            log.exception("signing-key rotation failed; retrying in %.0fs", interval)

@@ -1,4 +1,5 @@
-"""The operator's HTTP endpoints: discovery, JWKS, revocation list, metrics, health.
+"""The operator's HTTP endpoints: discovery, JWKS, client-assertion JWKS, revocation list, metrics,
+health.
 
 One small aiohttp app (aiohttp comes with kopf). Cache headers follow the key-overlap rules:
 a new signing key is published `publish_ahead` before it signs, so verifiers may cache the JWKS
@@ -56,6 +57,11 @@ def build_app(
         body = json.dumps(keys.jwks(), sort_keys=True).encode()
         return _respond(request, body, JWK_SET_TYPE, f"public, max-age={jwks_max_age}")
 
+    async def client_jwks(request: web.Request) -> web.Response:
+        # Client-assertion keys only: for the OAuth server, never for access-token verifiers.
+        body = json.dumps(keys.client_jwks(), sort_keys=True).encode()
+        return _respond(request, body, JWK_SET_TYPE, f"public, max-age={jwks_max_age}")
+
     async def revoked(request: web.Request) -> web.Response:
         body = revocation.to_json(revocation.prune(revocations.entries, keys.clock())).encode()
         return _respond(request, body, "application/json", "no-cache")
@@ -77,6 +83,7 @@ def build_app(
         routes += [
             web.get(f"{prefix}/.well-known/openid-configuration", discovery),
             web.get(f"{prefix}/jwks.json", jwks),
+            web.get(f"{prefix}/client-jwks.json", client_jwks),
             web.get(f"{prefix}/revocations.json", revoked),
         ]
     app.add_routes(routes)

@@ -14,8 +14,11 @@ Design choices, and why:
   HS* (the key-confusion attack where the public key is used as an HMAC secret) are refused from the
   header, before any key is touched. The key named by kid must also be meant for the header's alg
   (its JWK "alg", key type and curve), so a token cannot pick a weaker reading of a good key.
-* The JWKS is fetched lazily and cached. An unknown kid (the issuer rotated keys) triggers one
-  refresh, at most once per jwks_min_refresh, so garbage kids cannot make us hammer the issuer.
+* The JWKS is fetched lazily and cached for at most jwks_max_age (5 minutes, what the operator's
+  Cache-Control allows), so a key revoked in an emergency stops verifying within that bound; if the
+  JWKS cannot be fetched for twice that, every token is refused (fail closed). An unknown kid (the
+  issuer rotated keys) triggers one refresh, at most once per jwks_min_refresh, so garbage kids
+  cannot make us hammer the issuer.
 * The revocation list is cached for at most revocations_max_age (500 ms by default) so a revocation
   bites within a second. When it cannot be fetched or parsed we fail closed (check "revoked"): an
   API that accepted revoked tokens during an outage would make revocation useless. The one bounded
@@ -110,6 +113,7 @@ class Verifier:
         clock: Callable[[], datetime] = now_utc,
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
+        jwks_max_age: timedelta = timedelta(minutes=5),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
         revocations_stale_grace: timedelta = timedelta(0),
         audit: VerificationAudit | Literal[False] | None = None,
@@ -124,6 +128,7 @@ class Verifier:
         _check_durations(
             leeway=leeway,
             jwks_min_refresh=jwks_min_refresh,
+            jwks_max_age=jwks_max_age,
             revocations_max_age=revocations_max_age,
             revocations_stale_grace=revocations_stale_grace,
         )
@@ -137,7 +142,9 @@ class Verifier:
         self._environment = environment
         self._clock = clock
         fetch = fetch if fetch is not None else urllib_fetch
-        self._keys = KeySet(jwks=jwks, url=jwks_url, fetch=fetch, min_refresh=jwks_min_refresh)
+        self._keys = KeySet(
+            jwks=jwks, url=jwks_url, fetch=fetch, min_refresh=jwks_min_refresh, max_age=jwks_max_age
+        )
         self._revocations = (
             None
             if revocations_url is None

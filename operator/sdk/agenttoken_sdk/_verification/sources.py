@@ -1,8 +1,10 @@
 """The issuer's documents a Verifier fetches: its JWKS and its revocation list, each cached.
 
-* The JWKS is fetched lazily and cached. An unknown kid (the issuer rotated keys) triggers one
-  refresh, at most once per `min_refresh`, so garbage kids cannot make us hammer the issuer. A
-  failed fetch keeps the keys we had; the rate limit spaces out the retries.
+* The JWKS is fetched lazily and cached for at most `max_age`. An unknown kid (the issuer rotated
+  keys) triggers one refresh, at most once per `min_refresh`, so garbage kids cannot make us hammer
+  the issuer. A failed fetch keeps the keys we had, but only up to twice `max_age` after the last
+  good fetch: a key the issuer revoked in an emergency leaves the JWKS, and an attacker who blocks
+  the fetch must not keep it trusted forever (fail closed after that).
 * The revocation list is cached for at most `max_age`. When it cannot be fetched or parsed the
   answer is None and the "revoked" check fails closed; the next call tries again. Only the "jti"
   of each entry is read, so an entry with a malformed time still revokes.
@@ -104,11 +106,19 @@ class KeySet:
     """The issuer's public keys: given once (`jwks`), or fetched from `url` and refreshed on demand."""
 
     def __init__(
-        self, *, jwks: dict[str, Any] | None, url: str | None, fetch: Fetch, min_refresh: timedelta
+        self,
+        *,
+        jwks: dict[str, Any] | None,
+        url: str | None,
+        fetch: Fetch,
+        min_refresh: timedelta,
+        max_age: timedelta | None = None,
     ) -> None:
         self._url = url
         self._fetch = fetch
         self._min_refresh = min_refresh
+        self._max_age = max_age
+        self._loaded_at: datetime | None = None  # last successful fetch
         self._lock = threading.Lock()
         self._keys: dict[str, Key] = {} if jwks is None else parse_jwks(jwks)
         self._fetched_at: datetime | None = None  # last fetch attempt, successful or not
@@ -117,13 +127,19 @@ class KeySet:
     def key_for(self, kid: str, now: datetime) -> tuple[Key | None, str | None]:
         """The key for kid (refreshing the JWKS if allowed), and why the last JWKS fetch failed, if it did."""
         with self._lock:
-            if self._url is not None and kid not in self._keys and self._may_refresh(now):
+            if self._url is None:
+                return self._keys.get(kid), None
+            expired = self._max_age is not None and _stale(self._loaded_at, now, self._max_age)
+            if (kid not in self._keys or expired) and self._may_refresh(now):
                 self._fetched_at = now
                 try:
                     self._keys = parse_jwks(json.loads(self._fetch(self._url)))
                     self._error = None
+                    self._loaded_at = now
                 except Exception as error:  # keep the keys we had; the rate limit spaces out retries
                     self._error = type(error).__name__
+            if self._max_age is not None and _stale(self._loaded_at, now, 2 * self._max_age):
+                return None, self._error or "the JWKS is too old"
             return self._keys.get(kid), self._error
 
     def _may_refresh(self, now: datetime) -> bool:
