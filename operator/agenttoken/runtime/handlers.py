@@ -73,7 +73,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         clock=utcnow,
     )
     await keys.sync()
-    revocations = RevocationStore(kube, options.operator_namespace, utcnow)
+    revocations = RevocationStore(
+        kube, options.operator_namespace, utcnow, issuer=options.issuer_url, signer=keys.signing_key
+    )
     await revocations.load()
     events = EventRecorder(kube)
     workloads = WorkloadCache()
@@ -107,6 +109,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
+    # Cluster-wide writer: signs the list again before it expires, folds `agenttoken revoke`'s
+    # pending entries. may_write is the leader check once leader election is wired (HA-INTERFACE.md).
+    memo["revocations_signer_task"] = asyncio.create_task(
+        revocations.run(may_write=lambda: True), name="agenttoken-revocations-signer"
+    )
     memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
     if options.http_port:
         memo["http"] = await server.serve(
@@ -117,7 +124,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("key_task", "revocations_task", "sync_task", "warmup_task"):
+    for name in ("key_task", "revocations_task", "revocations_signer_task", "sync_task", "warmup_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
