@@ -93,6 +93,20 @@ def _allowed_algorithms(algorithms: Collection[str]) -> tuple[str, ...]:
     return allowed
 
 
+def _check_sources(
+    issuer: str, audience: str, keys: tuple[object, ...], revocations: tuple[str | None, ...]
+) -> None:
+    if not issuer:
+        raise ValueError("issuer must not be empty")
+    if not audience:
+        raise ValueError("audience must not be empty")
+    if sum(x is not None for x in keys) != 1 or sum(x is not None for x in revocations) > 1:
+        raise ValueError(
+            "give exactly one of jwks, jwks_url and jwks_path, and at most one of revocations_url and "
+            "revocations_path"
+        )
+
+
 def _check_durations(**durations: timedelta) -> None:
     for name, value in durations.items():
         if value < timedelta(0):
@@ -129,14 +143,7 @@ class Verifier:
         revocations_stale_grace: timedelta = timedelta(minutes=5),
         audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
-        if not issuer:
-            raise ValueError("issuer must not be empty")
-        if not audience:
-            raise ValueError("audience must not be empty")
-        if sum(x is not None for x in (jwks, jwks_url, jwks_path)) != 1:
-            raise ValueError("give exactly one of jwks, jwks_url and jwks_path")
-        if revocations_url is not None and revocations_path is not None:
-            raise ValueError("give at most one of revocations_url and revocations_path")
+        _check_sources(issuer, audience, (jwks, jwks_url, jwks_path), (revocations_url, revocations_path))
         self._algorithms = _allowed_algorithms(algorithms)
         _check_durations(
             leeway=leeway,
@@ -150,17 +157,18 @@ class Verifier:
         self._issuer = issuer
         self._audience = audience
         self._registries: dict[str, JWSRegistry] = {a: jws_registry([a]) for a in self._algorithms}
-        self._list_registries: dict[str, JWSRegistry] = {
+        # Lists are larger than tokens; their own registries keep the token cap tight.
+        self._list_registries = {
             a: jws_registry([a], max_payload=MAX_REVOCATION_LIST_BYTES) for a in self._algorithms
         }
         self._leeway = leeway.total_seconds()
         self._environment = environment
         self._clock = clock
         fetch = fetch if fetch is not None else urllib_fetch
-        if jwks_path is not None:
-            self._keys = KeySet(jwks=None, url=jwks_path, fetch=read_path, min_refresh=jwks_min_refresh)
-        else:
-            self._keys = KeySet(jwks=jwks, url=jwks_url, fetch=fetch, min_refresh=jwks_min_refresh)
+        jwks_fetch = read_path if jwks_path is not None else fetch
+        self._keys = KeySet(
+            jwks=jwks, url=jwks_url or jwks_path, fetch=jwks_fetch, min_refresh=jwks_min_refresh
+        )
         source = revocations_url if revocations_url is not None else revocations_path
         self._revocations = (
             None
