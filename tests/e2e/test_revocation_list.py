@@ -64,6 +64,17 @@ def mount(kube: Kube, directory: Path) -> tuple[Path, Path]:
     return parts, jwks
 
 
+def file_verifier(parts_dir: Path, jwks_file: Path) -> Verifier:
+    """An API that never calls the operator: keys and list from the mounted ConfigMaps."""
+    return Verifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        jwks_path=str(jwks_file),
+        revocations_path=str(parts_dir),
+        audit=False,
+    )
+
+
 def stored_parts(kube: Kube) -> list[str]:
     out = []
     for i, name in enumerate(PART_CONFIGMAPS):
@@ -88,14 +99,7 @@ def test_revoked_stays_rejected_and_valid_stays_accepted_while_the_operator_is_d
     over_http = http_verifier(operator)
     assert rejected_check(over_http, doomed) == "revoked"
     assert rejected_check(over_http, spared) is None
-    parts_dir, jwks_file = mount(kube, tmp_path)
-    from_files = Verifier(
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        jwks_path=str(jwks_file),
-        revocations_path=str(parts_dir),
-        audit=False,
-    )
+    from_files = file_verifier(*mount(kube, tmp_path))
     assert rejected_check(from_files, doomed) == "revoked"
     assert rejected_check(from_files, spared) is None
 
@@ -114,8 +118,18 @@ def test_revoked_stays_rejected_and_valid_stays_accepted_while_the_operator_is_d
         result = cli(kube, "verify", "outage-doomed", "-n", namespace, "--audience", AUDIENCE)
         assert result.returncode == 1
         assert "INVALID (revoked)" in result.stderr
+        # A revocation while no operator runs cannot be signed: the CLI says so, keeps it pending.
+        late = cli(kube, "revoke", "outage-spared", "-n", namespace, "--no-rotate", "--wait", "2")
+        assert late.returncode == 2, late.stderr
+        assert "PENDING" in late.stderr
+        assert rejected_check(from_files, spared) is None  # not signed: verifiers cannot see it yet
     finally:
         operator.start()
+    # The operator back: the pending revocation is signed in, and bites.
+    after = http_verifier(operator)
+    wait_for(
+        "the pending revocation signed in", lambda: rejected_check(after, spared) == "revoked", timeout=60
+    )
 
 
 def test_a_tampered_stored_list_is_refused_by_verifiers(
@@ -125,13 +139,7 @@ def test_a_tampered_stored_list_is_refused_by_verifiers(
     swaps in an unsigned list: the verifier refuses it and fails closed rather than use it."""
     parts_dir, jwks_file = mount(kube, tmp_path)
     (parts_dir / part_key(0)).write_text(json.dumps({"revoked": []}))
-    v = Verifier(
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        jwks_path=str(jwks_file),
-        revocations_path=str(parts_dir),
-        audit=False,
-    )
+    v = file_verifier(parts_dir, jwks_file)
     key = signing_key(kube)
     token = mint(request(), key, issuer=ISSUER, now=datetime.datetime.now(datetime.UTC)).token
     assert rejected_check(v, token) == "revoked"  # failing closed: no genuine list
