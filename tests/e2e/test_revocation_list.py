@@ -13,7 +13,9 @@ import datetime
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
+from agenttoken import api
 from agenttoken.controllers.keys import KEYS_SECRET, RING_KEY
 from agenttoken.controllers.revocation import PART_CONFIGMAPS, PENDING_CONFIGMAP, PENDING_KEY, part_key
 from agenttoken.core import revocation
@@ -24,7 +26,7 @@ from agenttoken_sdk.verify import VerificationError, Verifier
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
-from .test_lifecycle import ISSUER, agenttoken, secret_data, wait_ready
+from .test_lifecycle import ISSUER, agenttoken, frozen_secrets, secret_data, status, wait_ready
 from .test_sdk import cli
 
 SYSTEM = "agenttoken-system"
@@ -224,3 +226,48 @@ def test_twenty_thousand_revocations_and_compaction_stay_within_the_bound(
     ]
     assert accepted == []
     assert rejected_check(v, mint(request(), key, issuer=ISSUER, now=signed_at).token) is None
+
+
+def test_status_does_not_lie_when_no_operator_runs_or_renewal_cannot_land(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """EXPIRES in `kubectl get`, `agenttoken status` against the clock while no operator runs, and
+    a `kubectl wait`-able Ready=False TokenExpired from the operator once a token passed expiry
+    without a renewal."""
+    kube.apply(agenttoken("lapsing", "lapsing-token", ttl="60s"), "-n", namespace)
+    wait_ready(kube, namespace, "lapsing")
+    expires_at = status(kube, namespace, "lapsing")["expiresAt"]
+    table = kube.kubectl("get", "agenttoken", "lapsing", "-n", namespace).stdout
+    assert "EXPIRES" in table.splitlines()[0]
+    assert expires_at in table
+
+    operator.kill9()
+    restarted = False
+    try:
+
+        def reported() -> dict[str, Any] | None:
+            result = cli(kube, "status", "lapsing", "-n", namespace, "-o", "json")
+            item: dict[str, Any] = json.loads(result.stdout)
+            return item if item["reason"] == api.REASON_EXPIRED else None
+
+        item = wait_for("agenttoken status to say the token expired", reported, timeout=120, interval=2)
+        assert item["ready"] == "False"
+        stored = {c["type"]: c for c in status(kube, namespace, "lapsing")["conditions"]}
+        assert stored["Ready"]["status"] == "True", "nothing ran to change the stored status"
+
+        with frozen_secrets(kube, namespace):  # no renewal can land once it is back
+            operator.start()
+            restarted = True
+            waited = kube.kubectl(
+                "wait", "agenttoken/lapsing", "-n", namespace, "--for=condition=Ready=false", "--timeout=90s",
+                check=False,
+            )  # fmt: skip
+            assert waited.returncode == 0, waited.stderr
+            body = kube.get_json("agenttoken", "lapsing", "-n", namespace)
+            assert body is not None
+            ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+            assert ready["reason"] == api.REASON_EXPIRED
+            assert ready["observedGeneration"] == body["metadata"]["generation"]
+    finally:
+        if not restarted:
+            operator.start()
