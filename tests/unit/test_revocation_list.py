@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -454,3 +455,28 @@ def test_status_reports_expired_when_the_stored_ready_is_stale() -> None:
     after = summary(obj, T0)
     assert (after["ready"], after["reason"]) == ("False", api.REASON_EXPIRED)
     assert "2026-11-30T12:00:00Z" in after["message"]
+
+
+class Watching(ConfigMaps):
+    """ConfigMaps whose watches deliver the given events, then end."""
+
+    def __init__(self, events: dict[str, list[dict[str, Any] | None]]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def watch_configmap(self, namespace: str, name: str) -> AsyncIterator[dict[str, Any] | None]:
+        for event in self.events.get(name, []):
+            yield event
+
+
+def test_a_deleted_part_is_no_longer_served_and_is_signed_again_at_once() -> None:
+    cms, clock = Watching({}), Clock()
+    store = store_on(cms, clock)
+    asyncio.run(store.resign())
+    del cms.bodies[PART_CONFIGMAPS[2]]
+    cms.events = {PART_CONFIGMAPS[2]: [None]}
+    asyncio.run(store.follow())
+    assert len(store.document()["lists"]) == PARTS - 1
+    assert asyncio.run(store.resign()) == 1
+    assert PART_CONFIGMAPS[2] in cms.bodies
+    assert check(verifier(Source(served(store)), clock), token()) is None

@@ -280,11 +280,19 @@ class RevocationStore:
                 await asyncio.wait_for(self._pending_seen.wait(), TICK.total_seconds())
 
     async def follow(self) -> None:
-        """Keep the served parts equal to the cluster's, and wake `run` when pending changes."""
+        """Keep the served parts equal to the cluster's; wake `run` when pending entries appear
+        or a part was deleted."""
 
         async def watch_part(part: int) -> None:
             async for configmap in self.kube.watch_configmap(self.namespace, part_configmap(part)):
-                self.observe_part(part, configmap)
+                if configmap is None:
+                    # Deleted (by hand?): stop serving it and let `run` sign it again now rather
+                    # than when the part we knew would have been due.
+                    self.signed.pop(part, None)
+                    self.parts.pop(part, None)
+                    self._pending_seen.set()
+                else:
+                    self.observe_part(part, configmap)
 
         async def watch_pending() -> None:
             async for configmap in self.kube.watch_configmap(self.namespace, PENDING_CONFIGMAP):
