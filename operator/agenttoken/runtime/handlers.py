@@ -23,7 +23,7 @@ from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utc
 from agenttoken.controllers.keys import KeyManager
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
-from agenttoken.core.keys import KeyPolicy
+from agenttoken.core.keys import KeyPolicy, SigningKey
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
@@ -74,7 +74,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     await keys.load_requests()  # a revoked kid must not be published or used, even briefly
     await keys.sync()
-    revocations = RevocationStore(kube, options.operator_namespace, utcnow)
+    revocations = RevocationStore(
+        kube, options.operator_namespace, utcnow, issuer=options.issuer_url, signer=keys.signing_key
+    )
     await revocations.load()
     events = EventRecorder(kube)
     workloads = WorkloadCache()
@@ -108,13 +110,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
-    keys.report_with(
-        lambda involved, reason, message: events.post(involved, warning=True, reason=reason, message=message)
-    )
-    # Key rotation is rare; checking every minute (or half the publish-ahead) is plenty. Revocation
-    # requests wake the loop at once.
-    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
-    memo["key_task"] = asyncio.create_task(keys.run(interval), name="agenttoken-keys")
+    _start_cluster_writers(memo, keys, revocations, events)
     if options.http_port:
         memo["http"] = await server.serve(
             server.build_app(keys, revocations), options.http_address, options.http_port
@@ -122,9 +118,35 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("operator started; signing keys in %s", options.operator_namespace)
 
 
+def _start_cluster_writers(
+    memo: kopf.Memo, keys: KeyManager, revocations: RevocationStore, events: EventRecorder
+) -> None:
+    """The cluster-wide writer loops: key rotation and emergency revocation, and the signed
+    revocation list. Each checks `may_write` before every write (HA-INTERFACE.md)."""
+    keys.report_with(
+        lambda involved, reason, message: events.post(involved, warning=True, reason=reason, message=message)
+    )
+
+    async def sign_list_with(_new_key: SigningKey) -> None:
+        # A new signing key (rotation or emergency revocation) signs the revocation list at once:
+        # parts still signed by a key that left the JWKS would make fresh verifiers fail closed.
+        await revocations.resign()
+
+    keys.on_signing_key_changed(sign_list_with)
+    # Cluster-wide writer: signs the list again before it expires, folds `agenttoken revoke`'s
+    # pending entries. may_write is the leader check once leader election is wired (HA-INTERFACE.md).
+    memo["revocations_signer_task"] = asyncio.create_task(
+        revocations.run(may_write=lambda: True), name="agenttoken-revocations-signer"
+    )
+    # Key rotation is rare; checking every minute (or half the publish-ahead) is plenty. Revocation
+    # requests wake the loop at once.
+    interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
+    memo["key_task"] = asyncio.create_task(keys.run(interval), name="agenttoken-keys")
+
+
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("key_task", "revocations_task", "sync_task", "warmup_task"):
+    for name in ("key_task", "revocations_task", "revocations_signer_task", "sync_task", "warmup_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()

@@ -15,18 +15,23 @@ Design choices, and why:
   header, before any key is touched. The key named by kid must also be meant for the header's alg
   (its JWK "alg", key type and curve), so a token cannot pick a weaker reading of a good key.
 * The JWKS is fetched lazily and cached for at most jwks_max_age (5 minutes, what the operator's
-  Cache-Control allows), so a key revoked in an emergency stops verifying within that bound; if the
-  JWKS cannot be fetched for twice that, every token is refused (fail closed). An unknown kid (the
-  issuer rotated keys) triggers one refresh, at most once per jwks_min_refresh, so garbage kids
-  cannot make us hammer the issuer.
-* The revocation list is cached for at most revocations_max_age (500 ms by default) so a revocation
-  bites within a second. When it cannot be fetched or parsed we fail closed (check "revoked"): an
-  API that accepted revoked tokens during an outage would make revocation useless. The one bounded
-  exception is revocations_stale_grace (default 0: none): the last list fetched successfully keeps
-  answering for that long after it was fetched, so a restart of the operator (one replica: seconds
-  without a pod behind its Service) does not refuse every call; no revocation can be published
-  while the operator is down anyway. Only the "jti" of each entry is read, so an entry with a
-  malformed time still revokes.
+  Cache-Control allows), so a key revoked in an emergency stops verifying within that bound. An
+  unknown kid (the issuer rotated keys) triggers one refresh, at most once per jwks_min_refresh, so
+  garbage kids cannot make us hammer the issuer. Through an outage the last good keys keep
+  verifying until jwks_max_age + jwks_stale_grace (10 minutes) after the last good fetch, then
+  every token is refused: blocking the fetch cannot keep a revoked key alive for longer than a
+  frozen revocation list is trusted (its validity plus revocations_stale_grace, 15 minutes).
+* The revocation list is signed and carries its own validity, so it can outlive the operator. It is
+  a set of JWS parts (typ "agenttoken-revocations+jwt", never accepted as a token, as a token's typ
+  is never accepted as a list) signed by a key of the issuer's JWKS, each with iat and next_update;
+  the operator signs every part again when half of its 10-minute validity is left. The verifier
+  checks it again at most every revocations_max_age (500 ms: a revocation bites within a second)
+  and keeps using the last good list while the source is unreachable or stale, until its
+  next_update plus revocations_stale_grace (default 5 minutes); only then, or before any good
+  list, does it fail closed (check "revoked"). Unsigned, forged, foreign, incomplete, expired and
+  replayed older lists are refused (the last good one keeps answering within its bounds). The
+  source is revocations_url (HTTP, any operator replica) or revocations_path (the mounted
+  ConfigMaps: no call to the operator at all).
 * Bindings fail safe: with Verifier.environment set, a token without "env" is rejected; a token with
   "cidr" is rejected when the caller's address is unknown.
 * Payload structure (JSON object, required RFC 9068 claims and their types) is part of "format" and is
@@ -55,9 +60,17 @@ from joserfc.jws import JWSRegistry
 
 from agenttoken_sdk._verification.checks import Policy, first_failure
 from agenttoken_sdk._verification.model import CHECKS, Claims, VerificationError, short
-from agenttoken_sdk._verification.sources import Key, KeySet, RevocationList, urllib_fetch
+from agenttoken_sdk._verification.sources import (
+    Key,
+    KeySet,
+    RevocationList,
+    SignedRevocations,
+    read_path,
+    urllib_fetch,
+    verify_revocations,
+)
 from agenttoken_sdk._verification.token import ParsedToken, parse, verified_claims
-from agenttoken_sdk.jose import SUPPORTED_ALGORITHMS, jws_registry
+from agenttoken_sdk.jose import MAX_REVOCATION_LIST_BYTES, SUPPORTED_ALGORITHMS, jws_registry
 from agenttoken_sdk.times import now_utc
 from agenttoken_sdk.verifylog import ACCEPTED, REJECTED, VerificationAudit, VerificationRecord
 
@@ -85,6 +98,20 @@ def _allowed_algorithms(algorithms: Collection[str]) -> tuple[str, ...]:
     return allowed
 
 
+def _check_sources(
+    issuer: str, audience: str, keys: tuple[object, ...], revocations: tuple[str | None, ...]
+) -> None:
+    if not issuer:
+        raise ValueError("issuer must not be empty")
+    if not audience:
+        raise ValueError("audience must not be empty")
+    if sum(x is not None for x in keys) != 1 or sum(x is not None for x in revocations) > 1:
+        raise ValueError(
+            "give exactly one of jwks, jwks_url and jwks_path, and at most one of revocations_url and "
+            "revocations_path"
+        )
+
+
 def _check_durations(**durations: timedelta) -> None:
     for name, value in durations.items():
         if value < timedelta(0):
@@ -94,8 +121,10 @@ def _check_durations(**durations: timedelta) -> None:
 class Verifier:
     """Verifies access tokens for one API (audience) from one issuer. Thread-safe.
 
-    Give the issuer's public keys either as `jwks` (a JWK Set dict, used as is) or as `jwks_url`
-    (fetched on first use, refreshed when a token names an unknown kid). `fetch` does the HTTP GETs
+    Give the issuer's public keys as `jwks` (a JWK Set dict, used as is), `jwks_url` (fetched on
+    first use, refreshed when a token names an unknown kid) or `jwks_path` (the mounted
+    agenttoken-jwks ConfigMap's jwks.json, read the same way). The revocation list comes from
+    `revocations_url` or `revocations_path` (a directory of mounted signed parts). `fetch` does the HTTP GETs
     (default: urllib_fetch); `clock` is the time source for exp/nbf and both caches.
     """
 
@@ -107,6 +136,8 @@ class Verifier:
         jwks_url: str | None = None,
         jwks: dict[str, Any] | None = None,
         revocations_url: str | None = None,
+        revocations_path: str | None = None,
+        jwks_path: str | None = None,
         algorithms: Collection[str] = ("ES256", "RS256", "EdDSA"),
         leeway: timedelta = timedelta(seconds=30),
         environment: str | None = None,
@@ -114,21 +145,18 @@ class Verifier:
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
         jwks_max_age: timedelta = timedelta(minutes=5),
+        jwks_stale_grace: timedelta = timedelta(minutes=10),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
-        revocations_stale_grace: timedelta = timedelta(0),
+        revocations_stale_grace: timedelta = timedelta(minutes=5),
         audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
-        if not issuer:
-            raise ValueError("issuer must not be empty")
-        if not audience:
-            raise ValueError("audience must not be empty")
-        if (jwks is None) == (jwks_url is None):
-            raise ValueError("give exactly one of jwks and jwks_url")
+        _check_sources(issuer, audience, (jwks, jwks_url, jwks_path), (revocations_url, revocations_path))
         self._algorithms = _allowed_algorithms(algorithms)
         _check_durations(
             leeway=leeway,
             jwks_min_refresh=jwks_min_refresh,
             jwks_max_age=jwks_max_age,
+            jwks_stale_grace=jwks_stale_grace,
             revocations_max_age=revocations_max_age,
             revocations_stale_grace=revocations_stale_grace,
         )
@@ -138,25 +166,57 @@ class Verifier:
         self._issuer = issuer
         self._audience = audience
         self._registries: dict[str, JWSRegistry] = {a: jws_registry([a]) for a in self._algorithms}
+        # Lists are larger than tokens; their own registries keep the token cap tight.
+        self._list_registries = {
+            a: jws_registry([a], max_payload=MAX_REVOCATION_LIST_BYTES) for a in self._algorithms
+        }
         self._leeway = leeway.total_seconds()
         self._environment = environment
         self._clock = clock
         fetch = fetch if fetch is not None else urllib_fetch
+        jwks_fetch = read_path if jwks_path is not None else fetch
         self._keys = KeySet(
-            jwks=jwks, url=jwks_url, fetch=fetch, min_refresh=jwks_min_refresh, max_age=jwks_max_age
+            jwks=jwks,
+            url=jwks_url or jwks_path,
+            fetch=jwks_fetch,
+            min_refresh=jwks_min_refresh,
+            max_age=jwks_max_age,
+            stale_grace=jwks_stale_grace,
         )
-        self._revocations = (
-            None
-            if revocations_url is None
-            else RevocationList(
-                url=revocations_url,
-                fetch=fetch,
-                max_age=revocations_max_age,
-                stale_grace=revocations_stale_grace,
-            )
+        self._revocations = self._revocation_list(
+            revocations_url, revocations_path, fetch, revocations_max_age, revocations_stale_grace
         )
         # None: the default record (global Prometheus registry, logger agenttoken.verify.audit).
         self._audit = None if audit is False else (audit or VerificationAudit())
+
+    def _revocation_list(
+        self,
+        url: str | None,
+        path: str | None,
+        fetch: Callable[[str], bytes],
+        max_age: timedelta,
+        stale_grace: timedelta,
+    ) -> RevocationList | None:
+        """From `url` over HTTP (`fetch`) or from the mounted `path`; None: no revocation check."""
+        if url is None and path is None:
+            return None
+        return RevocationList(
+            url=url if url is not None else str(path),
+            fetch=fetch if url is not None else read_path,
+            max_age=max_age,
+            stale_grace=stale_grace,
+            verify=self._verify_revocations,
+        )
+
+    def _verify_revocations(self, body: bytes, now: datetime) -> SignedRevocations:
+        return verify_revocations(
+            body,
+            issuer=self._issuer,
+            keys=self._keys,
+            registries=self._list_registries,
+            now=now,
+            leeway=self._leeway,
+        )
 
     def __repr__(self) -> str:
         return f"Verifier(issuer={self._issuer!r}, audience={self._audience!r})"
