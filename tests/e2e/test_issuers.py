@@ -674,10 +674,17 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
 
     # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
     refused(kube, namespace, "stranger", "bearer", r"invalid_\w+")
-    # spec.subject cannot borrow a linked identity: the subject token names the AgentToken itself.
-    refused(
-        kube, namespace, "impostor", "bearer", r"invalid_\w+", subject=f"agenttoken:{namespace}:bearer-agent"
+    # spec.subject cannot borrow a linked identity: another AgentToken's subject is refused at
+    # admission (the issuer allows no other subjects), and the subject token names the AgentToken
+    # itself whatever spec.subject says.
+    impostor = agenttoken(
+        "impostor",
+        "impostor-token",
+        issuerRef={"kind": "TokenIssuer", "name": "bearer"},
+        scopes=["tickets:read"],
+        subject=f"agenttoken:{namespace}:bearer-agent",
     )
+    admission_denies(kube, impostor, namespace, f"subject 'agenttoken:{namespace}:bearer-agent' is not allowed")
     # No client assertion, subject token or access token in the log, Events or status.
     log = operator.log_text()
     assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"
