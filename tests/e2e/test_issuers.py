@@ -684,7 +684,9 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
         scopes=["tickets:read"],
         subject=f"agenttoken:{namespace}:bearer-agent",
     )
-    admission_denies(kube, impostor, namespace, f"subject 'agenttoken:{namespace}:bearer-agent' is not allowed")
+    admission_denies(
+        kube, impostor, namespace, f"subject 'agenttoken:{namespace}:bearer-agent' is not allowed"
+    )
     # No client assertion, subject token or access token in the log, Events or status.
     log = operator.log_text()
     assert not JWT_SHAPE.search(log), "a JWT appears in the operator log"

@@ -35,9 +35,11 @@ def condition(kube: Kube, namespace: str, name: str, kind: str) -> dict[str, Any
 def wait_stalled(kube: Kube, namespace: str, name: str, reason: str, timeout: float = 30) -> dict[str, Any]:
     return wait_for(
         f"{name} to stall with {reason}",
-        lambda: (c := condition(kube, namespace, name, "Stalled")).get("status") == "True"
-        and c.get("reason") == reason
-        and c,
+        lambda: (
+            (c := condition(kube, namespace, name, "Stalled")).get("status") == "True"
+            and c.get("reason") == reason
+            and c
+        ),
         timeout=timeout,
     )
 
@@ -134,7 +136,9 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
     kube.apply(agenttoken("outside", "outside-token", issuerRef=late_ref, subject=glob_bad), "-n", namespace)
     kube.apply(
         issuer(
-            "ClusterTokenIssuer", late, {"builtin": {}, "policy": {"allowedSubjects": ["spiffe://corp/ns/{namespace}/agent/*"]}}
+            "ClusterTokenIssuer",
+            late,
+            {"builtin": {}, "policy": {"allowedSubjects": ["spiffe://corp/ns/{namespace}/agent/*"]}},
         )
     )
     try:
@@ -189,7 +193,11 @@ def jwt_minter() -> Iterator[str]:
 def test_a_webhook_returning_a_forbidden_subject_is_refused(
     kube: Kube, operator: OperatorProcess, namespace: str, jwt_minter: str
 ) -> None:
-    kube.apply(issuer("TokenIssuer", "jwt-minter", {"webhook": {"url": jwt_minter, "timeoutSeconds": 5}}), "-n", namespace)
+    kube.apply(
+        issuer("TokenIssuer", "jwt-minter", {"webhook": {"url": jwt_minter, "timeoutSeconds": 5}}),
+        "-n",
+        namespace,
+    )
     ref = {"kind": "TokenIssuer", "name": "jwt-minter"}
     # Honest: the webhook keeps the requested (canonical) subject.
     kube.apply(agenttoken("honest", "honest-token", issuerRef=ref, ttl="10m"), "-n", namespace)
@@ -205,7 +213,9 @@ def test_a_webhook_returning_a_forbidden_subject_is_refused(
     assert "agenttoken:payments:billing" in stalled["message"]
     assert secret_data(kube, namespace, "mapped-token") is None
     # A renewal that comes back with a forbidden subject leaves the good token in place.
-    kube.kubectl("annotate", "agenttoken", "honest", "-n", namespace, "agenttoken.dev/rotate=1", "--overwrite")
+    kube.kubectl(
+        "annotate", "agenttoken", "honest", "-n", namespace, "agenttoken.dev/rotate=1", "--overwrite"
+    )
     wait_stalled(kube, namespace, "honest", "PolicyViolation")
     assert secret_data(kube, namespace, "honest-token") == data
     assert subjects_in_secrets(kube, namespace) == {f"agenttoken:{namespace}:honest"}
@@ -281,7 +291,12 @@ def policy_errors(kube: Kube, policy: str) -> float:
     total = 0.0
     for line in text.splitlines():
         counted = line.startswith("apiserver_validating_admission_policy_check_total{")
-        if counted and f'policy="{policy}"' in line and 'error_type="no_error"' not in line and "error_type=" in line:
+        if (
+            counted
+            and f'policy="{policy}"' in line
+            and 'error_type="no_error"' not in line
+            and "error_type=" in line
+        ):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -295,7 +310,9 @@ def test_an_issuer_stored_with_an_absurd_duration_does_not_break_the_admission_p
     crd_path = REPO / "crds" / "agenttoken.dev_clustertokenissuers.yaml"
     crd = yaml.safe_load(crd_path.read_text())
     loose = json.loads(json.dumps(crd))
-    policy = loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["policy"]
+    policy = loose["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "policy"
+    ]
     policy.pop("x-kubernetes-validations", None)
     for field in ("minTTL", "maxTTL"):
         policy["properties"][field].pop("x-kubernetes-validations", None)
@@ -305,11 +322,17 @@ def test_an_issuer_stored_with_an_absurd_duration_does_not_break_the_admission_p
     try:
         wait_for(
             "the unbounded issuer to be stored",
-            lambda: kube.apply(
-                issuer("ClusterTokenIssuer", name, {"builtin": {}, "policy": {"maxTTL": "99999999h", "allowedScopes": ["read"]}}),
-                check=False,
-            ).returncode
-            == 0,
+            lambda: (
+                kube.apply(
+                    issuer(
+                        "ClusterTokenIssuer",
+                        name,
+                        {"builtin": {}, "policy": {"maxTTL": "99999999h", "allowedScopes": ["read"]}},
+                    ),
+                    check=False,
+                ).returncode
+                == 0
+            ),
             timeout=30,
         )
     finally:
