@@ -6,10 +6,8 @@ survive. Never a Secret holding a token with a forbidden `sub`."""
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import yaml
 from .conftest import render_chart
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
-from .test_issuers import admission_denies, claims_of, issuer, issuer_ready
+from .test_issuers import Minter, admission_denies, claims_of, issuer, issuer_ready, minter  # noqa: F401 (fixture)
 from .test_lifecycle import agenttoken, secret_data, status, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,45 +153,6 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
     assert subjects_in_secrets(kube, namespace) == allowed
 
 
-class JwtMinter(http.server.BaseHTTPRequestHandler):
-    """A webhook issuer that answers with a JWT whose `sub` it chooses (`JwtMinter.subject`)."""
-
-    subject: str | None = None
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        sub = JwtMinter.subject or body["subject"]
-
-        def part(obj: dict[str, Any]) -> str:
-            return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-
-        claims = {"sub": sub, "aud": body["audience"], "jti": uuid.uuid4().hex, "exp": int(time.time()) + 600}
-        token = f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.{part({'sig': uuid.uuid4().hex})}"
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + body["ttlSeconds"]))
-        payload = json.dumps({"token": token, "expiresAt": expires, "tokenId": claims["jti"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def jwt_minter() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JwtMinter)
-    server.daemon_threads, server.block_on_close = False, True
-    JwtMinter.subject = None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/mint"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
-
-
 def test_a_webhook_returning_a_forbidden_subject_is_refused(
     kube: Kube, operator: OperatorProcess, namespace: str, jwt_minter: str
 ) -> None:
@@ -210,7 +169,7 @@ def test_a_webhook_returning_a_forbidden_subject_is_refused(
     assert data is not None
     assert claims_of(data["token"])["sub"] == f"agenttoken:{namespace}:honest"
     # Another subject than the issuer allows: refused, nothing written.
-    JwtMinter.subject = "agenttoken:payments:billing"
+    Minter.subject = "agenttoken:payments:billing"
     kube.apply(agenttoken("mapped", "mapped-token", issuerRef=ref, ttl="10m"), "-n", namespace)
     stalled = wait_stalled(kube, namespace, "mapped", "PolicyViolation")
     assert "returned a token outside the issuer's policy" in stalled["message"]
