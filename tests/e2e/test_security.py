@@ -154,13 +154,15 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
 
 
 def test_a_webhook_returning_a_forbidden_subject_is_refused(
-    kube: Kube, operator: OperatorProcess, namespace: str, jwt_minter: str
+    kube: Kube, operator: OperatorProcess, namespace: str, minter: str
 ) -> None:
-    kube.apply(
-        issuer("TokenIssuer", "jwt-minter", {"webhook": {"url": jwt_minter, "timeoutSeconds": 5}}),
-        "-n",
-        namespace,
-    )
+    kube.kubectl(
+        "create", "secret", "generic", "minter-credentials", "-n", namespace,
+        f"--from-literal=token={Minter.expected_bearer}",
+    )  # fmt: skip
+    Minter.mode = "jwt"
+    webhook = {"url": minter, "timeoutSeconds": 5, "authSecretRef": {"name": "minter-credentials"}}
+    kube.apply(issuer("TokenIssuer", "jwt-minter", {"webhook": webhook}), "-n", namespace)
     ref = {"kind": "TokenIssuer", "name": "jwt-minter"}
     # Honest: the webhook keeps the requested (canonical) subject.
     kube.apply(agenttoken("honest", "honest-token", issuerRef=ref, ttl="10m"), "-n", namespace)
