@@ -154,7 +154,10 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
 
 
 def test_a_webhook_returning_a_forbidden_subject_is_refused(
-    kube: Kube, operator: OperatorProcess, namespace: str, minter: str
+    kube: Kube,
+    operator: OperatorProcess,
+    namespace: str,
+    minter: str,  # noqa: F811 (test_issuers' fixture, imported above)
 ) -> None:
     kube.kubectl(
         "create", "secret", "generic", "minter-credentials", "-n", namespace,
