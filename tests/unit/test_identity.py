@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import re
 from collections.abc import AsyncIterator
@@ -20,11 +21,12 @@ from agenttoken.core import names
 from agenttoken.core.model import InvalidSpec, parse_spec
 from agenttoken.core.rollout import annotation_key
 from agenttoken.core.secretdata import desired_secret_metadata, managed_labels, owner_name
-from agenttoken.issuers import IssueContext, PolicyRefused, parse_issuer
+from agenttoken.issuers import IssueContext, Issued, PolicyRefused, parse_issuer
 from agenttoken.issuers.webhook import check_answer, jwt_claims
 from agenttoken.kube.adapter import Kube, event_name
 
 REPO = Path(__file__).resolve().parents[2]
+T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 LONGEST = "a" + "-b" * 125 + "c"  # 253 characters: the longest AgentToken name Kubernetes admits
@@ -54,6 +56,17 @@ def webhook(policy: dict[str, Any] | None = None) -> Any:
     return parse_issuer(api.TOKENISSUER_KIND, {"metadata": {"name": "m", "namespace": "team"}, "spec": spec})
 
 
+def answer(token: str, lifetime: dt.timedelta = dt.timedelta(hours=1)) -> Issued:
+    return Issued(token, "id", "webhook", T0, T0 + lifetime)
+
+
+def test_a_webhook_token_living_beyond_max_ttl_is_refused() -> None:
+    issuer = webhook({"maxTTL": "1h"})
+    check_answer(issuer, ctx(), answer("opaque", dt.timedelta(hours=1, seconds=30)), "https://m")  # skew
+    with pytest.raises(PolicyRefused, match="beyond the issuer's maxTTL 1h"):
+        check_answer(issuer, ctx(), answer("opaque", dt.timedelta(hours=5)), "https://m")
+
+
 @pytest.mark.parametrize(
     ("token", "policy", "refused"),
     [
@@ -68,11 +81,12 @@ def webhook(policy: dict[str, Any] | None = None) -> Any:
 def test_a_webhook_token_with_a_forbidden_claim_is_refused(
     token: str, policy: dict[str, Any] | None, refused: bool
 ) -> None:
+    issued = answer(token)
     if not refused:
-        check_answer(webhook(policy), ctx(), token, "https://m")
+        check_answer(webhook(policy), ctx(), issued, "https://m")
         return
     with pytest.raises(PolicyRefused) as caught:
-        check_answer(webhook(policy), ctx(), token, "https://m")
+        check_answer(webhook(policy), ctx(), issued, "https://m")
     assert "outside the issuer's policy" in str(caught.value)
     assert token not in str(caught.value)
 

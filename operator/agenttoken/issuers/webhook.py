@@ -6,7 +6,7 @@ TLS is verified (system roots or the issuer's caBundle). Errors never carry the 
 it could contain a token.
 
 A JWT answer is read (not verified: the webhook is the issuer) and its `sub`, `aud`, `scope` and
-`env` must fit the issuer's policy like a request does: a webhook that maps the requested subject
+`env` must fit the issuer's policy like a request does (and its expiresAt the maxTTL): a webhook that maps the requested subject
 to one the policy does not allow is refused and nothing is written (`PolicyRefused`). Opaque
 tokens carry no claims we can read; the webhook answers for them.
 """
@@ -27,6 +27,7 @@ import aiohttp
 from agenttoken.core import policy
 from agenttoken.core.conditions import Reason
 from agenttoken.core.times import parse_time
+from agenttoken.core.timing import format_duration
 from agenttoken.core.tokens import default_subject, token_hash
 from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, PolicyRefused
 from agenttoken.issuers.credentials import IssuerDeps, credential, credential_problem
@@ -92,9 +93,20 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     return payload if isinstance(payload, dict) else None
 
 
-def check_answer(issuer: IssuerSpec, ctx: IssueContext, token: str, url: str) -> None:
-    """PolicyRefused when the webhook's JWT claims what the issuer's policy does not allow."""
-    claims = jwt_claims(token)
+# Clock skew and rounding a webhook's expiresAt may add beyond the requested lifetime.
+LIFETIME_SLACK = datetime.timedelta(seconds=60)
+
+
+def check_answer(issuer: IssuerSpec, ctx: IssueContext, issued: Issued, url: str) -> None:
+    """PolicyRefused when the webhook's token lives longer than the issuer's maxTTL allows, or
+    its JWT claims what the issuer's policy does not allow."""
+    max_ttl = issuer.policy.max_ttl
+    if max_ttl is not None and issued.expires_at - issued.issued_at > max_ttl + LIFETIME_SLACK:
+        raise PolicyRefused(
+            f"webhook {url} returned a token outside the issuer's policy: it expires at "
+            f"{issued.expires_at.isoformat()}, beyond the issuer's maxTTL {format_duration(max_ttl)}"
+        )
+    claims = jwt_claims(issued.token)
     if claims is None:
         return
     req = ctx.request
@@ -122,7 +134,7 @@ class WebhookIssuer:
     async def issue(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Issued:
         bearer = await credential(self.deps, issuer, issuer.config.get("authSecretRef"), "token")
         issued = await issue(ctx, issuer.config, bearer=bearer, now=now)
-        check_answer(issuer, ctx, issued.token, issuer.config["url"])
+        check_answer(issuer, ctx, issued, issuer.config["url"])
         return issued
 
     async def problem(self, issuer: IssuerSpec) -> Reason | None:
