@@ -186,7 +186,10 @@ class Kube:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("watch of %s %s/%s interrupted (%s); resuming", kind, namespace, name, exc)
+                # The type only: a Secret watch's error text could quote what it was reading.
+                log.warning(
+                    "watch of %s %s/%s interrupted (%s); resuming", kind, namespace, name, type(exc).__name__
+                )
                 await asyncio.sleep(2)
 
     # -- workloads --
