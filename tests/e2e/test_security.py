@@ -64,7 +64,7 @@ def subjects_in_secrets(kube: Kube, namespace: str) -> set[str]:
 def subject_issuer(kube: Kube, operator: OperatorProcess) -> Iterator[str]:
     """A ClusterTokenIssuer that grants one subject glob with a placeholder."""
     name = f"subjects-{uuid.uuid4().hex[:6]}"
-    policy = {"allowedSubjects": ["spiffe://corp/ns/{namespace}/agent/*"]}
+    policy = {"allowedSubjects": ["spiffe://corp/ns/{namespace}/agent/*"], "allowedEnvironments": ["dev"]}
     kube.apply(issuer("ClusterTokenIssuer", name, {"builtin": {}, "policy": policy}))
     issuer_ready(kube, "ClusterTokenIssuer", name)
     yield name
@@ -110,7 +110,11 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
 
     # A glob the issuer allows, with {namespace} replaced by the token's own.
     glob_ok = f"spiffe://corp/ns/{namespace}/agent/ticket-bot"
-    kube.apply(agenttoken("globbed", "globbed-token", issuerRef=ref, subject=glob_ok), "-n", namespace)
+    kube.apply(
+        agenttoken("globbed", "globbed-token", issuerRef=ref, subject=glob_ok, environment="dev"),
+        "-n",
+        namespace,
+    )
     wait_ready(kube, namespace, "globbed")
     data = secret_data(kube, namespace, "globbed-token")
     assert data is not None
@@ -125,6 +129,13 @@ def test_subject_matrix(kube: Kube, subject_issuer: str, namespace: str) -> None
         namespace,
         f"subject '{glob_bad}' is not allowed by the issuer (allowed: agenttoken:{namespace}:outside, "
         f"spiffe://corp/ns/{namespace}/agent/*)",
+    )
+    # The same goes for the env claim an API may trust.
+    admission_denies(
+        kube,
+        agenttoken("prod", "prod-token", issuerRef=ref, subject=glob_ok, environment="prod"),
+        namespace,
+        "environment 'prod' is not allowed by the issuer (allowed: dev)",
     )
     # ... and a plain name without any policy for it.
     admission_denies(
