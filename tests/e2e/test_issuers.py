@@ -349,9 +349,10 @@ def test_kubernetes_issuer_tokens_pass_tokenreview_until_the_secret_goes(
 
 
 class Minter(http.server.BaseHTTPRequestHandler):
-    mode = "ok"
+    mode = "ok"  # ok: an opaque token; jwt: a JWT whose `sub` is `subject` (default the requested one)
     requests: list[dict[str, Any]] = []
     expected_bearer = "s3cret-bearer"
+    subject: str | None = None
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -368,6 +369,16 @@ class Minter(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         token = "wh." + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if Minter.mode == "jwt":  # unsigned for the test: the operator reads, never verifies, it
+            claims = {
+                "sub": Minter.subject or body["subject"],
+                "aud": body["audience"],
+                "jti": uuid.uuid4().hex,
+            }
+            token = ".".join(
+                base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                for part in ({"alg": "HS256", "typ": "JWT"}, claims, {"sig": uuid.uuid4().hex})
+            )
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + body["ttlSeconds"]))
         payload = json.dumps(
             {"token": token, "expiresAt": expires, "tokenId": f"wh-{uuid.uuid4().hex[:8]}"}
@@ -387,7 +398,7 @@ def minter() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Minter)
     # Join request threads on close, so no socket outlives the test (warnings are errors).
     server.daemon_threads, server.block_on_close = False, True
-    Minter.mode, Minter.requests = "ok", []
+    Minter.mode, Minter.requests, Minter.subject = "ok", [], None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/mint"
@@ -688,9 +699,18 @@ def test_oauth2_private_key_jwt_token_exchange_and_jwt_bearer_against_keycloak(
 
     # A subject Keycloak does not know: refused with the OAuth error code, nothing minted.
     refused(kube, namespace, "stranger", "bearer", r"invalid_\w+")
-    # spec.subject cannot borrow a linked identity: the subject token names the AgentToken itself.
-    refused(
-        kube, namespace, "impostor", "bearer", r"invalid_\w+", subject=f"agenttoken:{namespace}:bearer-agent"
+    # spec.subject cannot borrow a linked identity: another AgentToken's subject is refused at
+    # admission (the issuer allows no other subjects), and the subject token names the AgentToken
+    # itself whatever spec.subject says.
+    impostor = agenttoken(
+        "impostor",
+        "impostor-token",
+        issuerRef={"kind": "TokenIssuer", "name": "bearer"},
+        scopes=["tickets:read"],
+        subject=f"agenttoken:{namespace}:bearer-agent",
+    )
+    admission_denies(
+        kube, impostor, namespace, f"subject 'agenttoken:{namespace}:bearer-agent' is not allowed"
     )
     # No client assertion, subject token or access token in the log, Events or status.
     log = operator.log_text()

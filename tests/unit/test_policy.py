@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
 import pytest
 
 from agenttoken.core.model import InvalidSpec
-from agenttoken.core.policy import IssuerPolicy, Request, check
+from agenttoken.core.policy import IssuerPolicy, Request, check, check_claims
 from agenttoken.issuers import parse_issuer
 
 POLICY = IssuerPolicy(
@@ -133,3 +134,111 @@ def test_invalid_issuers(spec: dict[str, Any]) -> None:
 def test_globs_match_like_the_admission_policy(value: str, pattern: str, allowed: bool) -> None:
     policy = IssuerPolicy(allowed_scopes=(pattern,), allowed_audiences=(pattern,))
     assert (check(policy, request(scopes=[], audience=[value])) is None) is allowed
+
+
+# -- subjects and environments: claims an API may trust --
+
+SUBJECTS = IssuerPolicy(
+    allowed_subjects=("spiffe://corp/ns/{namespace}/agent/*", "svc-{name}", "agenttoken:{namespace}:*")
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "policy", "allowed"),
+    [
+        (None, IssuerPolicy(), True),  # no spec.subject: the canonical one
+        ("agenttoken:team-a:agent", IssuerPolicy(), True),  # the canonical one, spelt out
+        ("agenttoken:team-a:other", IssuerPolicy(), False),  # no policy: the canonical one only
+        ("admin", IssuerPolicy(), False),
+        ("agenttoken:team-b:payments", IssuerPolicy(), False),
+        ("spiffe://corp/ns/team-a/agent/x", SUBJECTS, True),  # glob with {namespace}
+        ("spiffe://corp/ns/team-b/agent/x", SUBJECTS, False),  # the placeholder is this namespace
+        ("svc-agent", SUBJECTS, True),  # {name}
+        ("svc-other", SUBJECTS, False),
+        ("agenttoken:team-a:sibling", SUBJECTS, True),  # same namespace, granted by the policy
+        ("admin", IssuerPolicy(allowed_subjects=("*",)), True),
+    ],
+)
+def test_subjects_are_bounded_by_policy(subject: str | None, policy: IssuerPolicy, allowed: bool) -> None:
+    violation = check(policy, request(name="agent", subject=subject))
+    assert (violation is None) is allowed, violation
+    if violation is not None:
+        assert violation.field == "spec.subject"
+        assert "agenttoken:team-a:" in violation.message  # names what is allowed
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "agenttoken:team-b:payments",
+        "AgentToken:team-b:payments",
+        "agenttoken:team-b",
+        "agenttoken:",
+        "agenttoken:team-a-x:y",
+    ],
+)
+def test_another_namespaces_canonical_subject_is_refused_whatever_the_policy(subject: str) -> None:
+    for policy in (IssuerPolicy(allowed_subjects=("*",)), IssuerPolicy(allowed_subjects=(subject,))):
+        violation = check(policy, request(name="agent", subject=subject))
+        assert violation is not None
+        assert "names another namespace's AgentToken" in violation.message
+        assert "no issuer may grant that" in violation.message
+
+
+def test_placeholders_stay_literal_even_in_names_with_dots() -> None:
+    policy = IssuerPolicy(allowed_subjects=("svc-{name}",))
+    assert check(policy, request(name="a.b", subject="svc-a.b")) is None
+    assert check(policy, request(name="a.b", subject="svc-aXb")) is not None
+
+
+@pytest.mark.parametrize(
+    ("environment", "allowed_environments", "allowed"),
+    [
+        (None, ("dev",), True),  # no env claim asked for
+        ("prod", None, True),  # absent: any
+        ("prod", ("dev", "staging-*"), False),
+        ("staging-eu", ("dev", "staging-*"), True),
+        ("dev", (), False),  # empty: none
+    ],
+)
+def test_environments_are_bounded_by_policy(
+    environment: str | None, allowed_environments: tuple[str, ...] | None, allowed: bool
+) -> None:
+    policy = IssuerPolicy(allowed_environments=allowed_environments)
+    violation = check(policy, request(environment=environment))
+    assert (violation is None) is allowed
+    if violation is not None:
+        assert (violation.field, violation.value) == ("spec.environment", environment)
+
+
+@pytest.mark.parametrize(
+    ("claims", "field"),
+    [
+        ({"sub": "agenttoken:team-a:agent", "aud": "https://tickets.example.com"}, None),
+        ({"sub": "admin"}, "spec.subject"),
+        ({"sub": "agenttoken:team-b:payments"}, "spec.subject"),
+        ({"sub": 42}, "spec.subject"),  # not a string: refused, never ignored
+        ({"aud": ["https://billing.example.com"]}, "spec.audience"),
+        ({"aud": [7]}, "spec.audience"),
+        ({"scope": "tickets:read admin"}, "spec.scopes"),
+        ({"env": "prod"}, "spec.environment"),
+        ({}, None),  # nothing claimed beyond the defaults
+    ],
+)
+def test_a_returned_tokens_claims_are_checked_like_a_request(
+    claims: dict[str, Any], field: str | None
+) -> None:
+    policy = dataclasses.replace(POLICY, allowed_environments=("dev",))
+    violation = check_claims(policy, request(name="agent"), claims)
+    assert (violation.field if violation else None) == field
+
+
+def test_parse_issuer_subjects_and_environments() -> None:
+    body = {
+        "metadata": {"name": "x"},
+        "spec": {"builtin": {}, "policy": {"allowedSubjects": ["svc-{name}"], "allowedEnvironments": []}},
+    }
+    policy = parse_issuer("ClusterTokenIssuer", body).policy
+    assert (policy.allowed_subjects, policy.allowed_environments) == (("svc-{name}",), ())
+    default = parse_issuer("ClusterTokenIssuer", {"metadata": {"name": "x"}, "spec": {"builtin": {}}}).policy
+    assert (default.allowed_subjects, default.allowed_environments) == ((), None)

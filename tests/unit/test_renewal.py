@@ -167,7 +167,39 @@ def test_foreign_secret_is_never_overwritten() -> None:
     foreign = {"metadata": {"name": "tok", "namespace": "ns"}, "data": {"password": "aHVudGVyMg=="}}
     d = decide(snap(s, foreign, TokenStatus()), T0)
     assert d.action is Action.CONFLICT
-    assert "delete it or choose another spec.secret.name" in d.message
+    # Remedies that work: spec.secret.name is immutable, so none says "change it".
+    assert "Delete that Secret" in d.message
+    assert "kubectl label secret tok app.kubernetes.io/managed-by=agent-token-operator" in d.message
+    assert "choose another" not in d.message
+
+
+def test_the_hand_over_the_conflict_message_names_works() -> None:
+    """Labelling the foreign Secret as the message says makes it this AgentToken's to fill."""
+    s = spec()
+    foreign = {"metadata": {"name": "tok", "namespace": "ns"}, "data": {"password": "aHVudGVyMg=="}}
+    foreign["metadata"]["labels"] = {api.LABEL_MANAGED_BY: api.OPERATOR_NAME}
+    d = decide(snap(s, foreign, TokenStatus()), T0)
+    assert d.action is Action.MINT
+
+
+def test_a_secret_controlled_by_something_else_stays_a_conflict_even_when_labelled() -> None:
+    s = spec()
+    other = {
+        "apiVersion": "agenttoken.dev/v1alpha1",
+        "kind": "AgentToken",
+        "name": "x",
+        "uid": "u2",
+        "controller": True,
+    }
+    foreign = {
+        "metadata": {
+            "name": "tok",
+            "namespace": "ns",
+            "labels": {api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+            "ownerReferences": [other],
+        }
+    }
+    assert decide(snap(s, foreign, TokenStatus()), T0).action is Action.CONFLICT
 
 
 def test_observed_secret_repr_hides_the_token() -> None:

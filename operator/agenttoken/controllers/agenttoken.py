@@ -22,6 +22,8 @@ from typing import Any
 
 from agenttoken import api
 from agenttoken.controllers import metrics
+from agenttoken.controllers.conflicts import POLL as CONFLICT_POLL
+from agenttoken.controllers.conflicts import ConflictWatch
 from agenttoken.controllers.context import Key, Pass, involved
 from agenttoken.controllers.finalizer import Revoker
 from agenttoken.controllers.issuer import Issuers
@@ -40,7 +42,7 @@ from agenttoken.core.model import AgentTokenSpec, InvalidSpec, TokenStatus, pars
 from agenttoken.core.outcome import Event
 from agenttoken.core.renewal import Action, Decision, Snapshot, decide
 from agenttoken.core.rollout import InterestIndex, Workload, WorkloadRef
-from agenttoken.core.secretdata import TokenRecord, observe
+from agenttoken.core.secretdata import TokenRecord, observe, owner_name
 from agenttoken.core.status import Outcome, differs, render
 from agenttoken.core.templates import TemplateError
 from agenttoken.issuers.credentials import IssuerDeps
@@ -109,6 +111,7 @@ class Controller:
         )
         self.issuing = Issuing(kube, self.secrets, registry, clock)
         self.rollout = RolloutStep(rollouts, self.revoker, clock)
+        self.conflicts = ConflictWatch(kube, self.queue.now)
         self._interest = InterestIndex()  # which AgentTokens a workload or namespace event concerns
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
         if rollouts is not None:
@@ -119,6 +122,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.queue.stop()
+        await self.conflicts.stop()
         await self.events.flush()
 
     # -- watch events feed the caches and the queue --
@@ -131,6 +135,7 @@ class Controller:
             self.queue.forget(key)
             self._interest.drop(*key)
             self._warned_expiry.pop(key, None)
+            self.conflicts.release(key)
             for step in (self.issuing, self.rollout, self.issuers, self.usage):
                 step.forget(key)
             metrics.forget(key)
@@ -152,9 +157,8 @@ class Controller:
     def on_secret_event(self, kind: str | None, body: dict[str, Any]) -> None:
         if not self.secrets.on_event(kind, body):
             return
-        meta = body.get("metadata", {})
-        namespace = meta.get("namespace", "")
-        owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
+        namespace = body.get("metadata", {}).get("namespace", "")
+        owner = owner_name(body)
         if owner and self.tokens.get((namespace, owner)) is not None:
             self.queue.now((namespace, owner))
 
@@ -220,7 +224,7 @@ class Controller:
             return
         self._post(body, issued.events)
         status: dict[str, Any] = {"rollout": None, "consumers": None}
-        outcome, wake = issued.outcome, []
+        outcome, wake = issued.outcome, self._follow_conflict(p, decision)
         self._index_for_workloads(key, p.spec)
         if record is not None:
             rolled = await self.rollout.step(p, record, outcome)
@@ -233,6 +237,15 @@ class Controller:
         await self._write_status(body, p.previous, p.spec, record, outcome, status)
         self._warn_if_expiring(body, key, p.spec, record, outcome)
         self._schedule_next(p, record, decision, outcome, wake)
+
+    def _follow_conflict(self, p: Pass, decision: Decision) -> list[datetime.datetime]:
+        """While the Secret is someone else's, watch it (controllers.conflicts), so deleting or
+        handing it over lets this AgentToken proceed within seconds, with no edit."""
+        if decision.action is not Action.CONFLICT:
+            self.conflicts.release(p.key)
+            return []
+        self.conflicts.watch(p.key, p.secret_key, self.secrets.get(p.secret_key))
+        return [self.clock() + CONFLICT_POLL]
 
     async def _begin(self, key: Key, body: dict[str, Any]) -> Pass | None:
         """The spec and the issuer it may use; else status says why (Stalled) and None."""

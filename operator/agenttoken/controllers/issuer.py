@@ -96,6 +96,9 @@ class Issuers:
             scopes=spec.scopes,
             audience=spec.audience,
             ttl=spec.ttl,
+            name=key[1],
+            subject=spec.subject,
+            environment=spec.environment,
         )
         violation = check_policy(issuer.policy, request)
         if violation is not None:

@@ -31,7 +31,7 @@ from agenttoken.core.status import Outcome
 from agenttoken.core.templates import TemplateError
 from agenttoken.core.times import format_time
 from agenttoken.core.tokens import token_hash
-from agenttoken.issuers import IssueContext, Issued, IssueError
+from agenttoken.issuers import IssueContext, Issued, IssueError, PolicyRefused
 from agenttoken.issuers.registry import Registry
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
@@ -107,6 +107,17 @@ class Issuing:
                 now,
                 api.REASON_VERIFICATION_FAILED,
                 f"{decision.message}: the new token failed verification: {exc}",
+            )
+        except PolicyRefused as exc:
+            # Stalled (the issuer's answer needs a person: its admin or the policy), and retried
+            # with backoff like any failed attempt, in case the webhook is fixed.
+            self._held.pop(p.key, None)
+            reason = outcomes.issue_failure_reason(first)
+            failed = self._failed(outcome, snap, now, reason, f"{decision.message}: {exc}")
+            stalled = Reason(api.REASON_POLICY_VIOLATION, str(exc))
+            # (the status write posts the PolicyViolation Event when it first stalls on it)
+            return old, dataclasses.replace(
+                failed, outcome=dataclasses.replace(failed.outcome, stalled=stalled)
             )
         except (KubeError, RuntimeError, ValueError, IssueError) as exc:
             reason = outcomes.issue_failure_reason(first)

@@ -158,6 +158,9 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         raise InvalidSpec("spec.secret.keys and spec.secret.config.key must all name different keys")
     template = secret.get("template") or {}
     issuer = spec.get("issuerRef") or {}
+    subject = spec.get("subject") or None
+    if subject is not None and (not isinstance(subject, str) or not _SUBJECT.fullmatch(subject)):
+        raise InvalidSpec("spec.subject must be 1-253 characters without spaces or control characters")
     parsed = AgentTokenSpec(
         audience=_strings(spec.get("audience"), "spec.audience", required=True),
         scopes=_strings(spec.get("scopes"), "spec.scopes", required=False),
@@ -168,7 +171,7 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         config=config,
         labels=dict(template.get("labels") or {}),
         annotations=dict(template.get("annotations") or {}),
-        subject=spec.get("subject") or None,
+        subject=subject,
         issuer_kind=issuer.get("kind", api.CLUSTERTOKENISSUER_KIND),
         issuer_name=issuer.get("name", api.BUILTIN_ISSUER_NAME),
         environment=spec.get("environment") or None,
@@ -185,6 +188,8 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
     return parsed
 
 
+# No whitespace or control characters: an API that trims or splits a subject must see the same one.
+_SUBJECT = re.compile(r"[^\s\x00-\x1f\x7f]{1,253}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 

@@ -161,9 +161,14 @@ CHAIN: tuple[Check, ...] = (
 
 
 def conflict_message(secret_name: str) -> str:
+    """What works: spec.secret.name is immutable, so the remedies act on the Secret (the
+    operator watches it and proceeds within seconds) or replace the AgentToken."""
     return (
-        f"Secret {secret_name} exists and is not managed by this AgentToken; "
-        "delete it or choose another spec.secret.name"
+        f"Secret {secret_name} exists and is not managed by this AgentToken, so nothing is written. "
+        f"Delete that Secret; or hand it over with `kubectl label secret {secret_name} "
+        f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}` (this AgentToken then owns it: its token keys "
+        "are overwritten and it is deleted with the AgentToken); or recreate this AgentToken with "
+        "another spec.secret.name (it is immutable). Either of the first two takes effect within seconds."
     )
 
 

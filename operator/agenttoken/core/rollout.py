@@ -9,12 +9,12 @@ restart, or two rotations in one second can never restart a workload twice or fo
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agenttoken import api
+from agenttoken.core import names
 from agenttoken.core.times import format_time
 
 KINDS: tuple[str, ...] = ("Deployment", "StatefulSet", "DaemonSet")
@@ -30,10 +30,7 @@ State = Literal["Pending", "RollingOut", "Complete", "Failed", "Paused"]
 
 def annotation_key(agenttoken_name: str) -> str:
     """`agenttoken.dev/revision.<name>`; the name part of an annotation key is limited to 63 chars."""
-    suffix = agenttoken_name
-    if len("revision." + suffix) > 63:
-        suffix = agenttoken_name[:40] + "-" + hashlib.sha256(agenttoken_name.encode()).hexdigest()[:12]
-    return ANNOTATION_PREFIX + suffix
+    return ANNOTATION_PREFIX + names.fit(agenttoken_name, names.LABEL_VALUE_MAX - len("revision."))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenttoken import api
+from agenttoken.core import names
 from agenttoken.core.model import AgentTokenSpec
 from agenttoken.core.templates import TemplateError, render
 from agenttoken.core.times import format_time, parse_time
@@ -136,7 +137,21 @@ def owner_reference(namespace: str, name: str, uid: str) -> dict[str, Any]:
 
 
 def managed_labels(name: str, spec: AgentTokenSpec) -> dict[str, str]:
-    return {**spec.labels, api.LABEL_MANAGED_BY: api.OPERATOR_NAME, api.LABEL_AGENTTOKEN: name}
+    """Our labels: a name over 63 characters is shortened with a hash (core.names.fit); the
+    owner is found through the ownerReference (`owner_name`), which holds the full name."""
+    return {**spec.labels, api.LABEL_MANAGED_BY: api.OPERATOR_NAME, api.LABEL_AGENTTOKEN: names.fit(name)}
+
+
+def owner_name(body: Mapping[str, Any]) -> str | None:
+    """The AgentToken that controls this Secret: its ownerReference, else (a Secret handed over by
+    label, no ownerReference yet) the agenttoken label."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == api.AGENTTOKEN_KIND and str(ref.get("apiVersion", "")).startswith(
+            f"{api.GROUP}/"
+        ):
+            return str(ref.get("name") or "") or None
+    return (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
 
 
 def desired_secret_metadata(*, namespace: str, name: str, uid: str, spec: AgentTokenSpec) -> dict[str, Any]:

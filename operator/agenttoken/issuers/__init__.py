@@ -62,6 +62,11 @@ class IssueError(RuntimeError):
     """Minting failed; the message says why and never contains a token or credential."""
 
 
+class PolicyRefused(IssueError):
+    """The issuer returned a token whose claims the issuer's policy does not allow (a webhook's
+    `sub` other than the allowed ones): it is dropped, never written."""
+
+
 def _duration(value: Any, path: str) -> datetime.timedelta | None:
     if value is None:
         return None
@@ -79,6 +84,7 @@ def parse_issuer(kind: str, body: Mapping[str, Any]) -> IssuerSpec:
         raise InvalidSpec("exactly one issuer type must be set: builtin, kubernetes, webhook or oauth2")
     raw = spec.get("policy") or {}
     scopes, audiences = raw.get("allowedScopes"), raw.get("allowedAudiences")
+    environments = raw.get("allowedEnvironments")
     selector = (raw.get("namespaceSelector") or {}).get("matchLabels")
     policy = IssuerPolicy(
         allowed_scopes=tuple(scopes) if scopes is not None else None,
@@ -86,6 +92,8 @@ def parse_issuer(kind: str, body: Mapping[str, Any]) -> IssuerSpec:
         min_ttl=_duration(raw.get("minTTL"), "spec.policy.minTTL"),
         max_ttl=_duration(raw.get("maxTTL"), "spec.policy.maxTTL"),
         namespace_selector=dict(selector) if selector and kind == api.CLUSTERTOKENISSUER_KIND else None,
+        allowed_subjects=tuple(raw.get("allowedSubjects") or ()),
+        allowed_environments=tuple(environments) if environments is not None else None,
     )
     config = spec[present[0]] or {}
     if present[0] == "kubernetes" and not config.get("serviceAccountName"):

@@ -4,22 +4,32 @@ Request: POST JSON {namespace, name, uid, subject, scopes, audience, ttlSeconds}
 `Authorization: Bearer <token from a Secret>`. Response: JSON {token, expiresAt, tokenId?}.
 TLS is verified (system roots or the issuer's caBundle). Errors never carry the response body:
 it could contain a token.
+
+A JWT answer is read (not verified: the webhook is the issuer) and its `sub`, `aud`, `scope` and
+`env` must fit the issuer's policy like a request does (and its expiresAt the maxTTL): a webhook that maps the requested subject
+to one the policy does not allow is refused and nothing is written (`PolicyRefused`). Opaque
+tokens carry no claims we can read; the webhook answers for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime
+import json
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
+from agenttoken.core import policy
 from agenttoken.core.conditions import Reason
 from agenttoken.core.times import parse_time
+from agenttoken.core.timing import format_duration
 from agenttoken.core.tokens import default_subject, token_hash
-from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec
+from agenttoken.issuers import IssueContext, Issued, IssueError, IssuerSpec, PolicyRefused
 from agenttoken.issuers.credentials import IssuerDeps, credential, credential_problem
 
 
@@ -71,6 +81,50 @@ async def issue(
     return Issued(token, token_id, "webhook", now, expires)
 
 
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a compact JWS, unverified; None for anything else (an opaque token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+# Clock skew and rounding a webhook's expiresAt may add beyond the requested lifetime.
+LIFETIME_SLACK = datetime.timedelta(seconds=60)
+
+
+def check_answer(issuer: IssuerSpec, ctx: IssueContext, issued: Issued, url: str) -> None:
+    """PolicyRefused when the webhook's token lives longer than the issuer's maxTTL allows, or
+    its JWT claims what the issuer's policy does not allow."""
+    max_ttl = issuer.policy.max_ttl
+    if max_ttl is not None and issued.expires_at - issued.issued_at > max_ttl + LIFETIME_SLACK:
+        raise PolicyRefused(
+            f"webhook {url} returned a token outside the issuer's policy: it expires at "
+            f"{issued.expires_at.isoformat()}, beyond the issuer's maxTTL {format_duration(max_ttl)}"
+        )
+    claims = jwt_claims(issued.token)
+    if claims is None:
+        return
+    req = ctx.request
+    asked = policy.Request(
+        namespace=req.namespace,
+        namespace_labels={},
+        scopes=req.scopes,
+        audience=req.audience,
+        ttl=req.ttl,
+        name=req.name,
+        subject=req.subject,
+        environment=req.environment,
+    )
+    violation = policy.check_claims(issuer.policy, asked, claims)
+    if violation is not None:
+        raise PolicyRefused(f"webhook {url} returned a token outside the issuer's policy: {violation}")
+
+
 class WebhookIssuer:
     binds_to_secret = False
 
@@ -79,7 +133,9 @@ class WebhookIssuer:
 
     async def issue(self, issuer: IssuerSpec, ctx: IssueContext, now: datetime.datetime) -> Issued:
         bearer = await credential(self.deps, issuer, issuer.config.get("authSecretRef"), "token")
-        return await issue(ctx, issuer.config, bearer=bearer, now=now)
+        issued = await issue(ctx, issuer.config, bearer=bearer, now=now)
+        check_answer(issuer, ctx, issued, issuer.config["url"])
+        return issued
 
     async def problem(self, issuer: IssuerSpec) -> Reason | None:
         return await credential_problem(self.deps, issuer, "authSecretRef", "token")

@@ -45,6 +45,13 @@ async def _no_env_lookups(api_client: client.ApiClient) -> None:
     await old.close()
 
 
+def event_name(involved_name: str) -> str:
+    """`<name>.<16 hex>`, within the 253 characters of an object name even for the longest
+    involved name (cut, without a trailing `-` or `.` so the result stays a DNS subdomain)."""
+    suffix = "." + pysecrets.token_hex(8)
+    return involved_name[: 253 - len(suffix)].rstrip("-.") + suffix
+
+
 class Kube:
     """Async operations on the objects this operator owns or reads."""
 
@@ -147,24 +154,42 @@ class Kube:
             )
         )
 
-    async def watch_configmap(self, namespace: str, name: str) -> AsyncIterator[dict[str, Any] | None]:
+    def watch_configmap(self, namespace: str, name: str) -> AsyncIterator[dict[str, Any] | None]:
         """Yields the ConfigMap (None once deleted) on every change, forever; resumes after errors.
         Scoped to one object in one namespace, so it needs no cluster-wide permission."""
+        return self._watch_one(self.core.list_namespaced_config_map, "ConfigMap", namespace, name)
+
+    def watch_secret(
+        self, namespace: str, name: str, since: str | None = None
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """Yields the Secret (None once deleted) on every change, forever: one Secret that is
+        not ours (no label to watch it by), e.g. the one an AgentToken is in conflict with.
+        `since`: the resourceVersion last seen, so a change right before the watch is not missed."""
+        return self._watch_one(self.core.list_namespaced_secret, "Secret", namespace, name, since)
+
+    async def _watch_one(
+        self, lister: Any, kind: str, namespace: str, name: str, since: str | None = None
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """A watch of one object by name (it need not exist): yields it on every event, None
+        when it is deleted; resumes after errors and the server's timeout (from the current
+        state: the object again, or nothing if it is absent)."""
         while True:
             watcher = watch.Watch()
+            start = {"resource_version": since} if since else {}
+            since = None
             try:
                 async with watcher.stream(
-                    self.core.list_namespaced_config_map,
-                    namespace,
-                    field_selector=f"metadata.name={name}",
-                    timeout_seconds=300,
+                    lister, namespace, field_selector=f"metadata.name={name}", timeout_seconds=300, **start
                 ) as stream:
                     async for event in stream:
                         yield None if event["type"] == "DELETED" else event["raw_object"]
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("watch of ConfigMap %s/%s interrupted (%s); resuming", namespace, name, exc)
+                # The type only: a Secret watch's error text could quote what it was reading.
+                log.warning(
+                    "watch of %s %s/%s interrupted (%s); resuming", kind, namespace, name, type(exc).__name__
+                )
                 await asyncio.sleep(2)
 
     # -- workloads --
@@ -319,7 +344,7 @@ class Kube:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{involved['name']}.{pysecrets.token_hex(8)}", "namespace": namespace},
+            "metadata": {"name": event_name(involved["name"]), "namespace": namespace},
             "involvedObject": involved,
             "reason": reason,
             "message": message[:1024],
