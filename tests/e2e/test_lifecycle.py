@@ -8,6 +8,7 @@ import re
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from agenttoken import api
+
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
+FINALIZER = "agenttoken.dev/revoke-on-delete"
 ISSUER = "https://agent-token-operator.agenttoken-system.svc/issuers/builtin"
 
 # Every token a test sees; the leak test at the end greps logs, Events and objects for them.
@@ -607,3 +611,57 @@ def test_metrics_report_tokens(kube: Kube, operator: OperatorProcess) -> None:
     assert re.search(r'agenttoken_renewals_total\{result="success"\} [1-9]', text), textwrap.shorten(
         text, 300
     )
+
+
+def _revoked_ids(operator: OperatorProcess) -> set[str]:
+    with urllib.request.urlopen(f"{operator.base_url}/revocations.json", timeout=5) as r:
+        return {e["jti"] for e in json.loads(r.read())["revoked"]}
+
+
+def _delete_and_expect_revoked(kube: Kube, operator: OperatorProcess, namespace: str, name: str) -> None:
+    token_id = status(kube, namespace, name)["tokenId"]
+    kube.kubectl("delete", "agenttoken", name, "-n", namespace, "--wait=false")
+    wait_for(f"{name} gone", lambda: kube.get_json("agenttoken", name, "-n", namespace) is None, timeout=60)
+    assert token_id in _revoked_ids(operator), "deleting the AgentToken did not revoke its token"
+
+
+def test_finalizer_set_at_admission_revokes_on_delete(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    created = json.loads(
+        kube.kubectl(
+            "create", "-n", namespace, "-o", "json", "-f", "-", input=agenttoken("admitted", "admitted-token")
+        ).stdout
+    )
+    # The chart's MutatingAdmissionPolicy wrote it with the create itself ...
+    assert created["metadata"]["finalizers"] == [FINALIZER]
+    wait_ready(kube, namespace, "admitted")
+    obj = kube.get_json("agenttoken", "admitted", "-n", namespace)
+    assert obj is not None
+    assert obj["metadata"]["finalizers"] == [FINALIZER]
+    # ... so the operator never wrote the object itself, only its status (one write less).
+    ours = [m for m in obj["metadata"].get("managedFields", []) if m.get("manager") == api.FIELD_MANAGER]
+    assert ours, obj["metadata"].get("managedFields")
+    assert all(m.get("subresource") == "status" for m in ours), ours
+    _delete_and_expect_revoked(kube, operator, namespace, "admitted")
+
+
+def test_finalizer_added_by_the_operator_where_admission_did_not(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """The policy absent or failed open (failurePolicy Ignore): the AgentToken has no finalizer;
+    the operator adds it, and deleting still revokes the token."""
+    kube.apply(agenttoken("unadmitted", "unadmitted-token"), "-n", namespace)
+    wait_ready(kube, namespace, "unadmitted")
+    # What an AgentToken admitted without the policy looks like (the policy acts on CREATE only).
+    kube.kubectl(
+        "patch", "agenttoken", "unadmitted", "-n", namespace, "--type=json",
+        "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
+    )  # fmt: skip
+    wait_for(
+        "the operator to add the finalizer back",
+        lambda: FINALIZER in ((kube.get_json("agenttoken", "unadmitted", "-n", namespace) or {})
+                              .get("metadata", {}).get("finalizers") or []),
+        timeout=30,
+    )  # fmt: skip
+    _delete_and_expect_revoked(kube, operator, namespace, "unadmitted")

@@ -312,8 +312,11 @@ class Kube:
 
     # -- Events --
 
-    async def emit_event(self, involved: dict[str, Any], *, warning: bool, reason: str, message: str) -> None:
-        """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid)."""
+    async def emit_event(
+        self, involved: dict[str, Any], *, warning: bool, reason: str, message: str, count: int = 1
+    ) -> None:
+        """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid); `count`
+        occurrences (kube.events aggregates alike Events of a burst into one)."""
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = involved["namespace"]
         body = {
@@ -329,7 +332,7 @@ class Kube:
             "reportingInstance": api.OPERATOR_NAME,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
         }
         await read_json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
 
