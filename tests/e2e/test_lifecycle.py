@@ -262,9 +262,7 @@ def test_deleted_secret_is_recreated(kube: Kube, operator: OperatorProcess, name
     after = wait_revision(kube, namespace, "phoenix", before["revision"] + 1, timeout=15)
     data = wait_for("the Secret to be recreated", lambda: secret_data(kube, namespace, "phoenix-token"))
     assert claims_of(data["token"])["jti"] == after["tokenId"]
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=phoenix")
-    assert events is not None
-    assert "SecretRestored" in {e["reason"] for e in events["items"]}
+    kube.wait_event(namespace, "phoenix", "SecretRestored")
 
 
 def test_someone_elses_secret_is_never_overwritten(
@@ -437,9 +435,7 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
         assert conditions["Ready"]["status"] == "True"
         assert conditions["Reconciling"]["reason"] == "RenewalFailed"
         assert "secrets are frozen by the test" in conditions["Reconciling"]["message"]
-        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=brittle")
-        assert events is not None
-        assert any(e["reason"] == "RenewalFailed" and e["type"] == "Warning" for e in events["items"])
+        kube.wait_event(namespace, "brittle", "RenewalFailed", warning=True)
     finally:
         kube.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
         kube.kubectl("delete", "validatingadmissionpolicy", policy, check=False)

@@ -119,6 +119,7 @@ def test_unused_token_is_flagged_then_suspended_then_revoked(
     assert all(t is not None for t in times)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]  # type: ignore[operator]
     assert all(g >= PERIOD for g in gaps), gaps
+    kube.wait_event(namespace, "idle", "UnusedRevoked")
     seen = reasons(kube, namespace, "idle")
     steps = [r for r in seen if r in ("TokenUnused", "UnusedSuspended", "UnusedRevoked")]
     assert steps == ["TokenUnused", "UnusedSuspended", "UnusedRevoked"], seen
@@ -152,7 +153,7 @@ def test_unused_token_is_flagged_then_suspended_then_revoked(
     assert not condition(back, "Unused")
     assert back["revision"] == used["revision"] + 1
     assert back["renewalTime"]
-    assert "TokenInUse" in reasons(kube, namespace, "idle")
+    kube.wait_event(namespace, "idle", "TokenInUse")
     assert registry.get_sample_value(
         "agenttoken_verifications_total",
         {"subject": f"agenttoken:{namespace}:idle", "namespace": namespace, "name": "idle",

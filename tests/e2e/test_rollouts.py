@@ -433,6 +433,4 @@ def test_strategy_none_patches_no_workload(kube: Kube, operator: OperatorProcess
     assert dep is not None
     assert dep["metadata"]["generation"] == 1
     assert status(kube, namespace, "reader")["consumers"][0]["needsRestart"] is True
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=reader")
-    assert events is not None
-    assert "ConsumerNeedsRestart" in {e["reason"] for e in events["items"]}
+    kube.wait_event(namespace, "reader", "ConsumerNeedsRestart")

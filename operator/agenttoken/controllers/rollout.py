@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agenttoken import api
 from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key, Pass
 from agenttoken.controllers.finalizer import Revoker
@@ -89,8 +90,8 @@ class RolloutManager:
                 elapsed = time.monotonic() - started
                 metrics.ROLLOUT_DURATION.labels(kind=ref.kind, result=state).observe(elapsed)
                 self._wakeup.set()  # a slot freed up
-                reason = {"Complete": "RolloutComplete", "Failed": "RolloutFailed"}.get(
-                    state, "RolloutPaused"
+                reason = {"Complete": api.REASON_ROLLOUT_COMPLETE, "Failed": api.REASON_ROLLOUT_FAILED}.get(
+                    state, api.REASON_ROLLOUT_PAUSED
                 )
                 why = self._restarted_for.pop(ref, "new token(s)")
                 self._event(ref, reason, f"rollout {state.lower()} after {elapsed:.1f}s ({why}): {message}")
@@ -181,7 +182,9 @@ class RolloutManager:
 
     def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
         involved = {"apiVersion": "apps/v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
-        self.events.post(involved, warning=reason == "RolloutFailed", reason=reason, message=message)
+        self.events.post(
+            involved, warning=reason == api.REASON_ROLLOUT_FAILED, reason=reason, message=message
+        )
 
     def inflight_count(self) -> int:
         return len(self._inflight)
