@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import datetime
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -154,6 +155,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=10)
     parser.add_argument("--renewals", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--keep-audit", type=Path, help="copy the apiserver's audit log here")
     args = parser.parse_args()
     results = header(
         "api_economy", tokens_per_namespace=args.tokens, renewals=args.renewals, new_tokens=args.new_tokens
@@ -189,6 +191,8 @@ def main() -> int:
                 window_end = datetime.datetime.now(datetime.UTC)
             finally:
                 stop(op)
+            if args.keep_audit:
+                shutil.copy(cluster.logs / "audit.log", args.keep_audit)
             writes = audited_writes(cluster, list(NAMESPACES), window_start, window_end)
             new_writes = audited_writes(cluster, [NEW_NS], new_start, new_end, with_client=True)[NEW_NS]
         finally:

@@ -632,7 +632,7 @@ def test_finalizer_set_at_admission_revokes_on_delete(
     # The chart's MutatingAdmissionPolicy wrote it with the create itself ...
     assert created["metadata"]["finalizers"] == [FINALIZER]
     wait_ready(kube, namespace, "admitted")
-    obj = kube.get_json("agenttoken", "admitted", "-n", namespace)
+    obj = kube.get_json("agenttoken", "admitted", "-n", namespace, "--show-managed-fields")
     assert obj is not None
     assert obj["metadata"]["finalizers"] == [FINALIZER]
     # ... so the operator never wrote the object itself, only its status (one write less).
