@@ -274,6 +274,20 @@ class Kube:
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
         return await read_json_or_none(self.core.read_namespace(name, _preload_content=False))
 
+    async def get_issuer(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        plural = {api.TOKENISSUER_KIND: "tokenissuers", api.CLUSTERTOKENISSUER_KIND: "clustertokenissuers"}[
+            kind
+        ]
+        if namespace:
+            call = self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, plural, name, _preload_content=False
+            )
+        else:
+            call = self.custom.get_cluster_custom_object(
+                api.GROUP, api.VERSION, plural, name, _preload_content=False
+            )
+        return await read_json_or_none(call)
+
     async def patch_issuer_status(
         self, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
