@@ -13,7 +13,7 @@ REAL_NODE ?=
 SYNC_FREQUENCY ?=
 export REAL_NODE SYNC_FREQUENCY
 
-.PHONY: help venv run test check lint fmt typecheck unit e2e test-node test-reliability test-reliability-full cluster-bins cluster-up cluster-down import-images chart-crds bench bench-node clean
+.PHONY: help venv run test check lint fmt typecheck unit e2e test-node test-reliability test-reliability-full cluster-bins cluster-up cluster-down import-images chart-crds bench bench-writes bench-node clean
 
 help:
 	@echo "make run           run the operator (starts a local control plane if no cluster is configured)"
@@ -28,6 +28,8 @@ help:
 	@echo "                   REAL_NODE=1: with a real node (SYNC_FREQUENCY=5s: kubelet syncFrequency)"
 	@echo "make cluster-down  stop it (and the real node, restoring the host)"
 	@echo "make import-images re-import <cache>/images/*.tar into the running real node"
+	@echo "make bench         every benchmark -> bench/results/*.json and docs/performance.md"
+	@echo "make bench-writes  burst vs the three-write ceiling, API writes per new token / renewal (audit log)"
 	@echo "make bench-node    the real node's figures -> bench/results/node.json"
 
 # The SDK (operator/sdk) first: the operator depends on agent-token-sdk, which must resolve to this
@@ -110,6 +112,14 @@ bench: venv cluster-bins
 	$(PY) bench/crypto.py
 	$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS)
 	$(PY) bench/image_builds.py
+	$(PY) bench/report.py
+
+# [perf] #17 alone: the burst against its three-write ceiling (with py-spy), writes per new token
+# and per renewal from the audit log, then docs/performance.md. BENCH_STEADY=1 adds the 10k run.
+bench-writes: venv cluster-bins
+	$(PY) bench/lifecycle.py --profile
+	$(PY) bench/api_economy.py
+	$(if $(filter 1 true yes,$(BENCH_STEADY)),$(PY) bench/steady.py --profile --tokens $(BENCH_TOKENS))
 	$(PY) bench/report.py
 
 # The real node's figures (start, pod start, Secret propagation at two kubelet syncs, RSS): root,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devcluster import Binaries, LocalCluster, kubeconfig_reachable, read_versions
+from devcluster import Binaries, LocalCluster, install_finalizer_policy, kubeconfig_reachable, read_versions
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
@@ -80,6 +80,9 @@ def crds(kube: Kube) -> Path:
     # The chart's admission policy (ValidatingAdmissionPolicy): issuer policy checked by the apiserver.
     kube.apply(render_chart("--show-only", "templates/admission-policy.yaml"))
     _wait_admission_policy_effective(kube)
+    # The chart's MutatingAdmissionPolicy: new AgentTokens carry the revoke-on-delete finalizer
+    # from their creation (the operator adds it only where the policy did not).
+    install_finalizer_policy(kube.env)
     return REPO / "crds"
 
 

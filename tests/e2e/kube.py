@@ -69,6 +69,27 @@ class Kube:
         result: dict[str, Any] = json.loads(proc.stdout)
         return result
 
+    def wait_event(
+        self, namespace: str, name: str, reason: str, *, warning: bool | None = None, timeout: float = 15
+    ) -> dict[str, Any]:
+        """An Event about `name` with `reason` (and type). The operator posts Events in the
+        background, up to a second after what they report (alike ones are aggregated)."""
+
+        def found() -> dict[str, Any] | None:
+            listing = self.get_json(
+                "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+            )
+            return next(
+                (
+                    e
+                    for e in (listing or {}).get("items", [])
+                    if e["reason"] == reason and (warning is None or (e["type"] == "Warning") == warning)
+                ),
+                None,
+            )
+
+        return wait_for(f"a {reason} Event about {name}", found, timeout=timeout)
+
     def wait_default_sa(self, namespace: str, timeout: float = 30) -> None:
         """Pods are admitted only once the controller-manager created the namespace's default SA."""
         wait_for(

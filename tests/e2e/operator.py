@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agenttoken.core import revocation
 from devcluster import free_ports
 
 from .kube import Kube, wait_for
@@ -132,3 +134,11 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def revoked_ids(operator: OperatorProcess) -> set[str]:
+    """The ids on the signed list the operator serves (parts read back, signatures not checked
+    here: the verifier tests do that)."""
+    with urllib.request.urlopen(f"{operator.base_url}/revocations.json", timeout=5) as r:
+        parts = [revocation.read_part(signed) for signed in json.loads(r.read())["lists"]]
+    return {jti for part in parts if part is not None for jti in part.revoked}

@@ -142,9 +142,7 @@ def test_cluster_issuer_policy(
         assert cond["status"] == "False"
         assert text in cond["message"], cond["message"]
         assert secret_data(kube, namespace, "asker-token") is None, "a request outside policy mints nothing"
-        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=asker")
-        assert events is not None
-        assert any(e["reason"] == reason and e["type"] == "Warning" for e in events["items"])
+        kube.wait_event(namespace, "asker", reason, warning=True)
     finally:
         kube.kubectl("delete", "clustertokenissuer", late, "--wait=false", check=False)
 

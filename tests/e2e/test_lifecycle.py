@@ -18,10 +18,13 @@ import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from agenttoken import api
+
 from .kube import Kube, wait_for
-from .operator import OperatorProcess
+from .operator import OperatorProcess, revoked_ids
 
 REPO = Path(__file__).resolve().parents[2]
+FINALIZER = "agenttoken.dev/revoke-on-delete"
 ISSUER = "https://agent-token-operator.agenttoken-system.svc/issuers/builtin"
 
 # Every token a test sees; the leak test at the end greps logs, Events and objects for them.
@@ -260,9 +263,7 @@ def test_deleted_secret_is_recreated(kube: Kube, operator: OperatorProcess, name
     after = wait_revision(kube, namespace, "phoenix", before["revision"] + 1, timeout=15)
     data = wait_for("the Secret to be recreated", lambda: secret_data(kube, namespace, "phoenix-token"))
     assert claims_of(data["token"])["jti"] == after["tokenId"]
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=phoenix")
-    assert events is not None
-    assert "SecretRestored" in {e["reason"] for e in events["items"]}
+    kube.wait_event(namespace, "phoenix", "SecretRestored")
 
 
 def test_someone_elses_secret_is_never_overwritten(
@@ -438,9 +439,7 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
         assert conditions["Ready"]["status"] == "True"
         assert conditions["Reconciling"]["reason"] == "RenewalFailed"
         assert "secrets are frozen by the test" in conditions["Reconciling"]["message"]
-        events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=brittle")
-        assert events is not None
-        assert any(e["reason"] == "RenewalFailed" and e["type"] == "Warning" for e in events["items"])
+        kube.wait_event(namespace, "brittle", "RenewalFailed", warning=True)
     recovered = wait_revision(kube, namespace, "brittle", before["revision"] + 1, timeout=60)
     assert recovered["failedAttempts"] == 0
     assert "Reconciling" not in {c["type"] for c in recovered["conditions"]}
@@ -609,3 +608,52 @@ def test_metrics_report_tokens(kube: Kube, operator: OperatorProcess) -> None:
     assert re.search(r'agenttoken_renewals_total\{result="success"\} [1-9]', text), textwrap.shorten(
         text, 300
     )
+
+
+def _delete_and_expect_revoked(kube: Kube, operator: OperatorProcess, namespace: str, name: str) -> None:
+    token_id = status(kube, namespace, name)["tokenId"]
+    kube.kubectl("delete", "agenttoken", name, "-n", namespace, "--wait=false")
+    wait_for(f"{name} gone", lambda: kube.get_json("agenttoken", name, "-n", namespace) is None, timeout=60)
+    assert token_id in revoked_ids(operator), "deleting the AgentToken did not revoke its token"
+
+
+def test_finalizer_set_at_admission_revokes_on_delete(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    created = json.loads(
+        kube.kubectl(
+            "create", "-n", namespace, "-o", "json", "-f", "-", input=agenttoken("admitted", "admitted-token")
+        ).stdout
+    )
+    # The chart's MutatingAdmissionPolicy wrote it with the create itself ...
+    assert created["metadata"]["finalizers"] == [FINALIZER]
+    wait_ready(kube, namespace, "admitted")
+    obj = kube.get_json("agenttoken", "admitted", "-n", namespace, "--show-managed-fields")
+    assert obj is not None
+    assert obj["metadata"]["finalizers"] == [FINALIZER]
+    # ... so the operator never wrote the object itself, only its status (one write less).
+    ours = [m for m in obj["metadata"].get("managedFields", []) if m.get("manager") == api.FIELD_MANAGER]
+    assert ours, obj["metadata"].get("managedFields")
+    assert all(m.get("subresource") == "status" for m in ours), ours
+    _delete_and_expect_revoked(kube, operator, namespace, "admitted")
+
+
+def test_finalizer_added_by_the_operator_where_admission_did_not(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """The policy absent or failed open (failurePolicy Ignore): the AgentToken has no finalizer;
+    the operator adds it, and deleting still revokes the token."""
+    kube.apply(agenttoken("unadmitted", "unadmitted-token"), "-n", namespace)
+    wait_ready(kube, namespace, "unadmitted")
+    # What an AgentToken admitted without the policy looks like (the policy acts on CREATE only).
+    kube.kubectl(
+        "patch", "agenttoken", "unadmitted", "-n", namespace, "--type=json",
+        "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
+    )  # fmt: skip
+    wait_for(
+        "the operator to add the finalizer back",
+        lambda: FINALIZER in ((kube.get_json("agenttoken", "unadmitted", "-n", namespace) or {})
+                              .get("metadata", {}).get("finalizers") or []),
+        timeout=30,
+    )  # fmt: skip
+    _delete_and_expect_revoked(kube, operator, namespace, "unadmitted")

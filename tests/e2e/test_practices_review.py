@@ -6,19 +6,17 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import urllib.request
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agenttoken.core import revocation
 from agenttoken.core.times import parse_time
 from agenttoken_sdk.verify import VerificationError, Verifier
 from agenttoken_sdk.verifylog import VerificationAudit
 
 from .kube import Kube, wait_for
-from .operator import OperatorProcess
+from .operator import OperatorProcess, revoked_ids
 from .test_lifecycle import ISSUER, agenttoken, secret_data, status, wait_ready
 from .test_rollouts import workload
 from .test_sdk import cli
@@ -43,14 +41,6 @@ def condition(st: dict[str, Any], type_: str) -> dict[str, Any]:
 def usage_state(kube: Kube, namespace: str, name: str, state: str) -> dict[str, Any] | None:
     st = status(kube, namespace, name)
     return st if (st.get("usage") or {}).get("state") == state else None
-
-
-def revoked_ids(operator: OperatorProcess) -> set[str]:
-    """The ids on the signed list the operator serves (parts read back, signatures not checked
-    here: the verifier tests do that)."""
-    with urllib.request.urlopen(f"{operator.base_url}/revocations.json", timeout=5) as r:
-        parts = [revocation.read_part(signed) for signed in json.loads(r.read())["lists"]]
-    return {jti for part in parts if part is not None for jti in part.revoked}
 
 
 def audit_verifier(operator: OperatorProcess) -> tuple[Verifier, CollectorRegistry, list[logging.LogRecord]]:
@@ -123,6 +113,7 @@ def test_unused_token_is_flagged_then_suspended_then_revoked(
     assert all(t is not None for t in times)
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]  # type: ignore[operator]
     assert all(g >= PERIOD for g in gaps), gaps
+    kube.wait_event(namespace, "idle", "UnusedRevoked")
     seen = reasons(kube, namespace, "idle")
     steps = [r for r in seen if r in ("TokenUnused", "UnusedSuspended", "UnusedRevoked")]
     assert steps == ["TokenUnused", "UnusedSuspended", "UnusedRevoked"], seen
@@ -156,7 +147,7 @@ def test_unused_token_is_flagged_then_suspended_then_revoked(
     assert not condition(back, "Unused")
     assert back["revision"] == used["revision"] + 1
     assert back["renewalTime"]
-    assert "TokenInUse" in reasons(kube, namespace, "idle")
+    kube.wait_event(namespace, "idle", "TokenInUse")
     assert registry.get_sample_value(
         "agenttoken_verifications_total",
         {"subject": f"agenttoken:{namespace}:idle", "namespace": namespace, "name": "idle",

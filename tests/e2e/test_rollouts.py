@@ -155,6 +155,27 @@ def test_each_rotation_replaces_deployment_pods_exactly_once(
         assert (target["kind"], target["name"], target["state"]) == ("Deployment", "web", "Complete")
         assert target["completedAt"] >= target["startedAt"]
 
+    # One RolloutComplete per target and rollout, on the Deployment (three rollouts: the first
+    # token and two rotations); none on the AgentToken, no RestartTriggered before it.
+    def rollout_events() -> dict[tuple[str, str], int]:
+        listing = (
+            kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=web") or {}
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for e in listing.get("items", []):
+            k = (e["involvedObject"]["kind"], e["reason"])
+            counts[k] = counts.get(k, 0) + (e.get("count") or 1)
+        return counts
+
+    wait_for(
+        "three RolloutComplete",
+        lambda: rollout_events().get(("Deployment", "RolloutComplete")) == 3,
+        timeout=30,
+    )
+    seen = rollout_events()
+    assert ("AgentToken", "RolloutComplete") not in seen, seen
+    assert not [k for k in seen if k[1] == "RestartTriggered"], seen
+
 
 @pytest.mark.parametrize("kind", ["StatefulSet", "DaemonSet"])
 def test_statefulsets_and_daemonsets_roll_too(
@@ -440,6 +461,4 @@ def test_strategy_none_patches_no_workload(kube: Kube, operator: OperatorProcess
     assert dep is not None
     assert dep["metadata"]["generation"] == 1
     assert status(kube, namespace, "reader")["consumers"][0]["needsRestart"] is True
-    events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=reader")
-    assert events is not None
-    assert "ConsumerNeedsRestart" in {e["reason"] for e in events["items"]}
+    kube.wait_event(namespace, "reader", "ConsumerNeedsRestart")

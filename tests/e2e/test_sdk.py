@@ -242,6 +242,7 @@ def test_cli_commands(kube: Kube, operator: OperatorProcess, namespace: str) -> 
     st = status(kube, namespace, "research-agent")
     data = secret_data(kube, namespace, "research-agent-token")
     assert data is not None
+    kube.wait_event(namespace, "research-agent", "TokenIssued")  # posted in the background
 
     out = cli(kube, "status", "research-agent", "-n", namespace)
     assert out.returncode == 0, out.stderr

@@ -19,11 +19,12 @@ from agenttoken import api
 from agenttoken.controllers.conflicts import ConflictWatch
 from agenttoken.core import names
 from agenttoken.core.model import InvalidSpec, parse_spec
+from agenttoken.core.names import event_name
 from agenttoken.core.rollout import annotation_key
 from agenttoken.core.secretdata import desired_secret_metadata, managed_labels, owner_name
 from agenttoken.issuers import IssueContext, Issued, PolicyRefused, parse_issuer
 from agenttoken.issuers.webhook import check_answer, jwt_claims
-from agenttoken.kube.adapter import Kube, event_name
+from agenttoken.kube.adapter import Kube
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)

@@ -126,13 +126,12 @@ def test_the_previous_token_expiring_first_means_the_rollout_is_too_slow() -> No
     assert got.wake_at is None
 
 
-def test_completion_is_announced_once_and_the_previous_token_revoked_after_the_grace() -> None:
+def test_completion_is_reported_and_the_previous_token_revoked_after_the_grace() -> None:
     s = spec({"targets": [{"kind": "Deployment", "name": "web"}], "revokeAfter": "30s"})
     done = [workload("web", ENV, token="jti-2")]
     before = {"tokenId": "jti-2", "state": "RollingOut"}
     first = report(s, done, before)
     assert first.state == "Complete"
-    assert [e.reason for e in first.events] == [api.REASON_ROLLOUT_COMPLETE]
     completed = first.targets[0]["completedAt"]
     assert first.revocation == AfterRollout(
         T0 + dt.timedelta(seconds=90), False, T0 + dt.timedelta(seconds=90)
@@ -146,7 +145,6 @@ def test_completion_is_announced_once_and_the_previous_token_revoked_after_the_g
         {"tokenId": "jti-2", "state": "Complete", "targets": first.targets},
         now=T0 + 2 * dt.timedelta(minutes=1),
     )
-    assert later.events == (), "announced once"
     assert later.targets[0]["completedAt"] == completed
     assert later.revocation.due
     assert later.status(s, record(), "jti-1")["rollout"] | {"targets": None} == {
@@ -180,7 +178,6 @@ def test_a_failed_rollout_stalls() -> None:
     assert got.state == "Failed"
     assert got.stalled is not None
     assert got.stalled.reason == api.REASON_ROLLOUT_FAILED
-    assert [e.reason for e in got.events] == [api.REASON_ROLLOUT_FAILED]
 
 
 G = dt.timedelta(seconds=30)
@@ -224,3 +221,34 @@ def test_when_the_previous_token_is_revoked(
         "now": T0,
     } | kwargs
     assert after_rollout(**args) == expected, name
+
+
+def test_progress_steps_of_a_rollout_leave_the_status_as_written() -> None:
+    """Status is written on the rollout's state changes, not at each progress step."""
+    s = spec({"targets": [{"kind": "Deployment", "name": "web"}]})
+    observing = reduce(
+        "Deployment",
+        {
+            "metadata": {"name": "web", "namespace": "ns", "generation": 3},
+            "spec": {"replicas": 1, "template": {"metadata": {"annotations": {annotation_key("agent"): "jti-2"}}, "spec": ENV}},
+            "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+        },
+    )  # fmt: skip
+    started = report(s, [observing], {"tokenId": "jti-2"})
+    assert started.state == "RollingOut"
+    written = started.status(s, record(), None)["rollout"]
+    # The Deployment moves on (another progress message), the state does not: nothing to write.
+    moved_on = workload("web", ENV, token="jti-2", rolling=True)
+    assert (
+        rolloutreport.report(
+            name="agent", spec=s, record=record(), workloads=[moved_on], previous={}, now=T0
+        ).targets
+        != written["targets"]
+    )
+    step = report(s, [moved_on], written)
+    assert step.status(s, record(), None)["rollout"] == written
+    # It completes: a state change, written.
+    done = report(s, [workload("web", ENV, token="jti-2")], written)
+    assert done.state == "Complete"
+    assert done.targets[0]["state"] == "Complete"
+    assert done.targets[0]["completedAt"]

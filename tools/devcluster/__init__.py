@@ -24,7 +24,14 @@ from .binaries import (
 )
 from .cluster import DEFAULT_DIR, LocalCluster, running_cluster
 from .components import KWOK_TAINT, NODE_NAME
-from .devrun import OPERATOR_NAMESPACE, dev_run, install, kubeconfig_reachable
+from .devrun import (
+    OPERATOR_NAMESPACE,
+    dev_run,
+    install,
+    install_finalizer_policy,
+    kubeconfig_reachable,
+    render_chart,
+)
 from .node import DEFAULT_SYNC_FREQUENCY, RealNode
 from .pki import generate_pki, write_kubeconfig
 from .procs import free_ports
@@ -49,9 +56,11 @@ __all__ = [
     "generate_pki",
     "images_dir",
     "install",
+    "install_finalizer_policy",
     "kubeconfig_reachable",
     "kubectl_path",
     "read_versions",
+    "render_chart",
     "running_cluster",
     "write_kubeconfig",
 ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
-from .binaries import REPO_ROOT, ClusterError, kubectl_path
+from .binaries import REPO_ROOT, Binaries, ClusterError, kubectl_path, read_versions
 from .cluster import DEFAULT_DIR, LocalCluster
 
 
@@ -44,8 +46,56 @@ def install(env: dict[str, str], *, examples: bool) -> None:
         run("create", "namespace", OPERATOR_NAMESPACE)
     # The default issuer, so AgentTokens that name none get tokens (the chart installs it too).
     run("apply", "-f", str(REPO_ROOT / "examples" / "clustertokenissuer-builtin.yaml"))
+    install_finalizer_policy(env)
     if examples:
         run("apply", "-n", "default", "-f", str(REPO_ROOT / "examples"))
+
+
+CHART = REPO_ROOT / "charts" / "agent-token-operator"
+FINALIZER = "agenttoken.dev/revoke-on-delete"
+
+
+def render_chart(*args: str) -> str:
+    """`helm template` of our chart (helm from the binaries cache, else PATH)."""
+    helm = Binaries.from_cache().helm
+    version = read_versions()["KUBERNETES_VERSION"].lstrip("v")
+    result = subprocess.run(
+        [str(helm) if helm.exists() else "helm", "template", "agent-token-operator", str(CHART),
+         "--namespace", OPERATOR_NAMESPACE, "--kube-version", version, *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    if result.returncode:
+        raise ClusterError(f"helm template failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def install_finalizer_policy(env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+    """The chart's MutatingAdmissionPolicy that sets the revoke-on-delete finalizer at creation,
+    applied and waited for: the apiserver loads a new policy a moment after it is stored, and
+    until then AgentTokens are admitted without it (the operator then adds it: one write more)."""
+    kubectl = kubectl_path()
+    manifest = render_chart("--show-only", "templates/finalizer-policy.yaml")
+    subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, text=True, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    probe = json.dumps(
+        {
+            "apiVersion": "agenttoken.dev/v1alpha1",
+            "kind": "AgentToken",
+            "metadata": {"name": "finalizer-policy-probe", "namespace": "default"},
+            "spec": {"audience": ["probe"], "ttl": "1h", "secret": {"name": "finalizer-policy-probe"}},
+        }
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run(
+            [kubectl, "create", "--dry-run=server", "-o", "jsonpath={.metadata.finalizers}", "-f", "-"],
+            input=probe, text=True, env=env, capture_output=True, check=False,
+        )  # fmt: skip
+        if FINALIZER in result.stdout:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the finalizer policy is not in force after {timeout:.0f}s: {result.stderr}")
+        time.sleep(0.5)
 
 
 def dev_run() -> int:

@@ -37,12 +37,19 @@ class Issuers:
         self._used: dict[Key, IssuerKey] = {}  # reverse of _users
         # Namespace labels from a namespaces watch (cluster-wide mode); a miss falls back to a GET.
         self.namespace_labels: dict[str, dict[str, str]] = {}
+        # Issuers not in the cache that were read once: right after a start, AgentTokens can be
+        # listed before their issuer is (the issuer watch retried, or is slower); without a read
+        # each would be written IssuerNotFound (status write and Event) and then issued: one
+        # status write more per new AgentToken in a burst right after a start.
+        self._read_once: set[IssuerKey] = set()
+        self._watched: set[IssuerKey] = set()  # issuers the watch told us anything about
 
     # -- watch events --
 
     def on_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata", {})
         ikey = (kind, meta.get("namespace", "") if kind == api.TOKENISSUER_KIND else "", meta.get("name", ""))
+        self._watched.add(ikey)
         if event_type == "DELETED":
             self.bodies.pop(ikey, None)
         else:
@@ -82,6 +89,12 @@ class Issuers:
             self._used[key] = ikey
         self._users.setdefault(ikey, set()).add(key)
         body = self.bodies.get(ikey)
+        if body is None and ikey not in self._read_once:
+            self._read_once.add(ikey)
+            body = await self.kube.get_issuer(*ikey)
+            if body is not None and ikey not in self._watched:
+                self.bodies[ikey] = body  # the watch brings it (or a newer state) soon anyway
+            body = self.bodies.get(ikey)
         where = f" in namespace {namespace}" if kind == api.TOKENISSUER_KIND else ""
         if body is None:
             return Reason(api.REASON_ISSUER_NOT_FOUND, f"{kind} {spec.issuer_name!r} not found{where}")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agenttoken import api
 from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key, Pass
 from agenttoken.controllers.finalizer import Revoker
@@ -63,6 +64,7 @@ class RolloutManager:
         self._due: dict[WorkloadRef, float] = {}
         self._inflight: dict[WorkloadRef, float] = {}  # ref -> monotonic start
         self._patched_generation: dict[WorkloadRef, int] = {}
+        self._restarted_for: dict[WorkloadRef, str] = {}  # what the RolloutComplete Event names
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         workloads.subscribe(self.on_workload)
@@ -73,6 +75,7 @@ class RolloutManager:
         if w is None:
             self._inflight.pop(ref, None)
             self._patched_generation.pop(ref, None)
+            self._restarted_for.pop(ref, None)
         else:
             self._settle(ref, w)
 
@@ -87,12 +90,11 @@ class RolloutManager:
                 elapsed = time.monotonic() - started
                 metrics.ROLLOUT_DURATION.labels(kind=ref.kind, result=state).observe(elapsed)
                 self._wakeup.set()  # a slot freed up
-                reason = {"Complete": "RolloutComplete", "Failed": "RolloutFailed"}.get(
-                    state, "RolloutPaused"
+                reason = {"Complete": api.REASON_ROLLOUT_COMPLETE, "Failed": api.REASON_ROLLOUT_FAILED}.get(
+                    state, api.REASON_ROLLOUT_PAUSED
                 )
-                self._event(
-                    ref, reason, f"rollout for new token(s) {state.lower()} after {elapsed:.1f}s: {message}"
-                )
+                why = self._restarted_for.pop(ref, "new token(s)")
+                self._event(ref, reason, f"rollout {state.lower()} after {elapsed:.1f}s ({why}): {message}")
 
     # -- restarts --
 
@@ -167,10 +169,12 @@ class RolloutManager:
         self._inflight[ref] = time.monotonic()
         self._patched_generation[ref] = reduce(ref.kind, written).generation
         metrics.RESTARTS.labels(kind=ref.kind).inc()
-        message = "restarted for new token(s): " + ", ".join(
+        # One Event per restart, when it ends (RolloutComplete, RolloutFailed or RolloutPaused,
+        # naming the token(s) it was for): no RestartTriggered before it, one write less per
+        # renewal; the start shows in the workload's own Events (ScalingReplicaSet).
+        self._restarted_for[ref] = "restarted for new token(s): " + ", ".join(
             f"{k.rsplit('.', 1)[-1]}={v}" for k, v in changes.items()
         )
-        self._event(ref, "RestartTriggered", message)
         # The watch may have reported the whole rollout before our patch's response was handled:
         # the cache judges on whichever view is newer (and tells us), or the slot would wait for
         # an event that already came.
@@ -178,7 +182,9 @@ class RolloutManager:
 
     def _event(self, ref: WorkloadRef, reason: str, message: str) -> None:
         involved = {"apiVersion": "apps/v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
-        self.events.post(involved, warning=reason == "RolloutFailed", reason=reason, message=message)
+        self.events.post(
+            involved, warning=reason == api.REASON_ROLLOUT_FAILED, reason=reason, message=message
+        )
 
     def inflight_count(self) -> int:
         return len(self._inflight)
@@ -219,7 +225,6 @@ class RolloutStep:
         if report.too_slow and self._warned_slow.get(p.key) != record.token_id:
             self._warned_slow[p.key] = record.token_id
             events.append(rolloutreport.too_slow_event(report.message))
-        events.extend(report.events)
         if report.stranded and self._warned_consumers.get(p.key) != report.stranded:
             self._warned_consumers[p.key] = report.stranded
             events.append(rolloutreport.stranded_event(report.stranded, p.spec.rollout.strategy == "Restart"))

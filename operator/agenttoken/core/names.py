@@ -10,6 +10,7 @@ character and ends with a hex digit.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Final
 
 LABEL_VALUE_MAX: Final = 63
@@ -24,3 +25,10 @@ def fit(name: str, limit: int = LABEL_VALUE_MAX) -> str:
         raise ValueError(f"limit {limit} leaves no room for a prefix and a hash")
     digest = hashlib.sha256(name.encode()).hexdigest()[:_HASH_CHARS]
     return f"{name[: min(40, limit - _HASH_CHARS - 1)]}-{digest}"
+
+
+def event_name(involved_name: str) -> str:
+    """`<name>.<16 hex>`, within the 253 characters of an object name even for the longest
+    involved name (cut, without a trailing `-` or `.` so the result stays a DNS subdomain)."""
+    suffix = "." + secrets.token_hex(8)
+    return involved_name[: 253 - len(suffix)].rstrip("-.") + suffix

@@ -41,7 +41,6 @@ class RolloutReport:
     stalled: Reason | None = None
     too_slow: bool = False  # the previous token expired before the rollout finished
     wake_at: datetime.datetime | None = None
-    events: tuple[Event, ...] = ()  # posted every time they apply (no warn-once)
     stranded: tuple[str, ...] = ()  # consumers that need a restart but will not get one
     revocation: AfterRollout = field(default_factory=lambda: AfterRollout(None, False, None))
 
@@ -130,6 +129,16 @@ def _progress(
     return Reason(api.REASON_ROLLING_OUT, message), None, False, record.previous_expires_at
 
 
+def _still_rolling_out(
+    previous: Mapping[str, Any], token_id: str, state: str, targets: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether the rollout of `token_id` was RollingOut and still is, over the same targets."""
+    if not (previous.get("tokenId") == token_id and previous.get("state") == state == "RollingOut"):
+        return False
+    before = [(t.get("kind"), t.get("name")) for t in previous.get("targets") or []]
+    return before == [(t["kind"], t["name"]) for t in targets]
+
+
 def report(
     *,
     name: str,
@@ -150,13 +159,16 @@ def report(
     ]
     to_restart = tuple(w.ref for w in selected if needs_restart(w, key, record.token_id))
     state, message = summarize(targets)
+    if _still_rolling_out(previous, record.token_id, state, targets):
+        # Status is written when the rollout's state changes, not at each progress step (a
+        # Deployment reports several: observed, n of m updated, available...): the targets and
+        # message stay as written until it completes, fails or pauses. Live progress is the
+        # workload's own (`kubectl rollout status`). Saves 2-5 status writes per renewal.
+        targets, message = list(previous.get("targets") or []), str(previous.get("message") or message)
     reconciling, stalled, slow, wake = _progress(state, message, record, now)
-    events: list[Event] = []
-    if state != previous.get("state") and previous.get("tokenId") == record.token_id and targets:
-        if state == "Complete":
-            events.append(Event(False, api.REASON_ROLLOUT_COMPLETE, message))
-        elif state == "Failed":
-            events.append(Event(True, api.REASON_ROLLOUT_FAILED, message))
+    # No Event here: the one RolloutComplete (or RolloutFailed) per target is posted on the
+    # workload by the restart queue (controllers.rollout), and a failed or paused rollout sets
+    # Stalled, whose Event the controller posts once.
     revocation = after_rollout(
         previous_token_id=record.previous_token_id,
         previous_expires_at=record.previous_expires_at,
@@ -179,7 +191,6 @@ def report(
         stalled=stalled,
         too_slow=slow,
         wake_at=wake,
-        events=tuple(events),
         stranded=stranded(report_),
         revocation=revocation,
     )

@@ -8,6 +8,7 @@ through days of renewals without sleeping.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ def parse_duration(text: str) -> timedelta:
     """
     if not isinstance(text, str):
         raise ValueError(f"invalid duration {text!r}: expected a string like 1h30m")
+    return _parse_duration(text)
+
+
+# Every pass parses the spec's few durations again ("1h", "60s"...): 3 % of the operator's CPU
+# in a burst of new AgentTokens (py-spy), for a handful of distinct strings. Errors are not cached.
+@functools.lru_cache(maxsize=1024)
+def _parse_duration(text: str) -> timedelta:
     if text.startswith("-"):
         raise ValueError(f"invalid duration {text!r}: negative durations are not allowed")
     if not _DURATION_RE.fullmatch(text):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import secrets as pysecrets
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +20,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from agenttoken import api
+from agenttoken.core.names import event_name
 from agenttoken.kube.errors import KubeError, read_json, read_json_or_none
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,7 @@ async def _no_env_lookups(api_client: client.ApiClient) -> None:
     await old.close()
 
 
-def event_name(involved_name: str) -> str:
-    """`<name>.<16 hex>`, within the 253 characters of an object name even for the longest
-    involved name (cut, without a trailing `-` or `.` so the result stays a DNS subdomain)."""
-    suffix = "." + pysecrets.token_hex(8)
-    return involved_name[: 253 - len(suffix)].rstrip("-.") + suffix
+ISSUER_PLURALS = {api.TOKENISSUER_KIND: "tokenissuers", api.CLUSTERTOKENISSUER_KIND: "clustertokenissuers"}
 
 
 class Kube:
@@ -299,12 +295,22 @@ class Kube:
     async def get_namespace(self, name: str) -> dict[str, Any] | None:
         return await read_json_or_none(self.core.read_namespace(name, _preload_content=False))
 
+    async def get_issuer(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        plural = ISSUER_PLURALS[kind]
+        if namespace:
+            call = self.custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, plural, name, _preload_content=False
+            )
+        else:
+            call = self.custom.get_cluster_custom_object(
+                api.GROUP, api.VERSION, plural, name, _preload_content=False
+            )
+        return await read_json_or_none(call)
+
     async def patch_issuer_status(
         self, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
-        plural = {api.TOKENISSUER_KIND: "tokenissuers", api.CLUSTERTOKENISSUER_KIND: "clustertokenissuers"}[
-            kind
-        ]
+        plural = ISSUER_PLURALS[kind]
         common = {"field_manager": api.FIELD_MANAGER, "_content_type": MERGE_PATCH, "_preload_content": False}
         if namespace:
             call = self.custom.patch_namespaced_custom_object_status(
@@ -337,8 +343,11 @@ class Kube:
 
     # -- Events --
 
-    async def emit_event(self, involved: dict[str, Any], *, warning: bool, reason: str, message: str) -> None:
-        """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid)."""
+    async def emit_event(
+        self, involved: dict[str, Any], *, warning: bool, reason: str, message: str, count: int = 1
+    ) -> None:
+        """A core/v1 Event about `involved` (apiVersion, kind, namespace, name, uid); `count`
+        occurrences (kube.events aggregates alike Events of a burst into one)."""
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = involved["namespace"]
         body = {
@@ -354,7 +363,7 @@ class Kube:
             "reportingInstance": api.OPERATOR_NAME,
             "firstTimestamp": now,
             "lastTimestamp": now,
-            "count": 1,
+            "count": count,
         }
         await read_json(self.core.create_namespaced_event(namespace, body, _preload_content=False))
 

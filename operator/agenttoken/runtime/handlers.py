@@ -28,6 +28,7 @@ from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
 from agenttoken.runtime import server
+from agenttoken.runtime.kopfstate import NoDiffBase
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.StatusProgressStorage(
         field=f"status.{api.KOPF_STATUS_FIELD}.progress", touch_field=f"status.{api.KOPF_STATUS_FIELD}.touch"
     )
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-        field=f"status.{api.KOPF_STATUS_FIELD}.lastHandledConfiguration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()  # only on.event handlers: no diffs to keep
     # Our own Events carry reasons; kopf's per-handler log Events would only add noise.
     settings.posting.enabled = False
     settings.peering.standalone = True
