@@ -90,7 +90,9 @@ class Controller:
         self.tokens = BodyCache()
         self.secrets = SecretStore(kube)
         self.events = events or EventRecorder(kube)
-        self.queue = WorkQueue(self.reconcile, clock, options.workers)
+        self.queue = WorkQueue(
+            self.reconcile, clock, options.workers, accept=lambda key: self.leadership.owns(key[0])
+        )
         registry = Registry(
             IssuerDeps(
                 kube=kube,
@@ -191,7 +193,11 @@ class Controller:
         self.issuers.on_event(kind, event_type, body)
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
-        await self.issuers.reconcile(kind, body)
+        """Issuer status is written by one replica: a TokenIssuer's by its namespace's shard
+        holder, a ClusterTokenIssuer's by the primary."""
+        namespace = body.get("metadata", {}).get("namespace", "")
+        if self.leadership.owns(namespace) if kind == api.TOKENISSUER_KIND else self.leadership.is_primary():
+            await self.issuers.reconcile(kind, body)
 
     def on_namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         if self.issuers.on_namespace_event(event_type, body):

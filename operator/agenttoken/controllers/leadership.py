@@ -66,6 +66,8 @@ class Leadership:
         self._members: dict[str, Observation] = {}  # member Lease name -> observation
         self._member_name = core.member_lease_name(identity)
         self._reported: set[int] = set()
+        self._share = self.shards  # our fair share, from the last round
+        self._member_renewed = float("-inf")
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         metrics.LEADER.set_function(lambda: 1.0 if self.is_primary() else 0.0)
@@ -128,18 +130,35 @@ class Leadership:
 
     async def _run(self) -> None:
         while True:
-            started = self.clock()
-            await asyncio.sleep(max(0.0, self.timings.retry_period - (self.clock() - started)))
+            await asyncio.sleep(self._next_round())
             try:
                 await self.round()
             except Exception:  # never let the loop die: a dead loop means losing every shard
                 log.exception("leader election round failed")
 
+    def _next_round(self) -> float:
+        """Every retry period; below our share, sooner: a read every quarter period (we see a
+        dead holder's last renewal within that, and its expiry counts from when we saw it) and
+        exactly when a wanted Lease expires. So a standby takes over at most lease duration plus
+        a quarter period after the holder's last renewal, not plus two periods."""
+        period = self.timings.retry_period
+        if len(self.held()) >= self._share:
+            return period
+        now = self.clock()
+        expiries = [
+            since - now
+            for s, obs in self._observed.items()
+            if s not in self._renewed and (since := core.vacant_since(obs)) is not None and since > now
+        ]
+        return max(0.01, min([period / 4, *expiries]))
+
     async def round(self) -> None:
         await self._read()
         members = await self._renew_member() if self.shards > 1 else 1
+        self._share = core.fair_share(self.shards, members)
         for shard in sorted(self._renewed):
-            await self._write(shard)  # renew (or learn that we lost it)
+            if self.clock() - self._renewed[shard] >= self.timings.retry_period * 0.9:
+                await self._write(shard)  # renew (or learn that we lost it)
         wanted = core.balance(
             self.identity,
             self.held(),
@@ -185,7 +204,10 @@ class Leadership:
                 name: core.observe(self._members.get(name), seen.get(name), now)
                 for name in {*seen, self._member_name}
             }
-            await self._put(self._member_name, "member", self._members[self._member_name])
+            if now - self._member_renewed >= self.timings.retry_period * 0.9:
+                written = await self._put(self._member_name, "member", self._members[self._member_name])
+                if written is not None:
+                    self._member_renewed, self._members[self._member_name] = written
         except _IO_ERRORS as exc:
             log.warning("renewing this replica's member Lease failed: %s", exc)
         others = [o for name, o in self._members.items() if name != self._member_name]
