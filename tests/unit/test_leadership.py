@@ -40,7 +40,12 @@ class FakeLeases:
     def _store(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
         self.writes += 1
         body = {
-            "metadata": {"name": name, "resourceVersion": str(next(self.versions)), "labels": {"role": role}},
+            "metadata": {
+                "name": name,
+                "resourceVersion": str(next(self.versions)),
+                "labels": {"role": role},
+                "annotations": {"agenttoken.dev/shards": str(record.shards)} if record.shards else {},
+            },
             "spec": record.spec(),
         }
         self.objects[name] = body
@@ -214,3 +219,30 @@ def test_no_shard_is_ever_held_by_two_replicas() -> None:
             clock.now += 1.0
 
     run(go())
+
+
+def test_a_standby_reads_often_and_wakes_when_the_lease_expires() -> None:
+    store, clock = FakeLeases(), Clock()
+    a, b = elector(store, clock, "a"), elector(store, clock, "b")
+    rounds(clock, a, b, seconds=4)
+    assert a._next_round() == 2.0  # the holder: every retry period
+    assert b._next_round() == 0.5  # below its share: a quarter period
+    seen = b._observed[0].seen_at
+    clock.now = seen + 14.8
+    assert abs(b._next_round() - 0.2) < 1e-6  # exactly at expiry
+
+
+def test_replicas_disagreeing_on_the_shard_count_never_both_own_a_namespace() -> None:
+    """A rolling update from 1 to 3 shards: the new replicas wait for the old one to go."""
+    store, clock = FakeLeases(), Clock()
+    old = elector(store, clock, "old", shards=1)
+    new = [elector(store, clock, f"new{i}", shards=3) for i in range(2)]
+    rounds(clock, old, seconds=4)
+    rounds(clock, old, *new, seconds=20)
+    assert old.held() == {0}
+    assert not new[0].held()
+    assert not new[1].held()
+    run(old.stop())  # the old pod terminates: releases
+    rounds(clock, *new, seconds=10)
+    assert sorted(len(n.held()) for n in new) == [1, 2]
+    assert store.objects[shard_lease_name(0)]["metadata"]["annotations"] == {"agenttoken.dev/shards": "3"}

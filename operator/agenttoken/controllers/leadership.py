@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import time
@@ -167,6 +168,9 @@ class Leadership:
             self.clock(),
             self.timings,
         )
+        if core.disagrees(self._observed.get(0), self.identity, self.shards, self.clock()):
+            log.warning("shard 0's holder runs with another --shards: holding nothing until it is gone")
+            wanted = core.Balance((), tuple(self.held()))
         for shard in wanted.release:
             await self._release(shard)
         for shard in wanted.take:
@@ -219,12 +223,13 @@ class Leadership:
         p = core.plan(obs, self.identity, self.clock(), self.wall(), self.timings)
         if p.step is Step.WAIT or p.record is None:
             return None
+        record = dataclasses.replace(p.record, shards=self.shards if role == "shard" else None)
         sent = self.clock()
         async with asyncio.timeout(self.timings.retry_period):
             if p.step is Step.CREATE:
-                body = await self.leases.create(name, role, p.record)
+                body = await self.leases.create(name, role, record)
             else:
-                body = await self.leases.update(name, role, p.record)
+                body = await self.leases.update(name, role, record)
         return sent, core.observe(obs, LeaseRecord.from_body(body), self.clock())
 
     async def _write(self, shard: int) -> None:

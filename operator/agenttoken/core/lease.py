@@ -34,6 +34,7 @@ from typing import Any
 from agenttoken.core.times import parse_time
 
 SHARD_LEASE_PREFIX = "agenttoken-shard-"
+ANN_SHARDS = "agenttoken.dev/shards"
 MEMBER_LEASE_PREFIX = "agenttoken-member-"
 
 
@@ -81,6 +82,7 @@ class LeaseRecord:
     renewed: datetime.datetime | None
     transitions: int
     version: str | None = None  # metadata.resourceVersion: the precondition of our next write
+    shards: int | None = None  # the writer's --shards (annotation ANN_SHARDS), see `disagrees`
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> LeaseRecord:
@@ -92,6 +94,7 @@ class LeaseRecord:
             renewed=parse_time(spec.get("renewTime")),
             transitions=int(spec.get("leaseTransitions") or 0),
             version=(body.get("metadata") or {}).get("resourceVersion"),
+            shards=_int_or_none(((body.get("metadata") or {}).get("annotations") or {}).get(ANN_SHARDS)),
         )
 
     def spec(self) -> dict[str, Any]:
@@ -102,6 +105,28 @@ class LeaseRecord:
             "renewTime": micro_time(self.renewed),
             "leaseTransitions": self.transitions,
         }
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def disagrees(shard_zero: Observation | None, identity: str, shards: int, now: float) -> bool:
+    """Shard 0 is live and held by a replica running with another --shards (a rolling update that
+    changes it): its namespaces map to other shards than ours, so both could own a namespace.
+    Shard 0's holder decides; everyone else holds nothing until it is gone (it releases on
+    shutdown, or its Lease expires)."""
+    rec = shard_zero.record if shard_zero is not None else None
+    return (
+        shard_zero is not None
+        and rec is not None
+        and rec.holder not in ("", identity)
+        and rec.shards not in (None, shards)
+        and not is_vacant(shard_zero, now)
+    )
 
 
 def micro_time(value: datetime.datetime | None) -> str | None:

@@ -12,11 +12,15 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from agenttoken import api
-from agenttoken.core.lease import LeaseRecord
+from agenttoken.core.lease import ANN_SHARDS, LeaseRecord
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import read_json, read_json_or_none
 
 LABEL_ROLE = f"{api.GROUP}/lease"  # "shard" or "member"
+
+
+def _annotations(record: LeaseRecord) -> dict[str, str]:
+    return {ANN_SHARDS: str(record.shards)} if record.shards is not None else {}
 
 
 class Leases:
@@ -47,6 +51,7 @@ class Leases:
                 "name": name,
                 "namespace": self.namespace,
                 "labels": {LABEL_ROLE: role, api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+                "annotations": _annotations(record),
             },
             "spec": record.spec(),
         }
@@ -67,6 +72,7 @@ class Leases:
                 "namespace": self.namespace,
                 "resourceVersion": record.version,
                 "labels": {LABEL_ROLE: role, api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+                "annotations": _annotations(record),
             },
             "spec": record.spec(),
         }
