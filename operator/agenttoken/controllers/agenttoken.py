@@ -313,7 +313,10 @@ class Controller:
             and decision.action is Action.MINT
             and not self.issuing.binds_to_secret(p)
         )
-        if decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new:
+        # Sharded, a Secret of a shard just taken over is not cached yet (controllers.leadership):
+        # never judge an issued token by a Secret we have not seen.
+        unseen = p.previous.token_id is not None and self.secrets.get(p.secret_key) is None
+        if (decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new) or unseen:
             await self.secrets.refresh(p.secret_key)
             snap = snapshot()
             decision = decide(snap, p.now)

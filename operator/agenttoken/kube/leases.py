@@ -42,43 +42,43 @@ class Leases:
         )
         return list(listing.get("items") or [])
 
-    async def create(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
-        """Create it (KubeError 409 when another candidate created it first)."""
-        body = {
+    def _body(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
+        metadata: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {LABEL_ROLE: role, api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
+            "annotations": _annotations(record),
+        }
+        if record.version is not None:
+            metadata["resourceVersion"] = record.version
+        return {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": self.namespace,
-                "labels": {LABEL_ROLE: role, api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
-                "annotations": _annotations(record),
-            },
+            "metadata": metadata,
             "spec": record.spec(),
         }
+
+    async def create(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
+        """Create it (KubeError 409 when another candidate created it first)."""
         return await read_json(
             self.coordination.create_namespaced_lease(
-                self.namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+                self.namespace,
+                self._body(name, role, record),
+                field_manager=api.FIELD_MANAGER,
+                _preload_content=False,
             )
         )
 
     async def update(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
         """Replace the spec if the Lease is still at `record.version` (KubeError 409 if not):
         the optimistic lock that makes two candidates' writes exclude each other."""
-        body = {
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {
-                "name": name,
-                "namespace": self.namespace,
-                "resourceVersion": record.version,
-                "labels": {LABEL_ROLE: role, api.LABEL_MANAGED_BY: api.OPERATOR_NAME},
-                "annotations": _annotations(record),
-            },
-            "spec": record.spec(),
-        }
         return await read_json(
             self.coordination.replace_namespaced_lease(
-                name, self.namespace, body, field_manager=api.FIELD_MANAGER, _preload_content=False
+                name,
+                self.namespace,
+                self._body(name, role, record),
+                field_manager=api.FIELD_MANAGER,
+                _preload_content=False,
             )
         )
 
