@@ -123,6 +123,7 @@ def main() -> int:
 
                 return one
 
+            control_plane_before = {k: round(rss_mb(pid), 1) for k, pid in cluster.pids.items()}
             watcher = SecretWatcher(cluster, "", collection="/api/v1/secrets", keep_events=True)
             watchers.append(watcher)
             names = [f"t{i}" for i in range(args.tokens)]
@@ -135,6 +136,11 @@ def main() -> int:
             results["apply"] = {"wall_s": round(wall, 1), "secrets_per_s": round(len(watcher.seen) / wall, 1)}
             time.sleep(15)  # status writes and Events of the last ones settle
             results["replicas"] = replica_figures(ops)
+            # Per-token costs for the projection (docs/performance.md): control-plane RSS growth.
+            results["control_plane_rss_mb"] = {
+                k: {"before": control_plane_before[k], "after": round(rss_mb(pid), 1)}
+                for k, pid in cluster.pids.items()
+            }
             results["holders"] = holders(cluster)
 
             # 3. renewal lag, all replicas up
