@@ -13,7 +13,7 @@ import contextlib
 import datetime
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from aiohttp import web
@@ -32,6 +32,9 @@ from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
 from agenttoken.kube.leases import Leases
 from agenttoken.runtime import server
+
+if TYPE_CHECKING:
+    from agenttoken.runtime.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     log.info("operator started; signing keys in %s", options.operator_namespace)
 
 
-async def _elect(kube: Kube, options: Any, events: EventRecorder) -> Leadership:
+async def _elect(kube: Kube, options: RunOptions, events: EventRecorder) -> Leadership:
     """First: whether we lead decides whether startup may rotate keys. A standby's caches fill
     from the watches all the same (warm for a takeover); only its writes wait."""
     leadership = Leadership(
