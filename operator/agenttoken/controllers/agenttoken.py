@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agenttoken import api
-from agenttoken.controllers import metrics
-from agenttoken.controllers.conflicts import POLL as CONFLICT_POLL
+from agenttoken.controllers import metrics, takeover
 from agenttoken.controllers.conflicts import ConflictWatch
 from agenttoken.controllers.context import Key, Pass, involved
 from agenttoken.controllers.finalizer import Revoker
 from agenttoken.controllers.issuer import Issuers
-from agenttoken.controllers.issuing import Issuing
+from agenttoken.controllers.issuing import Issuing, NotOwned
 from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.controllers.queue import WorkQueue
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutStep
@@ -80,14 +80,19 @@ class Controller:
         rollouts: RolloutManager | None = None,
         revocations: RevocationStore | None = None,
         events: EventRecorder | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.kube = kube
+        # Per-AgentToken work only for the shards this replica holds (all without leadership).
+        self.leadership = leadership or Leadership(None, identity="local")
         self.options = options
         self.clock = clock
         self.tokens = BodyCache()
         self.secrets = SecretStore(kube)
         self.events = events or EventRecorder(kube)
-        self.queue = WorkQueue(self.reconcile, clock, options.workers)
+        self.queue = WorkQueue(
+            self.reconcile, clock, options.workers, accept=lambda key: self.leadership.owns(key[0])
+        )
         self.keys = keys
         keys.subscribe_revoked(self.on_keys_revoked)
         registry = Registry(
@@ -101,21 +106,18 @@ class Controller:
         )
         self.issuers = Issuers(kube, registry, clock, self.queue.now)
         self.revoker = Revoker(kube, revocations, clock)
+        workloads = rollouts.workloads if rollouts else None
         self.usage = Usage(
-            kube,
-            rollouts.workloads if rollouts else None,
-            self.revoker,
-            clock,
-            margin=options.usage_warmup,
-            recheck=self.queue.now,
+            kube, workloads, self.revoker, clock, margin=options.usage_warmup, recheck=self.queue.now
         )
-        self.issuing = Issuing(kube, self.secrets, registry, clock)
+        self.issuing = Issuing(kube, self.secrets, registry, clock, may_write=self.leadership.owns)
         self.rollout = RolloutStep(rollouts, self.revoker, clock)
         self.conflicts = ConflictWatch(kube, self.queue.now)
         self._interest = InterestIndex()  # which AgentTokens a workload or namespace event concerns
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
         if rollouts is not None:
             rollouts.workloads.subscribe(self.on_workload_change)
+        self.leadership.subscribe(self.on_shard_change)
 
     async def start(self) -> None:
         await self.queue.start()
@@ -142,6 +144,12 @@ class Controller:
             return
         if not self.tokens.offer(key, body):
             return
+        # A standby keeps the body (its cache stays warm for a takeover) but schedules nothing.
+        if self.leadership.owns(key[0]):
+            self._enqueue(key, body)
+
+    def _enqueue(self, key: Key, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
         metrics.observe_token(key, body)
         status = parse_status(body.get("status"))
         when = self.clock()
@@ -155,29 +163,39 @@ class Controller:
         self.queue.schedule(key, when)
 
     def on_secret_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        namespace = meta.get("namespace", "")
+        if self.leadership.shards > 1 and not self.leadership.owns(namespace):
+            # Sharded: another replica's Secrets (tokens!) are not kept here. A takeover reads
+            # each one fresh before acting on it (the decision's fresh read, controllers.issuing).
+            self.secrets.forget((namespace, meta.get("name", "")))
+            return
         if not self.secrets.on_event(kind, body):
             return
-        namespace = body.get("metadata", {}).get("namespace", "")
-        owner = owner_name(body)
+        owner = owner_name(body)  # the ownerReference: the full name, even past 63 characters
         if owner and self.tokens.get((namespace, owner)) is not None:
             self.queue.now((namespace, owner))
 
     def on_keys_revoked(self, kids: frozenset[str]) -> None:
         """Signing keys were revoked: every AgentToken whose token one of them signed, now."""
-        # Status and the Secret's record both say which key signed; either may lag the other.
-        affected = self.secrets.owners_signed_by(kids)
-        affected.update(
-            k for k, b in self.tokens.bodies.items() if (b.get("status") or {}).get("keyId") in kids
-        )
-        for key in affected:
-            if self.tokens.get(key) is not None:
-                self.queue.now(key)
+        for key in takeover.signed_by(kids, self.secrets, self.tokens):
+            self.queue.now(key)
+
+    def on_shard_change(self, shard: int, held: bool) -> None:
+        takeover.shard_changed(
+            shard, held, self.leadership.shards, tokens=self.tokens, secrets=self.secrets,
+            queue=self.queue, enqueue=self._enqueue,
+        )  # fmt: skip
 
     def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         self.issuers.on_event(kind, event_type, body)
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
-        await self.issuers.reconcile(kind, body)
+        """Issuer status is written by one replica: a TokenIssuer's by its namespace's shard
+        holder, a ClusterTokenIssuer's by the primary."""
+        namespace = body.get("metadata", {}).get("namespace", "")
+        if self.leadership.owns(namespace) if kind == api.TOKENISSUER_KIND else self.leadership.is_primary():
+            await self.issuers.reconcile(kind, body)
 
     def on_namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         if self.issuers.on_namespace_event(event_type, body):
@@ -194,8 +212,14 @@ class Controller:
 
     async def reconcile(self, key: Key) -> None:
         body = self.tokens.get(key)
-        if body is None:
-            return
+        if body is None or not self.leadership.owns(key[0]):
+            return  # gone, or another replica's now (the new holder queues it)
+        try:
+            await self._reconcile(key, body)
+        except NotOwned:
+            log.info("stopped %s/%s mid-pass: this replica no longer holds its shard", *key)
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             events, retry = await self.revoker.finalize(body)
@@ -224,7 +248,13 @@ class Controller:
             return
         self._post(body, issued.events)
         status: dict[str, Any] = {"rollout": None, "consumers": None}
-        outcome, wake = issued.outcome, self._follow_conflict(p, decision)
+        conflict = (
+            decision.action is Action.CONFLICT
+        )  # watched, so it resolves itself (controllers.conflicts)
+        wake = self.conflicts.follow(
+            p.key, p.secret_key, conflict, self.secrets.get(p.secret_key), self.clock()
+        )
+        outcome = issued.outcome
         self._index_for_workloads(key, p.spec)
         if record is not None:
             rolled = await self.rollout.step(p, record, outcome)
@@ -237,15 +267,6 @@ class Controller:
         await self._write_status(body, p.previous, p.spec, record, outcome, status)
         self._warn_if_expiring(body, key, p.spec, record, outcome)
         self._schedule_next(p, record, decision, outcome, wake)
-
-    def _follow_conflict(self, p: Pass, decision: Decision) -> list[datetime.datetime]:
-        """While the Secret is someone else's, watch it (controllers.conflicts), so deleting or
-        handing it over lets this AgentToken proceed within seconds, with no edit."""
-        if decision.action is not Action.CONFLICT:
-            self.conflicts.release(p.key)
-            return []
-        self.conflicts.watch(p.key, p.secret_key, self.secrets.get(p.secret_key))
-        return [self.clock() + CONFLICT_POLL]
 
     async def _begin(self, key: Key, body: dict[str, Any]) -> Pass | None:
         """The spec and the issuer it may use; else status says why (Stalled) and None."""
@@ -301,7 +322,10 @@ class Controller:
             and decision.action is Action.MINT
             and not self.issuing.binds_to_secret(p)
         )
-        if decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new:
+        # Sharded, a Secret of a shard just taken over is not cached yet (controllers.leadership):
+        # never judge an issued token by a Secret we have not seen.
+        unseen = p.previous.token_id is not None and self.secrets.get(p.secret_key) is None
+        if (decision.action not in (Action.NONE, Action.BACKOFF) and not brand_new) or unseen:
             await self.secrets.refresh(p.secret_key)
             snap = snapshot()
             decision = decide(snap, p.now)
@@ -338,6 +362,8 @@ class Controller:
         current = body.get("status") or {}
         if not differs(current, status):
             return
+        if not self.leadership.owns(meta["namespace"]):
+            raise NotOwned
         stalled_before = {
             c.get("reason") for c in current.get("conditions", []) if c.get("type") == api.COND_STALLED
         }

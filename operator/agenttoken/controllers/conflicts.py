@@ -51,6 +51,18 @@ class ConflictWatch:
         )
         self._watches[token] = (secret, task)
 
+    def follow(
+        self, token: Key, secret: Key, conflict: bool, seen: dict[str, Any] | None, now: datetime.datetime
+    ) -> list[datetime.datetime]:
+        """While the Secret is someone else's (`conflict`), watch it, so deleting or handing it
+        over lets the AgentToken proceed within seconds, with no edit; the wake-up for the POLL
+        safety net. Else stop watching."""
+        if not conflict:
+            self.release(token)
+            return []
+        self.watch(token, secret, seen)
+        return [now + POLL]
+
     def release(self, token: Key) -> None:
         """The conflict is over (or the AgentToken gone): stop watching."""
         current = self._watches.pop(token, None)

@@ -132,6 +132,9 @@ class KeyManager:
         may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
+        # leadership.is_primary: only the primary rotates and publishes; the others only load the
+        # ring (they serve the JWKS from it and sign with it once they lead).
+        self.may_write = may_write
         self.namespace = namespace
         self.issuer = issuer
         self.policy = policy
@@ -197,6 +200,10 @@ class KeyManager:
         the controller re-queues the AgentTokens whose token one of them signed."""
         self._revoked_listeners.append(listener)
 
+    def wake(self) -> None:
+        """Sync at once (e.g. this replica just became the primary)."""
+        self._wake.set()
+
     def report_with(self, post: Callable[[dict[str, Any], str, str], None]) -> None:
         """`post(involved, reason, message)`: how Events about the key-revocations ConfigMap go out."""
         self._events = post
@@ -209,7 +216,9 @@ class KeyManager:
         follower = asyncio.create_task(self._follow_requests(), name="agenttoken-key-revocations")
         try:
             while True:
-                pending = bool(self.requested - self.rings.revoked_kids())
+                # Sooner while a requested revocation is not stored yet, or while a standby has
+                # no ring to serve (the primary is creating it).
+                pending = bool(self.requested - self.rings.revoked_kids()) or not self.ring.keys
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), PENDING_POLL_SECONDS if pending else interval)
                 self._wake.clear()

@@ -54,6 +54,12 @@ CONNECTIVITY_CHECKS = Counter(
     "spec.verify checks of new tokens by result (success, failure).",
     ["result"],
 )
+# Leader election (controllers.leadership); the gauges are read from the Leases' state at scrape time.
+LEADER = Gauge("agenttoken_leader", "1 while this replica holds shard 0 (runs the cluster-wide singletons).")
+SHARDS_HELD = Gauge("agenttoken_shards_held", "Shard Leases this replica holds (fenced: renewed in time).")
+LEASE_TRANSITIONS = Counter(
+    "agenttoken_lease_transitions", "Shard Leases this replica acquired or lost, by shard.", ["shard"]
+)
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 # The signed revocation list's size against its bound (docs/sdk.md, "Limits"): alerts fire before
 # a part fills up, and on every refusal.

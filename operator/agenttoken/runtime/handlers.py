@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from aiohttp import web
@@ -21,14 +21,20 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
 from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
 from agenttoken.core.keys import KeyPolicy, SigningKey
+from agenttoken.core.lease import LeaseTimings
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
+from agenttoken.kube.leases import Leases
 from agenttoken.runtime import server
 from agenttoken.runtime.kopfstate import NoDiffBase
+
+if TYPE_CHECKING:
+    from agenttoken.runtime.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +70,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     options = memo["options"]
     kube = await Kube.connect()
+    events = EventRecorder(kube)
+    leadership = memo["leadership"] = await _elect(kube, options, events)
     keys = KeyManager(
         kube,
         namespace=options.operator_namespace,
         issuer=options.issuer_url,
         policy=KeyPolicy(algorithm=options.key_algorithm),
         clock=utcnow,
+        may_write=leadership.is_primary,
     )
     await keys.load_requests()  # a revoked kid must not be published or used, even briefly
     await keys.sync()
@@ -77,7 +86,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         kube, options.operator_namespace, utcnow, issuer=options.issuer_url, signer=keys.signing_key
     )
     await revocations.load()
-    events = EventRecorder(kube)
     workloads = WorkloadCache()
     rollouts = RolloutManager(
         kube,
@@ -88,6 +96,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         workloads,
         events,
+        may_restart=leadership.owns,
     )
     controller = Controller(
         kube,
@@ -98,6 +107,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         rollouts=rollouts,
         revocations=revocations,
         events=events,
+        leadership=leadership,
     )
     await rollouts.start()
     await controller.start()
@@ -109,7 +119,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
-    _start_cluster_writers(memo, keys, revocations, events)
+    _start_cluster_writers(memo, keys, revocations, events, leadership)
     if options.http_port:
         memo["http"] = await server.serve(
             server.build_app(keys, revocations), options.http_address, options.http_port
@@ -118,10 +128,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 
 def _start_cluster_writers(
-    memo: kopf.Memo, keys: KeyManager, revocations: RevocationStore, events: EventRecorder
+    memo: kopf.Memo,
+    keys: KeyManager,
+    revocations: RevocationStore,
+    events: EventRecorder,
+    leadership: Leadership,
 ) -> None:
     """The cluster-wide writer loops: key rotation and emergency revocation, and the signed
-    revocation list. Each checks `may_write` before every write (HA-INTERFACE.md)."""
+    revocation list. They run on every replica; each checks the primary's lease before every
+    write (fenced: false once a renewal is overdue), so only the holder of shard 0 writes."""
     keys.report_with(
         lambda involved, reason, message: events.post(involved, warning=True, reason=reason, message=message)
     )
@@ -132,15 +147,30 @@ def _start_cluster_writers(
         await revocations.resign()
 
     keys.on_signing_key_changed(sign_list_with)
-    # Cluster-wide writer: signs the list again before it expires, folds `agenttoken revoke`'s
-    # pending entries. may_write is the leader check once leader election is wired (HA-INTERFACE.md).
+    # Signs the list again before it expires, folds `agenttoken revoke`'s pending entries.
     memo["revocations_signer_task"] = asyncio.create_task(
-        revocations.run(may_write=lambda: True), name="agenttoken-revocations-signer"
+        revocations.run(may_write=leadership.is_primary), name="agenttoken-revocations-signer"
     )
     # Key rotation is rare; checking every minute (or half the publish-ahead) is plenty. Revocation
-    # requests wake the loop at once.
+    # requests wake the loop at once, and so does becoming the primary (a new primary looks at the
+    # ring at once); a standby's same loop only reloads the ring.
+    leadership.subscribe(lambda shard, held: keys.wake() if shard == 0 and held else None)
     interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
     memo["key_task"] = asyncio.create_task(keys.run(interval), name="agenttoken-keys")
+
+
+async def _elect(kube: Kube, options: RunOptions, events: EventRecorder) -> Leadership:
+    """First: whether we lead decides whether startup may rotate keys. A standby's caches fill
+    from the watches all the same (warm for a takeover); only its writes wait."""
+    leadership = Leadership(
+        Leases(kube, options.operator_namespace) if options.leader_elect else None,
+        identity=options.identity,
+        shards=options.shards,
+        timings=LeaseTimings(*options.lease_timings),
+        events=events,
+    )
+    await leadership.start()
+    return leadership
 
 
 @kopf.on.cleanup()
@@ -155,6 +185,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rollouts: RolloutManager | None = memo.get("rollouts")
     if rollouts is not None:
         await rollouts.stop()
+    leadership: Leadership | None = memo.get("leadership")
+    if leadership is not None:
+        await leadership.stop()  # after the last write: the next replica takes over at once
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
@@ -241,4 +274,6 @@ def keys_probe(memo: kopf.Memo, **_: Any) -> str:
     keys: KeyManager | None = memo.get("keys")
     if keys is None:
         raise RuntimeError("not started")
+    if not keys.ring.keys and not keys.may_write():
+        return "standby: waiting for the primary to create the key ring"
     return keys.signing_key().kid
