@@ -14,7 +14,10 @@ import yaml
 from .conftest import REPO, helm_path, render_chart
 
 CHART = REPO / "charts" / "agent-token-operator"
-SELECTOR = {"app.kubernetes.io/name": "agent-token-operator", "app.kubernetes.io/instance": "agent-token-operator"}
+SELECTOR = {
+    "app.kubernetes.io/name": "agent-token-operator",
+    "app.kubernetes.io/instance": "agent-token-operator",
+}
 
 
 def objects(*values: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -49,7 +52,10 @@ def test_defaults_run_two_replicas_that_elect_a_leader() -> None:
     spec = deployment(rendered)["spec"]
     assert spec["replicas"] == 2
     # A new pod is Ready before an old one goes: the Service never empties during an upgrade.
-    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     args = container(rendered)["args"]
     assert {"--shards=1", "--lease-duration=15", "--renew-deadline=10", "--retry-period=2"} <= set(args)
     assert "--no-leader-elect" not in args, "tests/dev only: replicas would all act"
@@ -64,10 +70,15 @@ def test_pod_disruption_budget_only_with_more_than_one_replica() -> None:
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # One replica: a budget of one pod would block every node drain.
     assert not [key for key in objects("replicaCount=1") if key[0] == "PodDisruptionBudget"]
-    assert not [key for key in objects("podDisruptionBudget.enabled=false") if key[0] == "PodDisruptionBudget"]
-    assert objects("replicaCount=3", "podDisruptionBudget.minAvailable=2")[
-        ("PodDisruptionBudget", "agent-token-operator")
-    ]["spec"]["minAvailable"] == 2
+    assert not [
+        key for key in objects("podDisruptionBudget.enabled=false") if key[0] == "PodDisruptionBudget"
+    ]
+    assert (
+        objects("replicaCount=3", "podDisruptionBudget.minAvailable=2")[
+            ("PodDisruptionBudget", "agent-token-operator")
+        ]["spec"]["minAvailable"]
+        == 2
+    )
 
 
 def test_replicas_spread_but_still_schedule_on_one_node() -> None:
