@@ -38,6 +38,9 @@ LEASE = "agenttoken-shard-0"
 # Where a relabelled copy of the operator image is imported (outside localhost/agenttoken/, whose
 # images import_images() drops when no archive in the cache names them).
 UPGRADE_REPOSITORY = "localhost/agenttoken-test/operator"
+# What the demo agents ask for and the demo API requires.
+AUDIENCE = "https://demo-api.example"
+SCOPE = "demo:call"
 
 
 def image_reference(name: str) -> str:
@@ -385,3 +388,126 @@ def relabelled_operator_image(node_cluster: NodeCluster, label: str) -> str:
     result = node_cluster.cluster.node.ctr("images", "import", str(out), timeout=300)
     assert result.returncode == 0, f"importing {out.name}: {result.stderr.strip()}"
     return reference
+
+
+# ------------------------------------------------------------------------------ agents and the demo API
+
+
+def app_pods(kube: Kube, ns: str, app: str) -> list[dict[str, Any]]:
+    pods = kube.get_json("pods", "-n", ns, "-l", f"app={app}")
+    return list((pods or {}).get("items", []))
+
+
+def agent_deployment(
+    name: str,
+    ns: str,
+    replicas: int,
+    env: dict[str, str],
+    *,
+    three_ways: bool,
+    secret: str = "agent-token",  # noqa: S107 (a name)
+) -> dict[str, Any]:
+    """The demo agent (examples/agent-demo/agent.py) reading `secret` as a volume through the SDK,
+    and with `three_ways` also as an env var and a subPath file (those need a restart per token)."""
+    mounts = [{"name": "token", "mountPath": "/var/run/agent-token", "readOnly": True}]
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    if three_ways:
+        mounts.append(
+            {"name": "token", "mountPath": "/etc/agent/token", "subPath": "token", "readOnly": True}
+        )
+        env_list.append(
+            {
+                "name": "AGENT_API_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
+            }
+        )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {NODE_LABEL: "true"},
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": image_reference("agent"),
+                            "imagePullPolicy": "Never",
+                            "env": env_list,
+                            "volumeMounts": mounts,
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "volumes": [{"name": "token", "secret": {"secretName": secret}}],
+                },
+            },
+        },
+    }
+
+
+def demo_api(ns: str, operator_ip: str, extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The demo API (examples/agent-demo/demo_api.py) verifying with the SDK against the operator's
+    Service, as a Deployment and a Service named demo-api."""
+    base = f"http://{operator_ip}:8080/issuers/builtin"
+    env = {
+        "ISSUER": ISSUER,
+        "AUDIENCE": AUDIENCE,
+        "REQUIRED_SCOPES": SCOPE,
+        "JWKS_URL": f"{base}/jwks.json",
+        "REVOCATIONS_URL": f"{base}/revocations.json",
+        "FETCH_TIMEOUT": "1",
+        **(extra_env or {}),
+    }
+    labels = {"app": "demo-api"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "demo-api", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {NODE_LABEL: "true"},
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True},
+                    "containers": [
+                        {
+                            "name": "api",
+                            "image": image_reference("demo-api"),
+                            "imagePullPolicy": "Never",
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "ports": [{"containerPort": 8080, "name": "http"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 2,
+                            },
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "demo-api", "namespace": ns},
+        "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": "http"}]},
+    }
+    return [deployment, service]

@@ -34,20 +34,24 @@ from typing import Any
 
 import pytest
 
-from devcluster.node import NODE_LABEL
 from tests.e2e.kube import Kube, wait_for
 
 from .conftest import NodeCluster
 from .operator_setup import (
+    AUDIENCE,
     CHART,
     FULLNAME,
     ISSUER,
     OPERATOR_NS,
     RELEASE,
+    SCOPE,
     LeaseWatch,
     Release,
+    agent_deployment,
+    app_pods,
     cgroup_memory_bytes,
     container_ids,
+    demo_api,
     helm,
     image_record,
     image_reference,
@@ -69,8 +73,6 @@ from .operator_setup import (
 
 pytestmark = pytest.mark.node
 
-AUDIENCE = "https://demo-api.example"
-SCOPE = "demo:call"
 RENEWALS = 10
 TTL_SECONDS = 60
 # What happens to the operator during which rotation (counted from 1), right after the new token is
@@ -91,15 +93,19 @@ def release(kube: Kube, node_cluster: NodeCluster) -> Iterator[Release]:
         yield installed
 
 
+def _ready_operator_pods(kube: Kube, count: int = 2, image: str = "") -> list[dict[str, Any]] | None:
+    """The operator pods when there are `count`, all Ready (and all on `image` if given)."""
+    pods = operator_pods(kube)
+    if len(pods) != count or not all(is_ready(p) for p in pods):
+        return None
+    if image and any(p["spec"]["containers"][0]["image"] != image for p in pods):
+        return None
+    return pods
+
+
 def test_two_replicas_one_leader_both_ready(kube: Kube, release: Release) -> None:
     """The standby is Ready too (it serves the JWKS); the Lease names the leader by its pod name."""
-    pods = wait_for(
-        "two Ready operator pods",
-        lambda: (lambda ps: ps if len(ps) == 2 and all(is_ready(p) for p in ps) else None)(
-            operator_pods(kube)
-        ),
-        timeout=180,
-    )
+    pods = wait_for("two Ready operator pods", lambda: _ready_operator_pods(kube, count=2), timeout=180)
     leader = leader_pod(kube)
     assert leader["metadata"]["name"] in {p["metadata"]["name"] for p in pods}
     endpoints = kube.get_json("endpoints", FULLNAME, "-n", OPERATOR_NS)
@@ -169,114 +175,6 @@ def test_discovery_jwks_and_revocations_through_the_service(
 
 
 # ------------------------------------------------------------------------------ agents
-
-
-def _deployment(
-    name: str, ns: str, replicas: int, env: dict[str, str], *, three_ways: bool
-) -> dict[str, Any]:
-    mounts = [{"name": "token", "mountPath": "/var/run/agent-token", "readOnly": True}]
-    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
-    if three_ways:
-        mounts.append(
-            {"name": "token", "mountPath": "/etc/agent/token", "subPath": "token", "readOnly": True}
-        )
-        env_list.append(
-            {
-                "name": "AGENT_API_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": "agent-token", "key": "token"}},
-            }
-        )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {NODE_LABEL: "true"},
-                    "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 5,
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [
-                        {
-                            "name": "agent",
-                            "image": image_reference("agent"),
-                            "imagePullPolicy": "Never",
-                            "env": env_list,
-                            "volumeMounts": mounts,
-                            "securityContext": {
-                                "readOnlyRootFilesystem": True,
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }
-                    ],
-                    "volumes": [{"name": "token", "secret": {"secretName": "agent-token"}}],
-                },
-            },
-        },
-    }
-
-
-def _demo_api(ns: str, operator_ip: str) -> list[dict[str, Any]]:
-    base = f"http://{operator_ip}:8080/issuers/builtin"
-    env = {
-        "ISSUER": ISSUER,
-        "AUDIENCE": AUDIENCE,
-        "REQUIRED_SCOPES": SCOPE,
-        "JWKS_URL": f"{base}/jwks.json",
-        "REVOCATIONS_URL": f"{base}/revocations.json",
-        # The operator pod is killed once (Recreate: ~10 s without a pod behind its Service); the
-        # last revocation list keeps answering meanwhile. Without it the SDK fails closed and
-        # refuses every call until the replacement is Ready (seen here: 7 of ~1700 calls).
-        "REVOCATIONS_STALE_GRACE": "30",
-        "FETCH_TIMEOUT": "1",
-    }
-    labels = {"app": "demo-api"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "demo-api", "namespace": ns},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {NODE_LABEL: "true"},
-                    "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True},
-                    "containers": [
-                        {
-                            "name": "api",
-                            "image": image_reference("demo-api"),
-                            "imagePullPolicy": "Never",
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "ports": [{"containerPort": 8080, "name": "http"}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/healthz", "port": "http"},
-                                "periodSeconds": 2,
-                            },
-                            "securityContext": {
-                                "readOnlyRootFilesystem": True,
-                                "allowPrivilegeEscalation": False,
-                            },
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "demo-api", "namespace": ns},
-        "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": "http"}]},
-    }
-    return [deployment, service]
 
 
 def _agent_token(ns: str) -> dict[str, Any]:
@@ -354,11 +252,6 @@ class AgentRun:
         return [r.disruption for r in self.rotations if r.disruption]
 
 
-def _pods(kube: Kube, ns: str, app: str) -> list[dict[str, Any]]:
-    pods = kube.get_json("pods", "-n", ns, "-l", f"app={app}")
-    return list((pods or {}).get("items", []))
-
-
 def _template_token(pod: dict[str, Any]) -> str | None:
     annotations = pod["metadata"].get("annotations", {})
     return next((v for k, v in annotations.items() if k.startswith(REVISION_PREFIX)), None)
@@ -372,7 +265,7 @@ def _revision(kube: Kube, ns: str, name: str) -> int:
 
 def _all_replaced(kube: Kube, ns: str, token_id: str) -> list[dict[str, Any]] | None:
     """The restart Deployment's pods when exactly 3 exist, all Ready and all on `token_id`."""
-    pods = _pods(kube, ns, "agent-restart")
+    pods = app_pods(kube, ns, "agent-restart")
     if len(pods) == 3 and all(is_ready(p) and _template_token(p) == token_id for p in pods):
         return pods
     return None
@@ -405,7 +298,7 @@ def _rotations(
     # 10 renewals ~20 s apart, plus the first token and slack for a loaded machine.
     deadline = time.monotonic() + 60 + RENEWALS * 45
     while len(rotations) < RENEWALS and time.monotonic() < deadline:
-        before = _pods(kube, ns, "agent-restart")
+        before = app_pods(kube, ns, "agent-restart")
         revision = _revision(kube, ns, "agent-restart")
         bundle = secret_bundle(kube, ns, "agent-token")
         if not bundle or bundle["tokenId"] == last:
@@ -478,13 +371,9 @@ def _settle(kube: Kube, disruption: Disruption, watch: LeaseWatch) -> None:
     if disruption.kind == "upgrade":
         pods = wait_for(
             "every operator pod on the upgraded image and Ready",
-            lambda: (
-                (lambda ps: ps if ps and all(
-                    is_ready(p) and p["spec"]["containers"][0]["image"] == disruption.image for p in ps
-                ) else None)(operator_pods(kube))
-            ),
+            lambda: _ready_operator_pods(kube, image=disruption.image),
             timeout=240,
-        )  # fmt: skip
+        )
         disruption.pods_after = {p["metadata"]["name"] for p in pods}
         new_pods = disruption.pods_after
         change = next((c for c in watch.changes if c.at >= disruption.at and c.holder in new_pods), None)
@@ -507,17 +396,23 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
     kube.kubectl("create", "namespace", ns)
     kube.wait_default_sa(ns)
     try:
-        for obj in _demo_api(ns, release.service_ip):
+        # A pod going away can leave the Service pointing at it for a moment (kube-proxy lags the
+        # EndpointSlice); the last revocation list answers meanwhile. Without it this SDK fails
+        # closed (seen with one replica and Recreate: 7 of ~1700 calls refused).
+        grace = {"REVOCATIONS_STALE_GRACE": "30"}
+        for obj in demo_api(ns, release.service_ip, grace):
             kube.apply(json.dumps(obj))
         kube.kubectl("rollout", "status", "deployment/demo-api", "-n", ns, "--timeout=180s", timeout=200)
         demo_ip = (kube.get_json("service", "demo-api", "-n", ns) or {})["spec"]["clusterIP"]
         kube.apply(json.dumps(_agent_token(ns)))
         wait_for("the first token in the Secret", lambda: secret_bundle(kube, ns, "agent-token"), timeout=120)
         agent_env = {"DEMO_API_URL": f"http://{demo_ip}:8080/call", "CALL_INTERVAL": "1"}
-        kube.apply(json.dumps(_deployment("agent-restart", ns, 3, agent_env, three_ways=True)))
+        kube.apply(json.dumps(agent_deployment("agent-restart", ns, 3, agent_env, three_ways=True)))
         kube.apply(
             json.dumps(
-                _deployment("agent-volume", ns, 2, {**agent_env, "AGENT_MODES": "volume"}, three_ways=False)
+                agent_deployment(
+                    "agent-volume", ns, 2, {**agent_env, "AGENT_MODES": "volume"}, three_ways=False
+                )
             )
         )
         for name in ("agent-restart", "agent-volume"):
@@ -530,7 +425,7 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
             return bundle if bundle and _all_replaced(kube, ns, bundle["tokenId"]) else None
 
         first = wait_for("agent-restart settled on the current token", settled, timeout=180, interval=0.5)
-        volume_before = container_ids(_pods(kube, ns, "agent-volume"))
+        volume_before = container_ids(app_pods(kube, ns, "agent-volume"))
         first_revision = _revision(kube, ns, "agent-restart")
         # Made before the renewals start: the disruption itself must be quick.
         upgrade_image = relabelled_operator_image(node_cluster, "upgrade")
@@ -547,7 +442,7 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
                 timeout=90,
                 interval=0.5,
             )
-        demo_pod = _pods(kube, ns, "demo-api")[0]["metadata"]["name"]
+        demo_pod = app_pods(kube, ns, "demo-api")[0]["metadata"]["name"]
         calls_at_revocation = len(kube.kubectl("logs", "-n", ns, demo_pod).stdout.splitlines())
         wait_for(
             "calls after the revocation",
@@ -557,16 +452,16 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
             timeout=60,
             interval=1,
         )
-        volume_after = container_ids(_pods(kube, ns, "agent-volume"))
+        volume_after = container_ids(app_pods(kube, ns, "agent-volume"))
         demo_log = json_lines(kube.kubectl("logs", "-n", ns, demo_pod).stdout)
         volume_logs = [
             line
-            for p in _pods(kube, ns, "agent-volume")
+            for p in app_pods(kube, ns, "agent-volume")
             for line in json_lines(kube.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout)
         ]
         restart_logs = [
             line
-            for p in _pods(kube, ns, "agent-restart")
+            for p in app_pods(kube, ns, "agent-restart")
             for line in json_lines(kube.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout)
         ]
         run = AgentRun(
