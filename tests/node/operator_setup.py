@@ -340,21 +340,20 @@ class LeaseWatch:
     def _run(self) -> None:
         decoder = json.JSONDecoder()
         while not self._stop.is_set():
-            self._proc = subprocess.Popen(
-                [kubectl_path(), "get", "lease", LEASE, "-n", OPERATOR_NS, "--watch", "-o", "json"],
-                env=self.kube.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
-            assert self._proc.stdout is not None
-            buffer = ""
-            for line in self._proc.stdout:
-                buffer += line
-                try:
-                    lease, end = decoder.raw_decode(buffer.lstrip())
-                except json.JSONDecodeError:
-                    continue  # the object is not complete yet
-                buffer = buffer.lstrip()[end:]
-                self._record(lease)
-            self._proc.wait()
+            argv = [kubectl_path(), "get", "lease", LEASE, "-n", OPERATOR_NS, "--watch", "-o", "json"]
+            with subprocess.Popen(
+                argv, env=self.kube.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            ) as self._proc:
+                assert self._proc.stdout is not None
+                buffer = ""
+                for line in self._proc.stdout:
+                    buffer += line
+                    try:
+                        lease, end = decoder.raw_decode(buffer.lstrip())
+                    except json.JSONDecodeError:
+                        continue  # the object is not complete yet
+                    buffer = buffer.lstrip()[end:]
+                    self._record(lease)
             self._stop.wait(0.5)  # the watch ended (server timeout, Lease not created yet): again
 
     def _record(self, lease: dict[str, Any]) -> None:
