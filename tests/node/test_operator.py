@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
+import signal
 import statistics
 import threading
 import time
@@ -77,7 +79,8 @@ RENEWALS = 10
 TTL_SECONDS = 60
 # What happens to the operator during which rotation (counted from 1), right after the new token is
 # in the Secret and before its rollout finished:
-#   kill     the leader force-deleted: no chance to hand over, the standby waits out its Lease
+#   kill     the leader's process SIGKILLed and its pod force-deleted (a node lost): no chance to
+#            hand over, the standby waits until the Lease runs out
 #   delete   the (new) leader deleted gracefully (SIGTERM, as a drain or scale-down does)
 #   upgrade  `helm upgrade` to a changed image: RollingUpdate replaces both pods one at a time
 DISRUPTIONS = {3: "kill", 6: "delete", 8: "upgrade"}
@@ -252,6 +255,19 @@ class AgentRun:
         return [r.disruption for r in self.rotations if r.disruption]
 
 
+def _app_logs(kube: Kube, ns: str, app: str) -> list[dict[str, Any]]:
+    """The JSON log lines of an app's pods. The next renewal may replace a restart-mode pod while
+    this reads: a pod gone by then is skipped (its calls are in the demo API's log anyway)."""
+    lines = []
+    for pod in app_pods(kube, ns, app):
+        logs = kube.kubectl("logs", "-n", ns, pod["metadata"]["name"], check=False)
+        if logs.returncode == 0:
+            lines += json_lines(logs.stdout)
+        else:
+            assert "NotFound" in logs.stderr or "not found" in logs.stderr, logs.stderr
+    return lines
+
+
 def _template_token(pod: dict[str, Any]) -> str | None:
     annotations = pod["metadata"].get("annotations", {})
     return next((v for k, v in annotations.items() if k.startswith(REVISION_PREFIX)), None)
@@ -289,7 +305,12 @@ def _seconds(duration: str) -> float:
 
 
 def _rotations(
-    kube: Kube, ns: str, first: dict[str, Any], watch: LeaseWatch, upgrade_image: str
+    kube: Kube,
+    node_cluster: NodeCluster,
+    ns: str,
+    first: dict[str, Any],
+    watch: LeaseWatch,
+    upgrade_image: str,
 ) -> list[Rotation]:
     """Follow RENEWALS renewals, disrupting the operator during those DISRUPTIONS names."""
     rotations: list[Rotation] = []
@@ -317,14 +338,17 @@ def _rotations(
         kind = DISRUPTIONS.get(len(rotations))
         if kind:
             # While the renewal is in flight (Secret written, rollout pending).
-            rotation.disruption, upgrade_thread = _disrupt(kube, kind, upgrade_image)
+            rotation.disruption, upgrade_thread = _disrupt(kube, node_cluster, kind, upgrade_image)
             upgrade = upgrade_thread or upgrade
-        pods = wait_for(
-            f"all agent-restart pods on token {rotation.token_id[:8]}",
-            lambda: _all_replaced(kube, ns, rotation.token_id),  # noqa: B023 (called inside the loop)
-            timeout=120,
-            interval=0.3,
-        )
+        try:
+            pods = wait_for(
+                f"all agent-restart pods on token {rotation.token_id[:8]}",
+                lambda: _all_replaced(kube, ns, rotation.token_id),  # noqa: B023 (called inside the loop)
+                timeout=120,
+                interval=0.3,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {_operator_state(kube, node_cluster, watch, rotation)}") from None
         rotation.replaced_at = time.time()
         rotation.containers_after = container_ids(pods)
         rotation.revision_after = _revision(kube, ns, "agent-restart")
@@ -339,11 +363,31 @@ def _rotations(
     return rotations
 
 
-def _disrupt(kube: Kube, kind: str, upgrade_image: str) -> tuple[Disruption, threading.Thread | None]:
+def _operator_state(kube: Kube, node_cluster: NodeCluster, watch: LeaseWatch, rotation: Rotation) -> str:
+    """What a stuck rotation leaves to look at: the disruption, the Lease's history, the operator
+    pods, and their logs saved beside the cluster (they never hold token material)."""
+    pods = operator_pods(kube)
+    saved = node_cluster.cluster.workdir / f"operator-logs-rotation-{rotation.token_id[:8]}.txt"
+    with saved.open("w") as out:
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            logs = kube.kubectl("logs", "-n", OPERATOR_NS, name, "--all-containers", check=False)
+            out.write(f"===== {name}\n{logs.stdout}{logs.stderr}\n")
+    changes = [(round(c.at - rotation.seen_at, 1), c.holder) for c in watch.changes]
+    ready = {p["metadata"]["name"]: is_ready(p) for p in pods}
+    return f"disruption {rotation.disruption}; Lease holders (s from the token): {changes}; pods {ready}; logs: {saved}"
+
+
+def _disrupt(
+    kube: Kube, node_cluster: NodeCluster, kind: str, upgrade_image: str
+) -> tuple[Disruption, threading.Thread | None]:
     leader = leader_pod(kube)["metadata"]["name"]
     pods = {p["metadata"]["name"] for p in operator_pods(kube)}
     disruption = Disruption(kind, time.time(), leader, pods_before=pods)
     if kind == "kill":
+        # A force delete alone still lets kubelet send SIGTERM (the operator would hand over):
+        # SIGKILL first, then remove the pod so it is not restarted in place.
+        os.kill(node_cluster.container_pid(OPERATOR_NS, leader, "operator"), signal.SIGKILL)
         kube.kubectl("delete", "pod", leader, "-n", OPERATOR_NS, "--grace-period=0", "--force")
         return disruption, None
     if kind == "delete":
@@ -431,7 +475,7 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
         upgrade_image = relabelled_operator_image(node_cluster, "upgrade")
 
         with LeaseWatch(kube) as watch:
-            rotations = _rotations(kube, ns, first, watch, upgrade_image)
+            rotations = _rotations(kube, node_cluster, ns, first, watch, upgrade_image)
         lease_changes = [(c.at, c.holder) for c in watch.changes]
         # The last rotation's predecessor is revoked (revokeAfter after the rollout); the agents
         # keep calling after that, and none of those calls may be refused.
@@ -454,16 +498,8 @@ def agent_run(kube: Kube, node_cluster: NodeCluster, release: Release) -> AgentR
         )
         volume_after = container_ids(app_pods(kube, ns, "agent-volume"))
         demo_log = json_lines(kube.kubectl("logs", "-n", ns, demo_pod).stdout)
-        volume_logs = [
-            line
-            for p in app_pods(kube, ns, "agent-volume")
-            for line in json_lines(kube.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout)
-        ]
-        restart_logs = [
-            line
-            for p in app_pods(kube, ns, "agent-restart")
-            for line in json_lines(kube.kubectl("logs", "-n", ns, p["metadata"]["name"]).stdout)
-        ]
+        volume_logs = _app_logs(kube, ns, "agent-volume")
+        restart_logs = _app_logs(kube, ns, "agent-restart")
         run = AgentRun(
             ns=ns,
             rotations=rotations,
@@ -613,7 +649,7 @@ def test_record_rotation_and_pod_figures(
                 d.kind: round(d.failover_seconds, 2) for d in agent_run.disruptions if d.failover_seconds
             },
             "kinds": {
-                "kill": "leader force-deleted (no hand-over: the Lease runs out)",
+                "kill": "leader SIGKILLed and its pod force-deleted (no hand-over: the Lease runs out)",
                 "delete": "leader deleted gracefully",
                 "upgrade": "helm upgrade to a changed image (RollingUpdate); until a new pod holds the Lease",
             },
