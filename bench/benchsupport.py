@@ -31,8 +31,10 @@ def start_operator(
     http_port, live_port = free_ports(2)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
+            # A stable identity: a restarted bench operator takes its Lease back at once (the
+            # restart figures measure the operator, not a 15 s Lease expiry).
             [sys.executable, "-m", "agenttoken", "run", "--http-port", str(http_port),
-             "--liveness", f"http://127.0.0.1:{live_port}/healthz", *extra],
+             "--liveness", f"http://127.0.0.1:{live_port}/healthz", "--identity", "bench-operator", *extra],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     deadline = time.monotonic() + timeout

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,10 @@ class OperatorProcess:
     # The identity the operator runs as (default: the test's admin kubeconfig).
     kubeconfig: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Stable across restarts of this object (like a StatefulSet pod's name): a restarted operator
+    # takes its own Lease back at once, so kill -9 tests measure the operator, not a 15 s Lease
+    # expiry. Two OperatorProcess objects are two candidates.
+    identity: str = field(default_factory=lambda: f"test-operator-{uuid.uuid4().hex[:8]}")
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -59,6 +64,7 @@ class OperatorProcess:
                 sys.executable, *entry, "run",
                 "--http-port", str(self.ports[0]),
                 "--liveness", self.liveness_url,
+                "--identity", self.identity,
                 *self.extra_args,
             ],
             env={

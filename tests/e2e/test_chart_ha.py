@@ -103,21 +103,31 @@ def test_replicas_spread_but_still_schedule_on_one_node() -> None:
 
 
 def test_lease_rbac_is_its_namespace_and_its_shards_only() -> None:
+    role = objects()[("Role", "agent-token-operator-leases")]
+    assert role["metadata"]["namespace"] == "agenttoken-system"
+    leases = [rule for rule in role["rules"] if rule["resources"] == ["leases"]]
+    create, named = leases
+    assert create == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
+    assert named["resourceNames"] == ["agenttoken-shard-0"]
+    assert sorted(named["verbs"]) == ["get", "update"]
+    # The LeaseAcquired/LeaseLost Events, in its own namespace (namespaced mode has no Role there).
+    assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in role["rules"]
+
     rendered = objects("sharding.shards=3")
     role = rendered[("Role", "agent-token-operator-leases")]
-    assert role["metadata"]["namespace"] == "agenttoken-system"
-    create, named = role["rules"]
-    assert create == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
+    create, named, members = [rule for rule in role["rules"] if rule["resources"] == ["leases"]]
     assert named["resourceNames"] == ["agenttoken-shard-0", "agenttoken-shard-1", "agenttoken-shard-2"]
-    assert sorted(named["verbs"]) == ["get", "patch", "update", "watch"]
+    # Member Leases are named after pod names: listable and writable in this namespace only.
+    assert "resourceNames" not in members
+    assert sorted(members["verbs"]) == ["delete", "get", "list", "update"]
     binding = rendered[("RoleBinding", "agent-token-operator-leases")]
     assert binding["metadata"]["namespace"] == "agenttoken-system"
     assert binding["roleRef"]["name"] == "agent-token-operator-leases"
     assert "--shards=3" in container(rendered)["args"]
-    # Nothing cluster-wide mentions Leases.
-    for (kind, _), obj in rendered.items():
-        if kind == "ClusterRole":
-            assert all("leases" not in rule.get("resources", []) for rule in obj["rules"])
+    # No other Role or any ClusterRole mentions Leases.
+    for (kind, name), obj in rendered.items():
+        if kind in ("ClusterRole", "Role") and name != "agent-token-operator-leases":
+            assert all("leases" not in rule.get("resources", []) for rule in obj["rules"]), name
 
 
 @pytest.mark.parametrize(

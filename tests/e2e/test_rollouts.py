@@ -292,6 +292,7 @@ def test_crash_after_secret_write_rolls_exactly_once(
         operator.log_path,
         extra_env={"AGENTTOKEN_TEST_CRASH": f"after-secret-write:{marker}"},
         kubeconfig=operator.kubeconfig,
+        identity=operator.identity,  # the restarted operator takes the crashed one's Lease at once
     )
     crashing.start()
     try:

@@ -146,26 +146,16 @@ def test_operator_identity_is_least_privilege(kube: Kube, operator: OperatorProc
     assert not can_i(kube, SA, "update", "secrets/something-else", "-n", "agenttoken-system")
     assert not can_i(kube, SA, "update", "configmaps/something-else", "-n", "agenttoken-system")
     # Leader election: its shards' Leases in its own namespace, nothing else.
-    assert can_i(kube, SA, "create", "leases.coordination.k8s.io", "-n", "agenttoken-system")
-    assert can_i(
-        kube, SA, "update", "leases.coordination.k8s.io/agenttoken-shard-0", "-n", "agenttoken-system"
-    )
-    assert can_i(
-        kube, SA, "watch", "leases.coordination.k8s.io/agenttoken-shard-0", "-n", "agenttoken-system"
-    )
-    assert not can_i(
-        kube, SA, "update", "leases.coordination.k8s.io/agenttoken-shard-1", "-n", "agenttoken-system"
-    )
-    assert not can_i(
-        kube, SA, "update", "leases.coordination.k8s.io/kube-scheduler", "-n", "agenttoken-system"
-    )
-    assert not can_i(
-        kube, SA, "delete", "leases.coordination.k8s.io/agenttoken-shard-0", "-n", "agenttoken-system"
-    )
-    assert not can_i(kube, SA, "create", "leases.coordination.k8s.io", "-n", "default")
-    assert not can_i(
-        kube, SA, "update", "leases.coordination.k8s.io/kube-controller-manager", "-n", "kube-system"
-    )
+    lease, ns = "leases.coordination.k8s.io", "agenttoken-system"
+    assert can_i(kube, SA, "create", lease, "-n", ns)
+    assert can_i(kube, SA, "get", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert can_i(kube, SA, "update", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert not can_i(kube, SA, "update", f"{lease}/agenttoken-shard-1", "-n", ns)
+    assert not can_i(kube, SA, "update", f"{lease}/kube-scheduler", "-n", ns)
+    assert not can_i(kube, SA, "delete", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert not can_i(kube, SA, "list", lease, "-n", ns)
+    assert not can_i(kube, SA, "create", lease, "-n", "default")
+    assert not can_i(kube, SA, "update", f"{lease}/kube-controller-manager", "-n", "kube-system")
 
 
 def test_namespaced_mode_cannot_reach_other_namespaces(kube: Kube, crds: Path, namespace: str) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from agenttoken.core.times import parse_time
 from devcluster import LocalCluster, kubectl_path
 from tests.e2e.conftest import crds, namespace, operator, operator_identity  # noqa: F401 (fixtures)
 from tests.e2e.kube import Kube
@@ -43,6 +44,8 @@ SIZES: dict[str, tuple[int, int]] = {
     "outage_tokens": (10, 30),
     "outage_seconds": (20, 20),
     "fight_seconds": (20, 60),
+    "failover_tokens": (30, 200),  # AgentTokens (restart targets) renewing every ~20 s
+    "failover_kills": (3, 10),  # kill -9 of whichever operator leads
     "fuzz_examples": (150, 10_000),
     "fuzz_batch": (150, 500),
 }
@@ -125,6 +128,9 @@ class TokenCollector:
 
     kube: Kube
     tokens: set[str] = field(default_factory=set)
+    # (namespace, Secret) -> token id -> (revision, first seen (Unix time), expires (Unix time)),
+    # from the token record in the Secret's annotations: duplicate mints and late renewals show.
+    records: dict[tuple[str, str], dict[str, tuple[int, float, float | None]]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _proc: subprocess.Popen[str] | None = None
 
@@ -149,6 +155,18 @@ class TokenCollector:
                     self.add_secret(obj)
 
     def add_secret(self, secret: dict[str, Any]) -> None:
+        meta = secret.get("metadata") or {}
+        ann = meta.get("annotations") or {}
+        token_id = ann.get("agenttoken.dev/token-id")
+        if token_id and ann.get("agenttoken.dev/revision", "").isdigit():
+            seen = self.records.setdefault((meta.get("namespace", ""), meta.get("name", "")), {})
+            if token_id not in seen:
+                expires = parse_time(ann.get("agenttoken.dev/expires-at"))
+                seen[token_id] = (
+                    int(ann["agenttoken.dev/revision"]),
+                    now().timestamp(),
+                    expires.timestamp() if expires else None,
+                )
         for value in (secret.get("data") or {}).values():
             text = base64.b64decode(value).decode(errors="replace")
             if text.count(".") == 2 and text.startswith("eyJ"):

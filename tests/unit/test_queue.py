@@ -99,3 +99,19 @@ def test_a_failed_run_is_retried_later() -> None:
         return (queue.later[0] - now).total_seconds()
 
     assert asyncio.run(scenario()) == RETRY_AFTER_ERROR.total_seconds()
+
+
+def test_keys_of_shards_this_replica_does_not_hold_are_never_scheduled() -> None:
+    owned = {"mine"}
+
+    async def scenario() -> dict[Key, float]:
+        async def work(key: tuple[str, str]) -> None:
+            return None
+
+        queue = WorkQueue(work, lambda: T0, workers=1, accept=lambda key: key[0] in owned)
+        queue.schedule(("mine", "a"), T0)
+        queue.schedule(("theirs", "b"), T0)
+        queue.now(("theirs", "c"))
+        return queue.due
+
+    assert list(asyncio.run(scenario())) == [("mine", "a")]

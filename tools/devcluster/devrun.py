@@ -69,5 +69,7 @@ def dev_run() -> int:
             f"  KUBECONFIG={cluster.kubeconfig} kubectl get agenttokens -A\n"
             f"Stop the control plane afterwards with: make cluster-down\n"
         )
-    argv = [sys.executable, "-m", "agenttoken", "run", "--log-format", "plain"]
+    # One operator per dev cluster: a stable identity lets a restarted `make run` take its Lease
+    # back at once instead of waiting for the previous process's Lease to expire (15 s).
+    argv = [sys.executable, "-m", "agenttoken", "run", "--log-format", "plain", "--identity", "make-run"]
     os.execve(sys.executable, argv, {**env, "PYTHONUNBUFFERED": "1"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from typing import TYPE_CHECKING
 
 from agenttoken.cli.options import DEFAULT_ISSUER, DEFAULT_OPERATOR_NAMESPACE
@@ -20,6 +21,7 @@ def register(sub: Subparsers) -> None:
     _scope_and_identity(run)
     _serving(run)
     _tuning(run)
+    _election(run)
     run.add_argument("--log-format", choices=["json", "plain"], default="json")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs token material)")
     run.set_defaults(func=cmd_run)
@@ -96,9 +98,57 @@ def _tuning(run: argparse.ArgumentParser) -> None:
         run.add_argument(option, type=kind, default=kind(os.environ.get(variable, default)), help=help_)
 
 
+def default_identity() -> str:
+    """The pod's name (downward API) in a cluster: stable for the pod's life, unique among
+    replicas. Elsewhere hostname-pid: a restarted process is a new candidate and waits for its
+    predecessor's Lease to expire (or pass --identity to keep one across restarts)."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _election(run: argparse.ArgumentParser) -> None:
+    ha = run.add_argument_group("leader election and sharding (coordination.k8s.io Leases)")
+    ha.add_argument(
+        "--shards",
+        type=int,
+        default=int(os.environ.get("AGENTTOKEN_SHARDS", "1")),
+        help="shard Leases; AgentTokens map to shards by a hash of their namespace (default 1)",
+    )
+    for option, variable, default, what in (
+        ("--lease-duration", "AGENTTOKEN_LEASE_DURATION", "15", "how long others wait before taking a Lease"),
+        ("--renew-deadline", "AGENTTOKEN_RENEW_DEADLINE", "10", "a holder that could not renew for this long stops"),
+        ("--retry-period", "AGENTTOKEN_RETRY_PERIOD", "2", "between two election rounds"),
+    ):  # fmt: skip
+        ha.add_argument(
+            option,
+            type=float,
+            default=float(os.environ.get(variable, default)),
+            help=f"seconds {what} (default {default})",
+        )
+    ha.add_argument(
+        "--identity",
+        default=None,
+        help="this replica's name on the Leases (default: env POD_NAME, else hostname-pid)",
+    )
+    ha.add_argument(
+        "--no-leader-elect",
+        dest="leader_elect",
+        action="store_false",
+        help="hold every shard without Leases (tests and development with one process only)",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Synchronous: kopf starts and owns its event loop."""
+    from agenttoken.core.lease import LeaseTimings
     from agenttoken.runtime.runner import RunOptions, run_operator
+
+    timings = (args.lease_duration, args.renew_deadline, args.retry_period)
+    try:
+        LeaseTimings(*timings)
+    except ValueError as exc:
+        raise SystemExit(f"agenttoken run: {exc}") from None
+    if args.shards < 1:
+        raise SystemExit("agenttoken run: --shards must be at least 1")
 
     run_operator(
         RunOptions(
@@ -116,6 +166,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_rollouts_per_namespace=args.max_rollouts_per_namespace,
             usage_warmup=args.usage_warmup,
             workers=args.workers,
+            leader_elect=args.leader_elect,
+            shards=args.shards,
+            identity=args.identity or default_identity(),
+            lease_timings=timings,
         )
     )
     return 0

@@ -25,8 +25,9 @@ from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key, Pass, involved
 from agenttoken.controllers.finalizer import Revoker
 from agenttoken.controllers.issuer import Issuers
-from agenttoken.controllers.issuing import Issuing
+from agenttoken.controllers.issuing import Issuing, NotOwned
 from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.controllers.queue import WorkQueue
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutStep
@@ -36,6 +37,7 @@ from agenttoken.core import outcome as outcomes
 from agenttoken.core import templates
 from agenttoken.core.bodycache import BodyCache
 from agenttoken.core.conditions import Reason
+from agenttoken.core.lease import shard_of
 from agenttoken.core.model import AgentTokenSpec, InvalidSpec, TokenStatus, parse_spec, parse_status
 from agenttoken.core.outcome import Event
 from agenttoken.core.renewal import Action, Decision, Snapshot, decide
@@ -78,14 +80,19 @@ class Controller:
         rollouts: RolloutManager | None = None,
         revocations: RevocationStore | None = None,
         events: EventRecorder | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.kube = kube
+        # Per-AgentToken work only for the shards this replica holds (all without leadership).
+        self.leadership = leadership or Leadership(None, identity="local")
         self.options = options
         self.clock = clock
         self.tokens = BodyCache()
         self.secrets = SecretStore(kube)
         self.events = events or EventRecorder(kube)
-        self.queue = WorkQueue(self.reconcile, clock, options.workers)
+        self.queue = WorkQueue(
+            self.reconcile, clock, options.workers, accept=lambda key: self.leadership.owns(key[0])
+        )
         registry = Registry(
             IssuerDeps(
                 kube=kube,
@@ -104,12 +111,13 @@ class Controller:
             margin=options.usage_warmup,
             recheck=self.queue.now,
         )
-        self.issuing = Issuing(kube, self.secrets, registry, clock)
+        self.issuing = Issuing(kube, self.secrets, registry, clock, may_write=self.leadership.owns)
         self.rollout = RolloutStep(rollouts, self.revoker, clock)
         self._interest = InterestIndex()  # which AgentTokens a workload or namespace event concerns
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
         if rollouts is not None:
             rollouts.workloads.subscribe(self.on_workload_change)
+        self.leadership.subscribe(self.on_shard_change)
 
     async def start(self) -> None:
         await self.queue.start()
@@ -134,6 +142,12 @@ class Controller:
             return
         if not self.tokens.offer(key, body):
             return
+        # A standby keeps the body (its cache stays warm for a takeover) but schedules nothing.
+        if self.leadership.owns(key[0]):
+            self._enqueue(key, body)
+
+    def _enqueue(self, key: Key, body: dict[str, Any]) -> None:
+        meta = body.get("metadata", {})
         metrics.observe_token(key, body)
         status = parse_status(body.get("status"))
         when = self.clock()
@@ -147,19 +161,43 @@ class Controller:
         self.queue.schedule(key, when)
 
     def on_secret_event(self, kind: str | None, body: dict[str, Any]) -> None:
-        if not self.secrets.on_event(kind, body):
-            return
         meta = body.get("metadata", {})
         namespace = meta.get("namespace", "")
+        if self.leadership.shards > 1 and not self.leadership.owns(namespace):
+            # Sharded: another replica's Secrets (tokens!) are not kept here. A takeover reads
+            # each one fresh before acting on it (the decision's fresh read, controllers.issuing).
+            self.secrets.forget((namespace, meta.get("name", "")))
+            return
+        if not self.secrets.on_event(kind, body):
+            return
         owner = (meta.get("labels") or {}).get(api.LABEL_AGENTTOKEN)
         if owner and self.tokens.get((namespace, owner)) is not None:
             self.queue.now((namespace, owner))
+
+    def on_shard_change(self, shard: int, held: bool) -> None:
+        """Gained: queue the shard's AgentTokens from the warm cache (no new LIST), each at its
+        recorded renewal time if overdue, like the initial listing. Lost: schedule none of them."""
+        shards = self.leadership.shards
+        keys = [k for k in list(self.tokens.bodies) if shard_of(k[0], shards) == shard]
+        for key in keys:
+            body = self.tokens.get(key)
+            if held and body is not None:
+                self._enqueue(key, body)
+            elif not held:
+                self.queue.forget(key)
+                metrics.forget(key)
+        if not held and shards > 1:
+            self.secrets.forget_where(lambda key: shard_of(key[0], shards) == shard)
 
     def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         self.issuers.on_event(kind, event_type, body)
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
-        await self.issuers.reconcile(kind, body)
+        """Issuer status is written by one replica: a TokenIssuer's by its namespace's shard
+        holder, a ClusterTokenIssuer's by the primary."""
+        namespace = body.get("metadata", {}).get("namespace", "")
+        if self.leadership.owns(namespace) if kind == api.TOKENISSUER_KIND else self.leadership.is_primary():
+            await self.issuers.reconcile(kind, body)
 
     def on_namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         if self.issuers.on_namespace_event(event_type, body):
@@ -176,8 +214,14 @@ class Controller:
 
     async def reconcile(self, key: Key) -> None:
         body = self.tokens.get(key)
-        if body is None:
-            return
+        if body is None or not self.leadership.owns(key[0]):
+            return  # gone, or another replica's now (the new holder queues it)
+        try:
+            await self._reconcile(key, body)
+        except NotOwned:
+            log.info("stopped %s/%s mid-pass: this replica no longer holds its shard", *key)
+
+    async def _reconcile(self, key: Key, body: dict[str, Any]) -> None:
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             events, retry = await self.revoker.finalize(body)
@@ -306,6 +350,8 @@ class Controller:
         current = body.get("status") or {}
         if not differs(current, status):
             return
+        if not self.leadership.owns(meta["namespace"]):
+            raise NotOwned
         stalled_before = {
             c.get("reason") for c in current.get("conditions", []) if c.get("type") == api.COND_STALLED
         }

@@ -43,9 +43,21 @@ class VerificationFailed(Exception):
     """The new token did not pass spec.verify; the message never carries the token or a body."""
 
 
+class NotOwned(Exception):
+    """This replica no longer holds the AgentToken's shard (controllers.leadership): stop the pass."""
+
+
 class Issuing:
-    def __init__(self, kube: Kube, secrets: SecretStore, registry: Registry, clock: Clock) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        secrets: SecretStore,
+        registry: Registry,
+        clock: Clock,
+        may_write: Callable[[str], bool] = lambda namespace: True,
+    ) -> None:
         self.kube = kube
+        self.may_write = may_write
         self.secrets = secrets
         self.registry = registry
         self.clock = clock
@@ -69,7 +81,12 @@ class Issuing:
         if decision.action is Action.REPAIR and record is not None and snap.secret.token:
             try:
                 await self.write_secret(
-                    p, snap.secret.token, record, exists=True, stale=snap.secret.stale_keys
+                    p,
+                    snap.secret.token,
+                    record,
+                    exists=True,
+                    stale=snap.secret.stale_keys,
+                    version=snap.secret.version,
                 )
             except TemplateError as exc:
                 return record, StepResult(
@@ -88,11 +105,20 @@ class Issuing:
         old = snap.secret.record if snap.secret.token_intact else None
         first = snap.status.token_id is None and old is None
         now = self.clock()
+        if not self.may_write(p.namespace):
+            raise NotOwned
         try:
             minted, verification = await self._minted_and_checked(p, snap, now)
             record = _record(p, snap, minted, old)
+            if not self.may_write(p.namespace):
+                raise NotOwned  # fenced while minting: deliver nothing (the new holder mints)
             await self.write_secret(
-                p, minted.token, record, exists=snap.secret.exists, stale=snap.secret.stale_keys
+                p,
+                minted.token,
+                record,
+                exists=snap.secret.exists,
+                stale=snap.secret.stale_keys,
+                version=snap.secret.version,
             )
             self._held.pop(p.key, None)
         except TemplateError as exc:
@@ -195,7 +221,14 @@ class Issuing:
         return minted
 
     async def write_secret(
-        self, p: Pass, token: str, record: TokenRecord, *, exists: bool, stale: tuple[str, ...] = ()
+        self,
+        p: Pass,
+        token: str,
+        record: TokenRecord,
+        *,
+        exists: bool,
+        stale: tuple[str, ...] = (),
+        version: str | None = None,
     ) -> None:
         desired = desired_secret(
             namespace=p.namespace,
@@ -206,7 +239,7 @@ class Issuing:
             record=record,
             stale=stale,
         )
-        await self.secrets.write(p.secret_key, desired, exists=exists)
+        await self.secrets.write(p.secret_key, desired, exists=exists, version=version)
 
 
 def _record(p: Pass, snap: Snapshot, minted: Issued, old: TokenRecord | None) -> TokenRecord:

@@ -45,8 +45,12 @@ class KeyManager:
         issuer: str,
         policy: KeyPolicy,
         clock: Callable[[], datetime.datetime],
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self.kube = kube
+        # leadership.is_primary: only the primary rotates and publishes; the others only load the
+        # ring (they serve the JWKS from it and sign with it once they lead).
+        self.may_write = may_write
         self.namespace = namespace
         self.issuer = issuer
         self.policy = policy
@@ -68,7 +72,8 @@ class KeyManager:
         """Load the ring, rotate if due, store and publish; safe to call at any time."""
         async with self._lock:
             self.ring = await retry_on_conflict(self._load_and_rotate, what="signing keys")
-            await self._publish()
+            if self.may_write():
+                await self._publish()
 
     async def _load_and_rotate(self) -> KeyRing:
         """One read-modify-write: the stored ring, rotated and stored back if due (409 when
@@ -80,6 +85,8 @@ class KeyManager:
             if text:
                 stored = KeyRing.from_json(text)
         ring, changes = plan_rotation(stored, self.policy, self.clock())
+        if changes and not self.may_write():
+            return stored  # due, but the primary's to do: never serve keys that were not stored
         if changes:
             await self._store(secret, ring)
             for change in changes:

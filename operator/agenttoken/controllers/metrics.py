@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,6 +53,12 @@ CONNECTIVITY_CHECKS = Counter(
     "agenttoken_connectivity_checks",
     "spec.verify checks of new tokens by result (success, failure).",
     ["result"],
+)
+# Leader election (controllers.leadership); the gauges are read from the Leases' state at scrape time.
+LEADER = Gauge("agenttoken_leader", "1 while this replica holds shard 0 (runs the cluster-wide singletons).")
+SHARDS_HELD = Gauge("agenttoken_shards_held", "Shard Leases this replica holds (fenced: renewed in time).")
+LEASE_TRANSITIONS = Counter(
+    "agenttoken_lease_transitions", "Shard Leases this replica acquired or lost, by shard.", ["shard"]
 )
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
 

@@ -27,9 +27,18 @@ RETRY_AFTER_ERROR = datetime.timedelta(seconds=10)
 
 
 class WorkQueue:
-    def __init__(self, work: Callable[[Key], Awaitable[None]], clock: Clock, workers: int) -> None:
+    def __init__(
+        self,
+        work: Callable[[Key], Awaitable[None]],
+        clock: Clock,
+        workers: int,
+        accept: Callable[[Key], bool] = lambda key: True,
+    ) -> None:
         self.work = work
         self.clock = clock
+        # Whether a key is ours to work on at all (leadership.owns its namespace): every path
+        # that schedules (watch events, workload and issuer changes, retries) goes through here.
+        self.accept = accept
         self._heap: list[tuple[float, int, Key]] = []
         self.due: dict[Key, float] = {}  # the earliest time each key is due
         self._seq = itertools.count()
@@ -42,6 +51,8 @@ class WorkQueue:
 
     def schedule(self, key: Key, when: datetime.datetime) -> None:
         """Work on `key` at `when` at the latest (an earlier time already queued stands)."""
+        if not self.accept(key):
+            return
         ts = when.timestamp()
         current = self.due.get(key)
         if current is not None and current <= ts:

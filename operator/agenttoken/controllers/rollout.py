@@ -53,9 +53,15 @@ class RolloutOptions:
 
 class RolloutManager:
     def __init__(
-        self, kube: Kube, options: RolloutOptions, workloads: WorkloadCache, events: EventRecorder
+        self,
+        kube: Kube,
+        options: RolloutOptions,
+        workloads: WorkloadCache,
+        events: EventRecorder,
+        may_restart: Callable[[str], bool] = lambda namespace: True,
     ) -> None:
         self.kube = kube
+        self.may_restart = may_restart  # leadership.owns: only the shard's holder restarts
         self.options = options
         self.workloads = workloads
         self.events = events
@@ -141,6 +147,8 @@ class RolloutManager:
     async def _restart(self, ref: WorkloadRef) -> None:
         wanted = self._pending.pop(ref, {})
         self._due.pop(ref, None)
+        if not self.may_restart(ref.namespace):
+            return  # not ours (any more): the holder asks again when it reconciles the token
         try:
             # The watch cache decides; the patch is content-addressed, so a stale cache costs at
             # most a no-op patch (the same annotation value starts no rollout), and a missed one

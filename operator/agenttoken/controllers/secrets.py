@@ -8,6 +8,7 @@ in the Secret's annotations says which token it holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agenttoken.core.bodycache import BodyCache
@@ -22,10 +23,11 @@ class SecretRejected(Exception):
 
 
 class SecretAppeared(Exception):
-    """Creating the Secret found one already there: the reconcile decides again with it."""
+    """Creating the Secret found one already there, or it changed since we decided (409 on our
+    resourceVersion precondition): the reconcile decides again with what is there now."""
 
-    def __init__(self) -> None:
-        super().__init__("the Secret already exists")
+    def __init__(self, message: str = "the Secret already exists") -> None:
+        super().__init__(message)
 
 
 class SecretStore:
@@ -35,6 +37,13 @@ class SecretStore:
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._cache.get(key)
+
+    def forget(self, key: Key) -> None:
+        self._cache.drop(key)
+
+    def forget_where(self, which: Callable[[Key], bool]) -> None:
+        for key in [k for k in self._cache.bodies if which(k)]:
+            self._cache.drop(key)
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> bool:
         """A watch event; True if it told us something new."""
@@ -55,22 +64,35 @@ class SecretStore:
         else:
             self._cache.replace(key, fresh)
 
-    async def write(self, key: Key, desired: dict[str, Any], *, exists: bool) -> None:
+    async def write(
+        self, key: Key, desired: dict[str, Any], *, exists: bool, version: str | None = None
+    ) -> None:
         """Patch the Secret, or create it. A 422 naming fields of the Secret: SecretRejected
         (an admission policy's 422 names none: that one is retried with backoff). A create
-        that finds one there: SecretAppeared, with the found Secret in the cache."""
+        that finds one there, or a patch whose `version` precondition no longer holds:
+        SecretAppeared, with the Secret as it is now in the cache."""
         try:
-            written = await self._put(key, desired, exists=exists)
+            written = await self._put(key, desired, exists=exists, version=version)
         except KubeError as exc:
             if exc.invalid_object:
                 raise SecretRejected(str(exc)) from None
             raise
         self._cache.offer(key, written)
 
-    async def _put(self, key: Key, desired: dict[str, Any], *, exists: bool) -> dict[str, Any]:
+    async def _put(
+        self, key: Key, desired: dict[str, Any], *, exists: bool, version: str | None
+    ) -> dict[str, Any]:
         namespace, name = key
         if exists:
-            return await self.kube.patch_secret(namespace, name, desired)
+            if version is not None:
+                desired = {**desired, "metadata": {**desired.get("metadata", {}), "resourceVersion": version}}
+            try:
+                return await self.kube.patch_secret(namespace, name, desired)
+            except KubeError as exc:
+                if not exc.conflict:
+                    raise
+                await self.refresh(key)
+                raise SecretAppeared("the Secret changed since it was read") from None
         desired["data"] = {k: v for k, v in desired["data"].items() if v is not None}
         try:
             return await self.kube.create_secret(namespace, desired)

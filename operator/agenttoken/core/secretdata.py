@@ -200,6 +200,9 @@ class ObservedSecret:
     token_intact: bool = False
     drift: tuple[str, ...] = ()
     stale_keys: tuple[str, ...] = ()  # keys we wrote that the spec no longer names
+    # The resourceVersion this was read at: the precondition of the write decided on it, so a
+    # second writer (a stale leader) that decided on the same state gets a 409, not a second mint.
+    version: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -251,6 +254,7 @@ def observe(body: Mapping[str, Any] | None, *, name: str, uid: str, spec: AgentT
         token_intact=intact,
         drift=tuple(drift),
         stale_keys=stale,
+        version=meta.get("resourceVersion"),
     )
 
 

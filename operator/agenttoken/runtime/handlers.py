@@ -9,6 +9,7 @@ storage at our own status subtree and prefix, so a handler added later cannot br
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import logging
@@ -21,12 +22,15 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
 from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
 from agenttoken.core.keys import KeyPolicy
+from agenttoken.core.lease import LeaseTimings
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
+from agenttoken.kube.leases import Leases
 from agenttoken.runtime import server
 
 log = logging.getLogger(__name__)
@@ -65,17 +69,19 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     options = memo["options"]
     kube = await Kube.connect()
+    events = EventRecorder(kube)
+    leadership = memo["leadership"] = await _elect(kube, options, events)
     keys = KeyManager(
         kube,
         namespace=options.operator_namespace,
         issuer=options.issuer_url,
         policy=KeyPolicy(algorithm=options.key_algorithm),
         clock=utcnow,
+        may_write=leadership.is_primary,
     )
     await keys.sync()
     revocations = RevocationStore(kube, options.operator_namespace, utcnow)
     await revocations.load()
-    events = EventRecorder(kube)
     workloads = WorkloadCache()
     rollouts = RolloutManager(
         kube,
@@ -86,6 +92,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         ),
         workloads,
         events,
+        may_restart=leadership.owns,
     )
     controller = Controller(
         kube,
@@ -96,6 +103,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         rollouts=rollouts,
         revocations=revocations,
         events=events,
+        leadership=leadership,
     )
     await rollouts.start()
     await controller.start()
@@ -107,12 +115,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
-    memo["key_task"] = asyncio.create_task(_rotate_keys(keys), name="agenttoken-keys")
+    keys_due = asyncio.Event()  # a new primary looks at the key ring at once
+    leadership.subscribe(lambda shard, held: keys_due.set() if shard == 0 and held else None)
+    memo["key_task"] = asyncio.create_task(
+        _rotate_keys(keys, keys_due, options.lease_timings[2]), name="agenttoken-keys"
+    )
     if options.http_port:
         memo["http"] = await server.serve(
             server.build_app(keys, revocations), options.http_address, options.http_port
         )
     log.info("operator started; signing keys in %s", options.operator_namespace)
+
+
+async def _elect(kube: Kube, options: Any, events: EventRecorder) -> Leadership:
+    """First: whether we lead decides whether startup may rotate keys. A standby's caches fill
+    from the watches all the same (warm for a takeover); only its writes wait."""
+    leadership = Leadership(
+        Leases(kube, options.operator_namespace) if options.leader_elect else None,
+        identity=options.identity,
+        shards=options.shards,
+        timings=LeaseTimings(*options.lease_timings),
+        events=events,
+    )
+    await leadership.start()
+    return leadership
 
 
 @kopf.on.cleanup()
@@ -127,6 +153,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rollouts: RolloutManager | None = memo.get("rollouts")
     if rollouts is not None:
         await rollouts.stop()
+    leadership: Leadership | None = memo.get("leadership")
+    if leadership is not None:
+        await leadership.stop()  # after the last write: the next replica takes over at once
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
@@ -213,15 +242,22 @@ def keys_probe(memo: kopf.Memo, **_: Any) -> str:
     keys: KeyManager | None = memo.get("keys")
     if keys is None:
         raise RuntimeError("not started")
+    if not keys.ring.keys and not keys.may_write():
+        return "standby: waiting for the primary to create the key ring"
     return keys.signing_key().kid
 
 
-async def _rotate_keys(keys: KeyManager) -> None:
-    """Key rotation is rare; checking every minute (or half the publish-ahead) is plenty."""
+async def _rotate_keys(keys: KeyManager, due: asyncio.Event, retry: float) -> None:
+    """Key rotation is rare; checking every minute (or half the publish-ahead) is plenty. On a
+    standby the same call only reloads the ring (sooner while it has none); a new primary
+    looks at once (`due`)."""
     interval = min(keys.policy.publish_ahead / 2, datetime.timedelta(minutes=1)).total_seconds()
     while True:
-        await asyncio.sleep(interval)
+        wait = interval if keys.ring.keys else retry
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(due.wait(), timeout=wait)
+        due.clear()
         try:
             await keys.sync()
         except Exception:
-            log.exception("signing-key rotation failed; retrying in %.0fs", interval)
+            log.exception("signing-key rotation failed; retrying in %.0fs", wait)

@@ -24,6 +24,10 @@ class RunOptions:
     max_rollouts_per_namespace: int = 5
     usage_warmup: float = 0.0  # extra seconds after the workload cache is synced
     workers: int = 32
+    leader_elect: bool = True
+    shards: int = 1
+    identity: str = "agenttoken"
+    lease_timings: tuple[float, float, float] = (15.0, 10.0, 2.0)  # duration, renew deadline, retry
 
 
 def run_operator(options: RunOptions) -> None:

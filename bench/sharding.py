@@ -1,0 +1,195 @@
+"""Sharding: AgentTokens served by several operator replicas over shard Leases ([ha]).
+
+    .venv/bin/python bench/sharding.py [--tokens 30000] [--namespaces 120] [--short 120]
+                                        [--replicas 3] [--shards 6] [--lag-seconds 120]
+
+1. `--replicas` operators run with `--shards`; every one its own identity.
+2. `--tokens` AgentTokens (1 h TTL) over `--namespaces` namespaces (a namespace's tokens share a
+   shard), plus `--short` with a 60 s TTL renewed at 50 % (every ~30 s) over the same namespaces.
+   Applied, their Secrets awaited; then each replica's shards, tokens served (agenttoken_tokens)
+   and RSS.
+3. Renewal lag of the short tokens over `--lag-seconds` (seen minus due, as bench/steady.py).
+4. kill -9 of one replica: until its shards are held by the survivors (Lease holders, polled),
+   the survivors' shares, and the renewal lag of the short tokens over the next 60 s.
+
+Writes bench/results/sharding.json with the size actually run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+
+from benchsupport import (
+    SecretWatcher,
+    header,
+    log_tail,
+    metric,
+    rss_mb,
+    start_operator,
+    stop,
+    summary,
+    write,
+)
+from devcluster import LocalCluster, install
+from lifecycle import create_many
+from steady import renewal_lags, token
+
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/agenttoken-system/leases?labelSelector=agenttoken.dev%2Flease%3Dshard"
+
+
+def holders(cluster: LocalCluster) -> dict[str, str]:
+    _, raw = cluster.api("GET", LEASES, timeout=30)
+    return {
+        i["metadata"]["name"]: (i.get("spec") or {}).get("holderIdentity") or ""
+        for i in json.loads(raw)["items"]
+    }
+
+
+def replica_figures(ops: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
+    return {
+        name: {
+            "rss_mb": round(rss_mb(op.pid), 1),
+            "shards_held": metric(op.http_port, "agenttoken_shards_held"),  # type: ignore[attr-defined]
+            "agenttokens_served": metric(op.http_port, "agenttoken_tokens"),  # type: ignore[attr-defined]
+        }
+        for name, op in ops.items()
+    }
+
+
+def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.2) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(what)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=30000)
+    parser.add_argument("--namespaces", type=int, default=120)
+    parser.add_argument("--short", type=int, default=120)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=6)
+    parser.add_argument("--lag-seconds", type=float, default=120)
+    args = parser.parse_args()
+    results = header("sharding", **vars(args))
+    kubectl = str(Path(sys.executable).parent / "kubectl")
+    namespaces = [f"shard-bench-{i}" for i in range(args.namespaces)]
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster.start()
+        env = cluster.env()
+        install(env, examples=False)
+        for ns in namespaces:
+            subprocess.run([kubectl, "create", "ns", ns], env=env, check=True, capture_output=True)
+        ops: dict[str, subprocess.Popen[bytes]] = {}
+        logs: dict[str, Path] = {}
+        watchers: list[SecretWatcher] = []
+        try:
+            for i in range(args.replicas):
+                name = f"replica-{i}"
+                logs[name] = Path(tmp) / f"{name}.log"
+                ops[name] = start_operator(
+                    env, logs[name], extra=("--shards", str(args.shards), "--identity", name)
+                )
+            wait_for(
+                "every shard held",
+                lambda: sum(1 for h in holders(cluster).values() if h) == args.shards,
+                120,
+            )
+            api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+            custom = kubernetes.client.CustomObjectsApi(api_client)
+            api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 8
+
+            def create(ttl: str) -> Any:
+                def one(name: str) -> Any:
+                    ns = namespaces[int(name[1:]) % len(namespaces)]
+                    return custom.create_namespaced_custom_object(
+                        "agenttoken.dev", "v1alpha1", ns, "agenttokens", token(name, ttl)
+                    )
+
+                return one
+
+            watcher = SecretWatcher(cluster, "", collection="/api/v1/secrets", keep_events=True)
+            watchers.append(watcher)
+            names = [f"t{i}" for i in range(args.tokens)]
+            snames = [f"s{i}" for i in range(args.short)]
+            t0 = time.monotonic()
+            create_many(create("1h"), names)
+            create_many(create("60s"), snames)
+            watcher.wait(names + snames, 7200)
+            wall = max(watcher.seen.values()) - t0
+            results["apply"] = {"wall_s": round(wall, 1), "secrets_per_s": round(len(watcher.seen) / wall, 1)}
+            time.sleep(15)  # status writes and Events of the last ones settle
+            results["replicas"] = replica_figures(ops)
+            results["holders"] = holders(cluster)
+
+            # 3. renewal lag, all replicas up
+            assert watcher.events is not None
+            mark = len(watcher.events)
+            time.sleep(args.lag_seconds)
+            short_events = [e for e in watcher.events[mark:] if e[2]["metadata"]["name"].startswith("s")]
+            results["renewal_lag"] = summary(renewal_lags(short_events, token("x", "60s")["spec"]) or [0.0])
+
+            # 4. kill -9 of the replica holding the most shards but not shard 0 (if possible)
+            held = holders(cluster)
+            victim = max(
+                ops,
+                key=lambda n: (sum(1 for h in held.values() if h == n), held.get("agenttoken-shard-0") != n),
+            )
+            lost = sorted(s for s, h in held.items() if h == victim)
+            os.kill(ops[victim].pid, signal.SIGKILL)
+            ops[victim].wait()
+            killed = time.monotonic()
+            del ops[victim]
+            mark = len(watcher.events)
+            served = wait_for(
+                "the dead replica's shards held again",
+                lambda: all(holders(cluster)[s] not in ("", victim) for s in lost),
+                120,
+            )
+            time.sleep(60)
+            short_events = [e for e in watcher.events[mark:] if e[2]["metadata"]["name"].startswith("s")]
+            lags = renewal_lags(short_events, token("x", "60s")["spec"])
+            results["kill"] = {
+                "victim": victim,
+                "shards_lost": lost,
+                "reserved_after_s": round(served - killed, 2),
+                "renewal_lag_after_kill": summary(lags or [0.0]),
+                "replicas": replica_figures(ops),
+                "holders": holders(cluster),
+            }
+            results["goals"] = {
+                "lag_p99_le_2s": results["renewal_lag"]["p99_s"] <= 2.0,
+                "reserved_le_20s": results["kill"]["reserved_after_s"] <= 20,
+            }
+        except BaseException:
+            for name, path in logs.items():
+                print(f"--- {name}")
+                log_tail(path)
+            raise
+        finally:
+            for w in watchers:
+                w.stop.set()
+            for op in ops.values():
+                stop(op)
+            cluster.stop()
+    write("sharding", results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
