@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import REPO
 from tests.e2e.kube import Kube, wait_for
 
 from .conftest import NodeCluster
@@ -367,12 +368,18 @@ def _operator_state(kube: Kube, node_cluster: NodeCluster, watch: LeaseWatch, ro
     """What a stuck rotation leaves to look at: the disruption, the Lease's history, the operator
     pods, and their logs saved beside the cluster (they never hold token material)."""
     pods = operator_pods(kube)
-    saved = node_cluster.cluster.workdir / f"operator-logs-rotation-{rotation.token_id[:8]}.txt"
+    # Not under pytest's basetemp: pytest keeps only its last three, and others run pytest here too.
+    saved = REPO / ".devcluster" / "node-logs" / f"operator-rotation-{rotation.token_id[:8]}.txt"
+    saved.parent.mkdir(parents=True, exist_ok=True)
     with saved.open("w") as out:
         for pod in pods:
             name = pod["metadata"]["name"]
             logs = kube.kubectl("logs", "-n", OPERATOR_NS, name, "--all-containers", check=False)
             out.write(f"===== {name}\n{logs.stdout}{logs.stderr}\n")
+        token = kube.get_json("agenttoken", "agent", "-n", "agents") or {}
+        out.write(f"===== AgentToken status\n{json.dumps(token.get('status'), indent=1)}\n")
+        for pod in app_pods(kube, "agents", "agent-restart"):
+            out.write(f"===== {pod['metadata']['name']} {_template_token(pod)} ready={is_ready(pod)}\n")
     changes = [(round(c.at - rotation.seen_at, 1), c.holder) for c in watch.changes]
     ready = {p["metadata"]["name"]: is_ready(p) for p in pods}
     return f"disruption {rotation.disruption}; Lease holders (s from the token): {changes}; pods {ready}; logs: {saved}"
