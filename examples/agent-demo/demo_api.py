@@ -13,8 +13,11 @@ Configuration (environment):
   JWKS_URL          e.g. http://agent-token-operator.agenttoken-system.svc:8080/jwks.json
   REVOCATIONS_URL   e.g. http://agent-token-operator.agenttoken-system.svc:8080/revocations.json
   REQUIRED_SCOPES   space-separated scopes every call needs (default: none)
-  REVOCATIONS_STALE_GRACE  seconds the last revocation list keeps answering when the operator
-                    cannot be reached (default 0: fail closed at once; see the SDK's Verifier)
+  REVOCATIONS_PATH  instead of REVOCATIONS_URL: a mounted directory of the signed list's parts
+                    (projected volume of the agenttoken-revocations-<i> ConfigMaps); with
+                    JWKS_PATH (the mounted agenttoken-jwks jwks.json) the API never calls the operator
+  REVOCATIONS_STALE_GRACE  seconds the last signed revocation list keeps answering after its
+                    next update when no newer one can be had (default: the SDK's, 300)
   FETCH_TIMEOUT     seconds for fetching the JWKS and the revocation list (default 2): a fetch
                     holds back the requests waiting for it, so keep it short inside a cluster
   PORT              default 8080
@@ -109,12 +112,15 @@ def make_handler(verifier: Verifier, required_scopes: list[str]) -> type[BaseHTT
 
 
 def main() -> int:
+    grace = os.environ.get("REVOCATIONS_STALE_GRACE")
     verifier = Verifier(
         issuer=os.environ["ISSUER"],
         audience=os.environ["AUDIENCE"],
-        jwks_url=os.environ["JWKS_URL"],
+        jwks_url=os.environ.get("JWKS_URL") or None,
+        jwks_path=os.environ.get("JWKS_PATH") or None,
         revocations_url=os.environ.get("REVOCATIONS_URL") or None,
-        revocations_stale_grace=timedelta(seconds=float(os.environ.get("REVOCATIONS_STALE_GRACE", "0"))),
+        revocations_path=os.environ.get("REVOCATIONS_PATH") or None,
+        **({"revocations_stale_grace": timedelta(seconds=float(grace))} if grace else {}),
         fetch=fetcher(float(os.environ.get("FETCH_TIMEOUT", "2"))),
         # The verifier's own audit log would repeat each line above; one line per request.
         audit=False,

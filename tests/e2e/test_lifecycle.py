@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -374,14 +376,12 @@ def test_suspend_stops_renewal_and_says_so(kube: Kube, operator: OperatorProcess
     assert resumed
 
 
-def test_failing_renewal_keeps_the_old_token_and_recovers(
-    kube: Kube, operator: OperatorProcess, namespace: str
-) -> None:
-    """Real failure injection: a ValidatingAdmissionPolicy makes the apiserver refuse Secret updates."""
-    kube.apply(agenttoken("brittle", "brittle-token", ttl="60s"), "-n", namespace)
-    wait_ready(kube, namespace, "brittle")
-    before = status(kube, namespace, "brittle")
+@contextlib.contextmanager
+def frozen_secrets(kube: Kube, namespace: str) -> Iterator[None]:
+    """Real failure injection: a ValidatingAdmissionPolicy makes the apiserver refuse Secret
+    updates in `namespace` (so no renewal can land) until the block ends."""
     policy = f"freeze-secrets-{namespace}"
+    rule = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["secrets"]}
     kube.apply(
         json.dumps(
             {
@@ -390,16 +390,7 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
                 "metadata": {"name": policy},
                 "spec": {
                     "failurePolicy": "Fail",
-                    "matchConstraints": {
-                        "resourceRules": [
-                            {
-                                "apiGroups": [""],
-                                "apiVersions": ["v1"],
-                                "operations": ["UPDATE"],
-                                "resources": ["secrets"],
-                            }
-                        ]
-                    },
+                    "matchConstraints": {"resourceRules": [rule]},
                     "validations": [{"expression": "false", "message": "secrets are frozen by the test"}],
                 },
             }
@@ -419,6 +410,20 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
     }
     kube.apply(json.dumps(binding))
     try:
+        yield
+    finally:
+        kube.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
+        kube.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
+
+
+def test_failing_renewal_keeps_the_old_token_and_recovers(
+    kube: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """Real failure injection: a ValidatingAdmissionPolicy makes the apiserver refuse Secret updates."""
+    kube.apply(agenttoken("brittle", "brittle-token", ttl="60s"), "-n", namespace)
+    wait_ready(kube, namespace, "brittle")
+    before = status(kube, namespace, "brittle")
+    with frozen_secrets(kube, namespace):
         failing = wait_for(
             "a failed renewal",
             lambda: (s := status(kube, namespace, "brittle")).get("failedAttempts", 0) >= 1 and s,
@@ -436,9 +441,6 @@ def test_failing_renewal_keeps_the_old_token_and_recovers(
         events = kube.get_json("events", "-n", namespace, "--field-selector", "involvedObject.name=brittle")
         assert events is not None
         assert any(e["reason"] == "RenewalFailed" and e["type"] == "Warning" for e in events["items"])
-    finally:
-        kube.kubectl("delete", "validatingadmissionpolicybinding", policy, check=False)
-        kube.kubectl("delete", "validatingadmissionpolicy", policy, check=False)
     recovered = wait_revision(kube, namespace, "brittle", before["revision"] + 1, timeout=60)
     assert recovered["failedAttempts"] == 0
     assert "Reconciling" not in {c["type"] for c in recovered["conditions"]}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agenttoken.core import revocation
 from agenttoken.core.times import parse_time
 from agenttoken_sdk.verify import VerificationError, Verifier
 from agenttoken_sdk.verifylog import VerificationAudit
@@ -45,8 +46,11 @@ def usage_state(kube: Kube, namespace: str, name: str, state: str) -> dict[str, 
 
 
 def revoked_ids(operator: OperatorProcess) -> set[str]:
+    """The ids on the signed list the operator serves (parts read back, signatures not checked
+    here: the verifier tests do that)."""
     with urllib.request.urlopen(f"{operator.base_url}/revocations.json", timeout=5) as r:
-        return {e["jti"] for e in json.loads(r.read())["revoked"]}
+        parts = [revocation.read_part(signed) for signed in json.loads(r.read())["lists"]]
+    return {jti for part in parts if part is not None for jti in part.revoked}
 
 
 def audit_verifier(operator: OperatorProcess) -> tuple[Verifier, CollectorRegistry, list[logging.LogRecord]]:

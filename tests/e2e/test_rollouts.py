@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from agenttoken.core.times import parse_time
+from agenttoken.core import revocation
+from agenttoken.core.times import format_time, parse_time
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
@@ -390,14 +391,22 @@ def test_previous_token_is_revoked_only_after_rollout_and_grace(
     rotate(kube, namespace, "rev", "1")
 
     def revoked() -> dict[str, str]:
-        cm = kube.get_json("configmap", "agenttoken-revocations", "-n", "agenttoken-system")
-        text = ((cm or {}).get("data") or {}).get("revoked.json", '{"revoked": []}')
-        return {e["jti"]: e["revokedAt"] for e in json.loads(text)["revoked"]}
+        """Token id -> when this test first saw it on the signed list (the list carries only ids
+        and expiries; polled every 0.1 s, so this is at most that much after the write)."""
+        for i in range(revocation.PARTS):
+            cm = kube.get_json("configmap", f"agenttoken-revocations-{i}", "-n", "agenttoken-system")
+            part = revocation.read_part(((cm or {}).get("data") or {}).get(f"revocations-{i}.jws", ""))
+            for jti in part.revoked if part is not None else ():
+                seen.setdefault(jti, format_time(datetime.datetime.now(datetime.UTC)) or "")
+        return seen
+
+    seen: dict[str, str] = {}
 
     done = wait_for(
         "the new token's rollout",
         lambda: (
-            (r := rollout_of(kube, namespace, "rev")).get("tokenId") != first["tokenId"]
+            revoked() is not None  # start watching the list before the revocation can happen
+            and (r := rollout_of(kube, namespace, "rev")).get("tokenId") != first["tokenId"]
             and r.get("state") == "Complete"
             and r
         ),
@@ -405,7 +414,10 @@ def test_previous_token_is_revoked_only_after_rollout_and_grace(
     )
     completed = max(filter(None, (parse_time(t["completedAt"]) for t in done["targets"])))
     revoked_at = wait_for(
-        "the previous token on the revocation list", lambda: revoked().get(first["tokenId"]), timeout=30
+        "the previous token on the revocation list",
+        lambda: revoked().get(first["tokenId"]),
+        timeout=30,
+        interval=0.1,
     )
     # Only after every target completed plus the 5 s grace (timestamps have second precision).
     revoked_time = parse_time(revoked_at)

@@ -260,3 +260,19 @@ def test_monitoring_objects_render(kube: Kube) -> None:
     assert set(alerts) >= {"AgentTokenExpiringSoon", "AgentTokenRenewalsFailing", "AgentTokenIssuerFailing"}
     assert "agenttoken_token_expiration_timestamp_seconds" in alerts["AgentTokenExpiringSoon"]["expr"]
     assert "{{ $labels.name }}" in alerts["AgentTokenExpiringSoon"]["annotations"]["summary"]
+
+
+def test_prometheus_rule_labels_stay_metadata_labels() -> None:
+    """metrics.prometheusRule.labels go to the object's labels and nowhere else (a template edit
+    once rendered the alert rules into metadata.labels when labels were set)."""
+    import yaml
+
+    rendered = render_chart(
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=kps"
+    )
+    (rule,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PrometheusRule"]
+    labels = rule["metadata"]["labels"]
+    assert labels["release"] == "kps"
+    assert all(isinstance(v, str) for v in labels.values())
+    alerts = {r["alert"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert {"AgentTokenExpiringSoon", "AgentTokenRevocationListStale"} <= alerts

@@ -10,8 +10,8 @@ from typing import Any, cast
 import pytest
 
 from agenttoken.controllers.keys import RING_KEY, KeyManager
-from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, RevocationStore
-from agenttoken.core.keys import KeyPolicy, KeyRing, plan_rotation
+from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.core.keys import KeyPolicy, KeyRing, generate_key, plan_rotation
 from agenttoken.core.revocation import Revoked
 from agenttoken.core.secretdata import decode_data, encode_data
 from agenttoken.kube.adapter import Kube
@@ -86,46 +86,62 @@ def test_non_api_errors_pass_through_at_once() -> None:
 
 
 class ConfigMaps:
-    """The two ConfigMap calls RevocationStore makes, with resourceVersion checks like the
+    """The ConfigMap calls RevocationStore makes, by name, with resourceVersion checks like the
     apiserver's; `interfere` more writes by someone else land between our read and our write."""
 
-    def __init__(self, interfere: int) -> None:
-        self.body: dict[str, Any] | None = {"data": {}}  # an empty list, as the operator leaves it
-        self.version = 1
+    def __init__(self, interfere: int = 0) -> None:
+        self.bodies: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}
         self.interfere = interfere
         self.writes = 0
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
-        assert name == REVOCATIONS_CONFIGMAP
-        return (
-            None if self.body is None else {**self.body, "metadata": {"resourceVersion": str(self.version)}}
-        )
+        body = self.bodies.get(name)
+        if body is None:
+            return None
+        return {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.versions[name])}}
 
     async def write_configmap(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self.interfere:
+        name = body["metadata"]["name"]
+        if self.interfere and name in self.bodies:
             self.interfere -= 1
-            self.version += 1  # another writer got there first
-        expected = None if self.body is None else str(self.version)
+            self.versions[name] += 1  # another writer got there first
+        expected = str(self.versions[name]) if name in self.bodies else None
         if body["metadata"].get("resourceVersion") != expected:
             raise KubeError(409, "the object has been modified")
-        self.body, self.version, self.writes = body, self.version + 1, self.writes + 1
-        return body
+        self.versions[name] = self.versions.get(name, 0) + 1
+        self.bodies[name], self.writes = body, self.writes + 1
+        return await self.get_configmap(namespace, name) or {}
+
+
+SIGNING_KEY = generate_key("ES256", T0 - datetime.timedelta(days=1))
+
+
+def store_on(cms: ConfigMaps) -> RevocationStore:
+    return RevocationStore(
+        cast(Kube, cms), "agenttoken-system", lambda: T0, issuer="https://issuer", signer=lambda: SIGNING_KEY
+    )
 
 
 def test_the_revocation_store_reads_again_after_a_conflict() -> None:
-    cms = ConfigMaps(interfere=2)
-    store = RevocationStore(cast(Kube, cms), "agenttoken-system", clock=lambda: T0)
+    cms = ConfigMaps()
+    store = store_on(cms)
+    asyncio.run(store.resign())  # every part exists, as the operator leaves them at startup
+    cms.interfere, cms.writes = 2, 0
     entry = Revoked("jti-1", T0 + datetime.timedelta(hours=1), "ns", "a", T0, "Revoked")
     asyncio.run(store.revoke([entry]))
     assert cms.writes == 1
     assert store.is_revoked("jti-1")
-    store.observe(cms.body)
-    assert store.is_revoked("jti-1")
+    fresh = store_on(cms)
+    asyncio.run(fresh.load())
+    assert fresh.is_revoked("jti-1")
 
 
 def test_the_revocation_store_gives_up_when_the_fight_goes_on() -> None:
-    cms = ConfigMaps(interfere=100)
-    store = RevocationStore(cast(Kube, cms), "agenttoken-system", clock=lambda: T0)
+    cms = ConfigMaps()
+    store = store_on(cms)
+    asyncio.run(store.resign())
+    cms.interfere = 100
     entry = Revoked("jti-1", T0 + datetime.timedelta(hours=1), "ns", "a", T0, "Revoked")
     with pytest.raises(ConflictRetriesExhausted, match="revocation list"):
         asyncio.run(store.revoke([entry]))

@@ -20,8 +20,9 @@ import pytest
 from joserfc import jwk, jwt
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agenttoken.core import revocation
 from agenttoken.core.keys import SUPPORTED_ALGORITHMS, KeyRing, SigningKey, generate_key, jws_registry
-from agenttoken.core.revocation import Revoked, to_json
+from agenttoken.core.revocation import Revoked
 from agenttoken.core.tokens import CLAIM_NAMESPACE, MintedToken, TokenRequest, mint
 from agenttoken_sdk.verify import CHECKS, Claims, VerificationError, Verifier
 from agenttoken_sdk.verifylog import VerificationAudit
@@ -83,12 +84,18 @@ def jwks_of(*keys: SigningKey) -> dict[str, Any]:
     return KeyRing(keys).jwks(T0)
 
 
-def revocation_list(*tokens: MintedToken) -> bytes:
+# Signs the revocation lists of these tests (published in the World's JWKS beside the token keys).
+LIST_KEY = generate_key("ES256", T0 - timedelta(days=1))
+
+
+def revocation_list(*tokens: MintedToken, now: datetime = T0) -> bytes:
+    """The signed document the operator serves, issued at now (valid for revocation.VALIDITY)."""
     entries = [
         Revoked(t.token_id, t.expires_at, "team-a", "crawler", revoked_at=T0, reason="Compromised")
         for t in tokens
     ]
-    return to_json(entries).encode()
+    parts = [revocation.next_part(revocation.empty_part(i), entries, now) for i in range(revocation.PARTS)]
+    return json.dumps({"lists": [revocation.sign_part(p, LIST_KEY, ISSUER) for p in parts]}).encode()
 
 
 def b64(data: bytes) -> str:
@@ -127,7 +134,7 @@ class World:
     fetch: FakeFetch = field(default_factory=FakeFetch)
 
     def __post_init__(self) -> None:
-        self.fetch.docs[JWKS_URL] = json.dumps(jwks_of(*self.keys.values())).encode()
+        self.fetch.docs[JWKS_URL] = json.dumps(jwks_of(*self.keys.values(), LIST_KEY)).encode()
         self.fetch.docs[REVOCATIONS_URL] = revocation_list()
 
     def verifier(self, **overrides: Any) -> Verifier:
@@ -431,7 +438,7 @@ def test_unreachable_jwks_fails_kid_and_is_retried_only_after_the_interval(world
         assert caught.value.check == "kid"
     assert world.fetch.count(JWKS_URL) == 1
 
-    world.fetch.docs[JWKS_URL] = json.dumps(jwks_of(*world.keys.values())).encode()
+    world.fetch.docs[JWKS_URL] = json.dumps(jwks_of(*world.keys.values(), LIST_KEY)).encode()
     world.clock.advance(timedelta(seconds=10))
     verifier.verify(token, client_address=CLIENT)
     assert world.fetch.count(JWKS_URL) == 2
@@ -486,8 +493,8 @@ def test_revoked_token_fails_on_first_use(world: World) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [None, b"not json", b"[]", b'{"error": "internal"}', b'{"revoked": {}}'],
-    ids=["unreachable", "not JSON", "a list", "no revoked list", "revoked not a list"],
+    [None, b"not json", b"[]", b'{"error": "internal"}', b'{"revoked": {}}', b'{"revoked": []}'],
+    ids=["unreachable", "not JSON", "a list", "no revoked list", "revoked not a list", "unsigned"],
 )
 def test_unusable_revocation_list_fails_closed(world: World, body: bytes | None) -> None:
     if body is None:
@@ -501,23 +508,29 @@ def test_unusable_revocation_list_fails_closed(world: World, body: bytes | None)
     assert caught.value.check == "revoked"
 
 
-def test_failed_revocation_fetch_is_retried_on_the_next_verify(world: World) -> None:
+def test_failed_revocation_fetch_is_retried_once_max_age_passed(world: World) -> None:
+    """Not on every call: during an outage each request would otherwise wait for a fetch."""
     verifier = world.verifier()
     body = world.fetch.docs.pop(REVOCATIONS_URL)
     with pytest.raises(VerificationError, match="revoked"):
         verifier.verify(world.mint().token, client_address=CLIENT)
 
     world.fetch.docs[REVOCATIONS_URL] = body
+    with pytest.raises(VerificationError, match="revoked"):
+        verifier.verify(world.mint().token, client_address=CLIENT)
+    assert world.fetch.count(REVOCATIONS_URL) == 1
+    world.clock.advance(timedelta(milliseconds=500))
     verifier.verify(world.mint().token, client_address=CLIENT)
 
     assert world.fetch.count(REVOCATIONS_URL) == 2
 
 
-def test_revocation_entry_with_a_bad_time_still_revokes(world: World) -> None:
+def test_an_unsigned_list_is_refused_even_when_it_revokes(world: World) -> None:
+    """The unsigned format of earlier versions: anyone on the path could have written it."""
     victim = world.mint()
     world.fetch.docs[REVOCATIONS_URL] = json.dumps({"revoked": [{"jti": victim.token_id}]}).encode()
 
-    with pytest.raises(VerificationError, match="revoked"):
+    with pytest.raises(VerificationError, match="failing closed"):
         world.verifier().verify(victim.token, client_address=CLIENT)
 
 
@@ -624,25 +637,28 @@ def test_audit_can_be_turned_off(world: World) -> None:
     verifier.verify(world.mint().token, client_address=CLIENT)
 
 
-def test_stale_grace_keeps_the_last_revocation_list_through_a_short_outage(world: World) -> None:
+def test_stale_grace_keeps_the_last_revocation_list_until_next_update_plus_grace(world: World) -> None:
     victim, bystander = world.mint(), world.mint()
-    world.fetch.docs[REVOCATIONS_URL] = revocation_list(victim)
+    world.fetch.docs[REVOCATIONS_URL] = revocation_list(victim)  # signed at T0, next update T0+10m
     verifier = world.verifier(revocations_stale_grace=timedelta(seconds=30))
     verifier.verify(bystander.token, client_address=CLIENT)
-    body = world.fetch.docs.pop(REVOCATIONS_URL)  # the operator restarts: nothing behind its Service
+    body = world.fetch.docs.pop(REVOCATIONS_URL)  # every operator replica is down
 
     world.clock.advance(timedelta(seconds=10))
     verifier.verify(bystander.token, client_address=CLIENT)
     with pytest.raises(VerificationError, match="revoked") as caught:
         verifier.verify(victim.token, client_address=CLIENT)
     assert "failing closed" not in str(caught.value), "the last list still revokes"
-    # Retried at most once per max age while stale, not on every call.
+    # Retried at most once per max age while unreachable, not on every call.
     assert world.fetch.count(REVOCATIONS_URL) == 2
 
-    world.clock.advance(timedelta(seconds=21))
+    world.clock.now = T0 + revocation.VALIDITY + timedelta(seconds=30)  # next_update + grace: still used
+    verifier.verify(bystander.token, client_address=CLIENT)
+    world.clock.advance(timedelta(seconds=1))
     with pytest.raises(VerificationError, match="failing closed"):
         verifier.verify(bystander.token, client_address=CLIENT)
 
-    world.fetch.docs[REVOCATIONS_URL] = body
+    world.fetch.docs[REVOCATIONS_URL] = revocation_list(victim, now=world.clock.now)  # signed again
     world.clock.advance(timedelta(seconds=1))
     verifier.verify(bystander.token, client_address=CLIENT)
+    del body

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 from agenttoken import api
 from agenttoken.cli.options import common
 from agenttoken.cli.session import FIELD_MANAGER, CliError, Session
-from agenttoken.controllers.revocation import REVOCATIONS_CONFIGMAP, next_list
+from agenttoken.controllers.revocation import PENDING_CONFIGMAP, next_pending, part_configmap, stored_part
 from agenttoken.core import revocation
 from agenttoken.core.times import parse_time
 from agenttoken.kube.errors import KubeError
@@ -34,6 +36,13 @@ def register(sub: Subparsers) -> None:
     revoke.add_argument("name")
     revoke.add_argument("--token-id", help="revoke this token id instead of the current one")
     revoke.add_argument("--no-rotate", action="store_true", help="do not ask for a new token afterwards")
+    revoke.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for the operator to sign the id into the list verifiers read (0: do not wait)",
+    )
     common(revoke, output=False)
     revoke.set_defaults(func=cmd_revoke)
 
@@ -83,12 +92,13 @@ async def _expiry(session: Session, obj: dict[str, Any], token_id: str) -> datet
 
 
 async def _publish(session: Session, operator_namespace: str, entry: revocation.Revoked) -> None:
-    """Add `entry` to the stored list: read, add, write with the read resourceVersion; again on 409."""
+    """Add `entry` to the pending document: read, add, write with the read resourceVersion; again
+    on 409. The CLI holds no signing key, so the operator folds it into the signed list."""
     kube = await session.kube()
 
     async def add() -> None:
-        cm = await kube.get_configmap(operator_namespace, REVOCATIONS_CONFIGMAP)
-        body, _ = next_list(cm, [entry], entry.revoked_at, operator_namespace)
+        cm = await kube.get_configmap(operator_namespace, PENDING_CONFIGMAP)
+        body, _ = next_pending(cm, [entry], entry.revoked_at, operator_namespace)
         try:
             await kube.write_configmap(operator_namespace, body)
         except KubeError as exc:
@@ -102,6 +112,20 @@ async def _publish(session: Session, operator_namespace: str, entry: revocation.
         raise CliError("writing the revocation list kept conflicting; try again") from None
 
 
+async def _signed(session: Session, operator_namespace: str, token_id: str, wait: float) -> bool:
+    """Whether the signed list (what verifiers read) holds token_id within `wait` seconds."""
+    kube = await session.kube()
+    part = revocation.part_of(token_id)
+    deadline = time.monotonic() + wait
+    while True:
+        _, parsed = stored_part(await kube.get_configmap(operator_namespace, part_configmap(part)), part)
+        if parsed is not None and token_id in parsed.revoked:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
 async def cmd_revoke(args: argparse.Namespace, session: Session) -> int:
     namespace = await session.namespace(args)
     obj = await session.agenttoken(namespace, args.name)
@@ -113,6 +137,16 @@ async def cmd_revoke(args: argparse.Namespace, session: Session) -> int:
     expires = await _expiry(session, obj, token_id) or now + UNKNOWN_EXPIRY
     entry = revocation.Revoked(token_id, expires, namespace, args.name, now, "Revoked")
     await _publish(session, args.operator_namespace, entry)
+    if args.wait > 0 and not await _signed(session, args.operator_namespace, token_id, args.wait):
+        # Not an error to retry: the entry is stored and the operator will sign it; say plainly
+        # that verifiers do not see it yet (is the operator running? is the list full?).
+        print(
+            f"token {token_id} of {namespace}/{args.name} is PENDING: stored in ConfigMap "
+            f"{PENDING_CONFIGMAP}, but the operator has not signed it into the list verifiers read "
+            f"within {args.wait:g}s (is it running? see agenttoken_revocation_list_* metrics)",
+            file=sys.stderr,
+        )
+        return 2
     print(f"revoked token {token_id} of {namespace}/{args.name}")
     if token_id == current and not args.no_rotate:
         await _request_rotation(session, namespace, args.name, f"revoke-{time.time_ns()}")

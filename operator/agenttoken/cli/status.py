@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 from typing import TYPE_CHECKING, Any
 
 from agenttoken import api
 from agenttoken.cli.options import common
 from agenttoken.cli.output import emit, render_table
 from agenttoken.cli.session import Session
+from agenttoken.core.times import format_time, parse_time
 
 if TYPE_CHECKING:
     from agenttoken.cli.options import Subparsers
@@ -42,18 +44,34 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c.get("type") == type_), {})
 
 
-def summary(obj: dict[str, Any]) -> dict[str, Any]:
+def _ready(obj: dict[str, Any], now: datetime.datetime) -> tuple[str, str | None, str | None]:
+    """Ready's status, reason and message, checked against the clock: a stored Ready=True whose
+    token is past expiresAt is reported Expired (no operator ran to flip it, e.g. an outage)."""
+    ready = _condition(obj, api.COND_READY)
+    status, reason, message = ready.get("status", "Unknown"), ready.get("reason"), ready.get("message")
+    expires = parse_time((obj.get("status") or {}).get("expiresAt"))
+    if expires is not None and expires <= now and status == "True":
+        return (
+            "False",
+            api.REASON_EXPIRED,
+            f"the token expired at {format_time(expires)}; the stored status still says Ready=True "
+            "(no operator has updated it since: is one running?)",
+        )
+    return status, reason, message
+
+
+def summary(obj: dict[str, Any], now: datetime.datetime | None = None) -> dict[str, Any]:
     """What `status` shows about one AgentToken: ids, times and states; never the token."""
     meta, spec, st = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-    ready = _condition(obj, api.COND_READY)
+    ready, reason, message = _ready(obj, now or datetime.datetime.now(datetime.UTC))
     issuer = spec.get("issuerRef") or {}
     rollout = st.get("rollout") or {}
     return {
         "namespace": meta["namespace"],
         "name": meta["name"],
-        "ready": ready.get("status", "Unknown"),
-        "reason": ready.get("reason"),
-        "message": ready.get("message"),
+        "ready": ready,
+        "reason": reason,
+        "message": message,
         "tokenId": st.get("tokenId"),
         "keyId": st.get("keyId"),
         "revision": st.get("revision"),

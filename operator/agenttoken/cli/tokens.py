@@ -21,7 +21,7 @@ from agenttoken.cli.options import DEFAULT_ISSUER, common
 from agenttoken.cli.output import emit, render_table
 from agenttoken.cli.session import CliError, Session
 from agenttoken.controllers.keys import JWKS_CONFIGMAP
-from agenttoken.controllers.revocation import LIST_KEY, REVOCATIONS_CONFIGMAP
+from agenttoken.controllers.revocation import PART_CONFIGMAPS, part_key
 from agenttoken.kube.errors import KubeError
 
 if TYPE_CHECKING:
@@ -120,15 +120,28 @@ async def _published(session: Session, operator_namespace: str) -> tuple[str, st
 
     The Verifier fetches synchronously, so both are read up front; a failed read is raised when
     the Verifier asks for that document, which it treats like any failed fetch (fails closed).
+    The revocation list is the signed parts as the operator stored them (the document
+    `/revocations.json` serves); a missing part fails closed, as it would for an API.
     """
+    jwks_url = f"configmap://{operator_namespace}/{JWKS_CONFIGMAP}/{JWKS_KEY}"
+    revocations_url = f"configmap://{operator_namespace}/agenttoken-revocations-*"
     documents: dict[str, bytes | KubeError] = {}
-    for name, key in ((JWKS_CONFIGMAP, JWKS_KEY), (REVOCATIONS_CONFIGMAP, LIST_KEY)):
-        url = f"configmap://{operator_namespace}/{name}/{key}"
-        try:
-            cm = await session.configmap(operator_namespace, name)
-            documents[url] = str(((cm or {}).get("data") or {}).get(key, "")).encode()
-        except KubeError as exc:
-            documents[url] = exc
+    try:
+        cm = await session.configmap(operator_namespace, JWKS_CONFIGMAP)
+        documents[jwks_url] = str(((cm or {}).get("data") or {}).get(JWKS_KEY, "")).encode()
+    except KubeError as exc:
+        documents[jwks_url] = exc
+    try:
+        lists = []
+        for i, name in enumerate(PART_CONFIGMAPS):
+            signed = ((await session.configmap(operator_namespace, name) or {}).get("data") or {}).get(
+                part_key(i)
+            )
+            if signed:
+                lists.append(signed)
+        documents[revocations_url] = json.dumps({"lists": lists}).encode()
+    except KubeError as exc:
+        documents[revocations_url] = exc
 
     def fetch(url: str) -> bytes:
         document = documents[url]
@@ -136,7 +149,6 @@ async def _published(session: Session, operator_namespace: str) -> tuple[str, st
             raise document
         return document
 
-    jwks_url, revocations_url = documents
     return jwks_url, revocations_url, fetch
 
 

@@ -61,6 +61,35 @@ LEASE_TRANSITIONS = Counter(
     "agenttoken_lease_transitions", "Shard Leases this replica acquired or lost, by shard.", ["shard"]
 )
 REVOCATIONS = Counter("agenttoken_revocations", "Token ids put on the revocation list.", ["reason"])
+# The signed revocation list's size against its bound (docs/sdk.md, "Limits"): alerts fire before
+# a part fills up, and on every refusal.
+REVOCATION_LIST_ENTRIES = Gauge(
+    "agenttoken_revocation_list_entries",
+    "Live token ids on each part of the signed revocation list.",
+    ["part"],
+)
+REVOCATION_LIST_BYTES = Gauge(
+    "agenttoken_revocation_list_bytes", "Size of each signed revocation list part as stored.", ["part"]
+)
+REVOCATION_LIST_LIMIT_BYTES = Gauge(
+    "agenttoken_revocation_list_limit_bytes", "Largest signed part the operator writes; past it, it refuses."
+)
+REVOCATION_LIST_NEXT_UPDATE = Gauge(
+    "agenttoken_revocation_list_next_update_timestamp_seconds",
+    "When each signed part stops being current (verifiers add their grace).",
+    ["part"],
+)
+REVOCATION_LIST_REFUSED = Counter(
+    "agenttoken_revocation_list_refused",
+    "Revocations refused because a part of the signed list is at its size bound.",
+)
+
+
+def observe_revocation_part(part: int, entries: int, size: int, next_update: int) -> None:
+    REVOCATION_LIST_ENTRIES.labels(part=str(part)).set(entries)
+    REVOCATION_LIST_BYTES.labels(part=str(part)).set(size)
+    REVOCATION_LIST_NEXT_UPDATE.labels(part=str(part)).set(next_update)
+
 
 # (namespace, name) -> (expires, renews, ready, usage state, unused since) as last seen; only
 # timestamps and status words.

@@ -80,7 +80,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         may_write=leadership.is_primary,
     )
     await keys.sync()
-    revocations = RevocationStore(kube, options.operator_namespace, utcnow)
+    revocations = RevocationStore(
+        kube, options.operator_namespace, utcnow, issuer=options.issuer_url, signer=keys.signing_key
+    )
     await revocations.load()
     workloads = WorkloadCache()
     rollouts = RolloutManager(
@@ -114,17 +116,31 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo["warmup_task"] = asyncio.create_task(controller.usage.warm_up(), name="agenttoken-usage-warmup")
     memo["revocations"] = revocations
-    memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
-    keys_due = asyncio.Event()  # a new primary looks at the key ring at once
-    leadership.subscribe(lambda shard, held: keys_due.set() if shard == 0 and held else None)
-    memo["key_task"] = asyncio.create_task(
-        _rotate_keys(keys, keys_due, options.lease_timings[2]), name="agenttoken-keys"
-    )
+    _start_cluster_writers(memo, keys, revocations, leadership, retry_period=options.lease_timings[2])
     if options.http_port:
         memo["http"] = await server.serve(
             server.build_app(keys, revocations), options.http_address, options.http_port
         )
     log.info("operator started; signing keys in %s", options.operator_namespace)
+
+
+def _start_cluster_writers(
+    memo: kopf.Memo,
+    keys: KeyManager,
+    revocations: RevocationStore,
+    leadership: Leadership,
+    retry_period: float,
+) -> None:
+    """The revocation list's follower and signer, and key rotation. The signer and the rotation
+    are cluster-wide writers: only the primary (holder of shard 0) writes (HA-INTERFACE.md)."""
+    memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
+    # Signs the list again before it expires and folds `agenttoken revoke`'s pending entries.
+    memo["revocations_signer_task"] = asyncio.create_task(
+        revocations.run(may_write=leadership.is_primary), name="agenttoken-revocations-signer"
+    )
+    keys_due = asyncio.Event()  # a new primary looks at the key ring at once
+    leadership.subscribe(lambda shard, held: keys_due.set() if shard == 0 and held else None)
+    memo["key_task"] = asyncio.create_task(_rotate_keys(keys, keys_due, retry_period), name="agenttoken-keys")
 
 
 async def _elect(kube: Kube, options: Any, events: EventRecorder) -> Leadership:
@@ -143,7 +159,7 @@ async def _elect(kube: Kube, options: Any, events: EventRecorder) -> Leadership:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("key_task", "revocations_task", "sync_task", "warmup_task"):
+    for name in ("key_task", "revocations_task", "revocations_signer_task", "sync_task", "warmup_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()

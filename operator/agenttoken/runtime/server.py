@@ -3,7 +3,9 @@
 One small aiohttp app (aiohttp comes with kopf). Cache headers follow the key-overlap rules:
 a new signing key is published `publish_ahead` before it signs, so verifiers may cache the JWKS
 for half of that and still see every key before its first token; the revocation list is never
-cached (a revocation must bite within a second), but carries an ETag so polling is cheap.
+cached (a revocation must bite within a second), but carries an ETag so polling is cheap. The
+revocation list served is the signed parts exactly as stored in the cluster (kept current by a
+watch), so every replica serves the same bytes and none serves a list it signed in memory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from agenttoken.controllers.keys import KeyManager, discovery_document
 from agenttoken.controllers.revocation import RevocationStore
-from agenttoken.core import revocation
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def build_app(
         return _respond(request, body, JWK_SET_TYPE, f"public, max-age={jwks_max_age}")
 
     async def revoked(request: web.Request) -> web.Response:
-        body = revocation.to_json(revocation.prune(revocations.entries, keys.clock())).encode()
+        body = json.dumps(revocations.document(), separators=(",", ":")).encode()
         return _respond(request, body, "application/json", "no-cache")
 
     async def metrics(request: web.Request) -> web.Response:

@@ -13,11 +13,24 @@ from joserfc.errors import InvalidKeyCurveError
 from joserfc.jwa import EdDSAAlgorithm
 from joserfc.jws import JWSRegistry
 
-__all__ = ["CLAIM_NAMESPACE", "SUPPORTED_ALGORITHMS", "TOKEN_TYPE", "jws_registry"]
+__all__ = [
+    "CLAIM_NAMESPACE",
+    "MAX_REVOCATION_LIST_BYTES",
+    "REVOCATION_LIST_TYPE",
+    "SUPPORTED_ALGORITHMS",
+    "TOKEN_TYPE",
+    "jws_registry",
+]
 
 SUPPORTED_ALGORITHMS: Final = ("ES256", "RS256", "EdDSA")
 #: JWS "typ" header of RFC 9068 access tokens.
 TOKEN_TYPE: Final = "at+jwt"
+#: JWS "typ" header of the signed revocation list: never TOKEN_TYPE, so a list can never pass as an
+#: access token and a token never as a list (each side demands its own typ).
+REVOCATION_LIST_TYPE: Final = "agenttoken-revocations+jwt"
+#: Largest signed revocation list part (a ConfigMap holds 1 MiB); joserfc's default payload cap
+#: (128 kB) stays in force for tokens.
+MAX_REVOCATION_LIST_BYTES: Final = 1024 * 1024
 #: Private claim (collision-resistant name, RFC 7519 section 4.2) holding operator-specific data.
 CLAIM_NAMESPACE: Final = "agenttoken.dev"
 
@@ -43,9 +56,15 @@ class _Registry(JWSRegistry):
     algorithms = {**JWSRegistry.algorithms, "EdDSA": _Ed25519Only()}
 
 
-def jws_registry(algorithms: Collection[str] = SUPPORTED_ALGORITHMS) -> JWSRegistry:
-    """A joserfc JWS registry that allows only the given algorithms (all supported ones by default)."""
+def jws_registry(
+    algorithms: Collection[str] = SUPPORTED_ALGORITHMS, *, max_payload: int | None = None
+) -> JWSRegistry:
+    """A joserfc JWS registry that allows only the given algorithms (all supported ones by default);
+    `max_payload` raises joserfc's payload cap (for revocation lists, never for tokens)."""
     unknown = set(algorithms) - set(SUPPORTED_ALGORITHMS)
     if unknown:
         raise ValueError(f"unsupported signing algorithm(s): {', '.join(sorted(unknown))}")
-    return _Registry(algorithms=list(algorithms))
+    registry = _Registry(algorithms=list(algorithms))
+    if max_payload is not None:
+        registry.max_payload_length = max_payload
+    return registry

@@ -16,14 +16,17 @@ Design choices, and why:
   (its JWK "alg", key type and curve), so a token cannot pick a weaker reading of a good key.
 * The JWKS is fetched lazily and cached. An unknown kid (the issuer rotated keys) triggers one
   refresh, at most once per jwks_min_refresh, so garbage kids cannot make us hammer the issuer.
-* The revocation list is cached for at most revocations_max_age (500 ms by default) so a revocation
-  bites within a second. When it cannot be fetched or parsed we fail closed (check "revoked"): an
-  API that accepted revoked tokens during an outage would make revocation useless. The one bounded
-  exception is revocations_stale_grace (default 0: none): the last list fetched successfully keeps
-  answering for that long after it was fetched, so a restart of the operator (one replica: seconds
-  without a pod behind its Service) does not refuse every call; no revocation can be published
-  while the operator is down anyway. Only the "jti" of each entry is read, so an entry with a
-  malformed time still revokes.
+* The revocation list is signed and carries its own validity, so it can outlive the operator. It is
+  a set of JWS parts (typ "agenttoken-revocations+jwt", never accepted as a token, as a token's typ
+  is never accepted as a list) signed by a key of the issuer's JWKS, each with iat and next_update;
+  the operator signs every part again when half of its 10-minute validity is left. The verifier
+  checks it again at most every revocations_max_age (500 ms: a revocation bites within a second)
+  and keeps using the last good list while the source is unreachable or stale, until its
+  next_update plus revocations_stale_grace (default 5 minutes); only then, or before any good
+  list, does it fail closed (check "revoked"). Unsigned, forged, foreign, incomplete, expired and
+  replayed older lists are refused (the last good one keeps answering within its bounds). The
+  source is revocations_url (HTTP, any operator replica) or revocations_path (the mounted
+  ConfigMaps: no call to the operator at all).
 * Bindings fail safe: with Verifier.environment set, a token without "env" is rejected; a token with
   "cidr" is rejected when the caller's address is unknown.
 * Payload structure (JSON object, required RFC 9068 claims and their types) is part of "format" and is
@@ -52,9 +55,17 @@ from joserfc.jws import JWSRegistry
 
 from agenttoken_sdk._verification.checks import Policy, first_failure
 from agenttoken_sdk._verification.model import CHECKS, Claims, VerificationError, short
-from agenttoken_sdk._verification.sources import Key, KeySet, RevocationList, urllib_fetch
+from agenttoken_sdk._verification.sources import (
+    Key,
+    KeySet,
+    RevocationList,
+    SignedRevocations,
+    read_path,
+    urllib_fetch,
+    verify_revocations,
+)
 from agenttoken_sdk._verification.token import ParsedToken, parse, verified_claims
-from agenttoken_sdk.jose import SUPPORTED_ALGORITHMS, jws_registry
+from agenttoken_sdk.jose import MAX_REVOCATION_LIST_BYTES, SUPPORTED_ALGORITHMS, jws_registry
 from agenttoken_sdk.times import now_utc
 from agenttoken_sdk.verifylog import ACCEPTED, REJECTED, VerificationAudit, VerificationRecord
 
@@ -82,6 +93,20 @@ def _allowed_algorithms(algorithms: Collection[str]) -> tuple[str, ...]:
     return allowed
 
 
+def _check_sources(
+    issuer: str, audience: str, keys: tuple[object, ...], revocations: tuple[str | None, ...]
+) -> None:
+    if not issuer:
+        raise ValueError("issuer must not be empty")
+    if not audience:
+        raise ValueError("audience must not be empty")
+    if sum(x is not None for x in keys) != 1 or sum(x is not None for x in revocations) > 1:
+        raise ValueError(
+            "give exactly one of jwks, jwks_url and jwks_path, and at most one of revocations_url and "
+            "revocations_path"
+        )
+
+
 def _check_durations(**durations: timedelta) -> None:
     for name, value in durations.items():
         if value < timedelta(0):
@@ -91,8 +116,10 @@ def _check_durations(**durations: timedelta) -> None:
 class Verifier:
     """Verifies access tokens for one API (audience) from one issuer. Thread-safe.
 
-    Give the issuer's public keys either as `jwks` (a JWK Set dict, used as is) or as `jwks_url`
-    (fetched on first use, refreshed when a token names an unknown kid). `fetch` does the HTTP GETs
+    Give the issuer's public keys as `jwks` (a JWK Set dict, used as is), `jwks_url` (fetched on
+    first use, refreshed when a token names an unknown kid) or `jwks_path` (the mounted
+    agenttoken-jwks ConfigMap's jwks.json, read the same way). The revocation list comes from
+    `revocations_url` or `revocations_path` (a directory of mounted signed parts). `fetch` does the HTTP GETs
     (default: urllib_fetch); `clock` is the time source for exp/nbf and both caches.
     """
 
@@ -104,6 +131,8 @@ class Verifier:
         jwks_url: str | None = None,
         jwks: dict[str, Any] | None = None,
         revocations_url: str | None = None,
+        revocations_path: str | None = None,
+        jwks_path: str | None = None,
         algorithms: Collection[str] = ("ES256", "RS256", "EdDSA"),
         leeway: timedelta = timedelta(seconds=30),
         environment: str | None = None,
@@ -111,15 +140,10 @@ class Verifier:
         fetch: Callable[[str], bytes] | None = None,
         jwks_min_refresh: timedelta = timedelta(seconds=30),
         revocations_max_age: timedelta = timedelta(milliseconds=500),
-        revocations_stale_grace: timedelta = timedelta(0),
+        revocations_stale_grace: timedelta = timedelta(minutes=5),
         audit: VerificationAudit | Literal[False] | None = None,
     ) -> None:
-        if not issuer:
-            raise ValueError("issuer must not be empty")
-        if not audience:
-            raise ValueError("audience must not be empty")
-        if (jwks is None) == (jwks_url is None):
-            raise ValueError("give exactly one of jwks and jwks_url")
+        _check_sources(issuer, audience, (jwks, jwks_url, jwks_path), (revocations_url, revocations_path))
         self._algorithms = _allowed_algorithms(algorithms)
         _check_durations(
             leeway=leeway,
@@ -133,23 +157,42 @@ class Verifier:
         self._issuer = issuer
         self._audience = audience
         self._registries: dict[str, JWSRegistry] = {a: jws_registry([a]) for a in self._algorithms}
+        # Lists are larger than tokens; their own registries keep the token cap tight.
+        self._list_registries = {
+            a: jws_registry([a], max_payload=MAX_REVOCATION_LIST_BYTES) for a in self._algorithms
+        }
         self._leeway = leeway.total_seconds()
         self._environment = environment
         self._clock = clock
         fetch = fetch if fetch is not None else urllib_fetch
-        self._keys = KeySet(jwks=jwks, url=jwks_url, fetch=fetch, min_refresh=jwks_min_refresh)
+        jwks_fetch = read_path if jwks_path is not None else fetch
+        self._keys = KeySet(
+            jwks=jwks, url=jwks_url or jwks_path, fetch=jwks_fetch, min_refresh=jwks_min_refresh
+        )
+        source = revocations_url if revocations_url is not None else revocations_path
         self._revocations = (
             None
-            if revocations_url is None
+            if source is None
             else RevocationList(
-                url=revocations_url,
-                fetch=fetch,
+                url=source,
+                fetch=fetch if revocations_url is not None else read_path,
                 max_age=revocations_max_age,
                 stale_grace=revocations_stale_grace,
+                verify=self._verify_revocations,
             )
         )
         # None: the default record (global Prometheus registry, logger agenttoken.verify.audit).
         self._audit = None if audit is False else (audit or VerificationAudit())
+
+    def _verify_revocations(self, body: bytes, now: datetime) -> SignedRevocations:
+        return verify_revocations(
+            body,
+            issuer=self._issuer,
+            keys=self._keys,
+            registries=self._list_registries,
+            now=now,
+            leeway=self._leeway,
+        )
 
     def __repr__(self) -> str:
         return f"Verifier(issuer={self._issuer!r}, audience={self._audience!r})"

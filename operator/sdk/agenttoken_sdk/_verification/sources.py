@@ -3,9 +3,11 @@
 * The JWKS is fetched lazily and cached. An unknown kid (the issuer rotated keys) triggers one
   refresh, at most once per `min_refresh`, so garbage kids cannot make us hammer the issuer. A
   failed fetch keeps the keys we had; the rate limit spaces out the retries.
-* The revocation list is cached for at most `max_age`. When it cannot be fetched or parsed the
-  answer is None and the "revoked" check fails closed; the next call tries again. Only the "jti"
-  of each entry is read, so an entry with a malformed time still revokes.
+* The revocation list is signed (JWS parts of typ REVOCATION_LIST_TYPE, by a key of the JWKS)
+  and carries its own validity (iat, next_update). It is checked again at most every `max_age`;
+  the last good list answers until next_update plus a grace, then the answer is None and the
+  "revoked" check fails closed. Unsigned, forged, foreign, incomplete, expired or replayed older
+  lists are never used.
 
 Both are thread-safe: one lock each, held across the fetch, so concurrent verifications of a
 token with a new kid cause one fetch, not one per thread.
@@ -13,7 +15,9 @@ token with a new kid cause one fetch, not one per thread.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import threading
 import urllib.parse
 import urllib.request
@@ -22,8 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
+from joserfc.jws import JWSRegistry
+
+from agenttoken_sdk.jose import REVOCATION_LIST_TYPE
 
 Fetch = Callable[[str], bytes]
 
@@ -132,47 +140,166 @@ class KeySet:
 
 # ---------------------------------------------------------------------------------- revocations
 
+# Part files in a mounted directory (a projected volume of the agenttoken-revocations-<i>
+# ConfigMaps): revocations-<i>.jws. kubelet's own entries (..data, ..2026_...) start with dots.
+_PART_SUFFIX: Final = ".jws"
 
-def parse_revocations(body: bytes) -> frozenset[str]:
-    """The revoked token ids of a revocation list document."""
-    doc = json.loads(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("revoked"), list):
-        raise ValueError("revocation list must be an object with a 'revoked' list")
-    return frozenset(
-        item["jti"] for item in doc["revoked"] if isinstance(item, dict) and isinstance(item.get("jti"), str)
+
+def read_path(path: str) -> bytes:
+    """The revocation document at a mounted path: a directory of signed parts (`*.jws`), or one
+    file holding either the JSON document `/revocations.json` serves or one compact JWS."""
+    if os.path.isdir(path):
+        lists = []
+        for name in sorted(os.listdir(path)):
+            if name.startswith(".") or not name.endswith(_PART_SUFFIX):
+                continue
+            with open(os.path.join(path, name), "rb") as f:
+                lists.append(f.read(_MAX_DOCUMENT_BYTES).decode().strip())
+        return json.dumps({"lists": lists}).encode()
+    with open(path, "rb") as f:
+        body = f.read(_MAX_DOCUMENT_BYTES + 1)
+    if len(body) > _MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{path} is larger than {_MAX_DOCUMENT_BYTES} bytes")
+    return body
+
+
+@dataclass(frozen=True)
+class SignedRevocations:
+    """A complete, verified revocation list: every part, their union, and until when it is current."""
+
+    revoked: frozenset[str]
+    next_update: float  # the earliest next_update of its parts (POSIX seconds)
+    seqs: tuple[int, ...]  # per part; a later list must not go back (a replayed older part)
+
+
+def _b64json(segment: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+def verify_revocations(
+    body: bytes,
+    *,
+    issuer: str,
+    keys: KeySet,
+    registries: dict[str, JWSRegistry],
+    now: datetime,
+    leeway: float,
+) -> SignedRevocations:
+    """Check a revocation document: every part a JWS of typ REVOCATION_LIST_TYPE, by an allowed
+    algorithm, signed by a key of the issuer's JWKS, for this issuer, issued no later than now
+    (plus leeway), and the parts complete (0..parts-1, once each). ValueError otherwise: an
+    unsigned, forged, foreign or incomplete list is never used."""
+    doc = json.loads(body) if body.lstrip()[:1] == b"{" else {"lists": [body.decode().strip()]}
+    lists = doc.get("lists") if isinstance(doc, dict) else None
+    if not isinstance(lists, list) or not lists or not all(isinstance(x, str) for x in lists):
+        raise ValueError("revocation list must be signed parts: an object with a non-empty 'lists'")
+    parts: dict[int, dict[str, Any]] = {}
+    counts = set()
+    for compact in lists:
+        header_b64, payload_b64, _ = compact.split(".")
+        header = _b64json(header_b64)
+        if not isinstance(header, dict) or header.get("typ") != REVOCATION_LIST_TYPE or "crit" in header:
+            raise ValueError(f"revocation list part is not of typ {REVOCATION_LIST_TYPE}")
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in registries or not isinstance(kid, str):
+            raise ValueError("revocation list part has a disallowed alg or no kid")
+        key, _ = keys.key_for(kid, now)
+        if key is None or not key.fits(alg):
+            raise ValueError("revocation list part is signed by a key not in the issuer's JWKS")
+        try:
+            jws.deserialize_compact(compact, key.key, algorithms=[alg], registry=registries[alg])
+        except (JoseError, ValueError, TypeError, KeyError):
+            raise ValueError("revocation list part signature does not verify") from None
+        payload = _b64json(payload_b64)
+        if not isinstance(payload, dict) or payload.get("iss") != issuer:
+            raise ValueError("revocation list part is not from this issuer")
+        revoked = payload.get("revoked")
+        if not isinstance(revoked, dict):
+            raise ValueError("revocation list part has no 'revoked' object")
+        part, count = _int(payload.get("part")), _int(payload.get("parts"))
+        iat, next_update, _seq = (
+            _int(payload.get("iat")),
+            _int(payload.get("next_update")),
+            _int(payload.get("seq")),
+        )
+        if iat > now.timestamp() + leeway or next_update <= iat:
+            raise ValueError("revocation list part is not valid yet or has no validity")
+        if not 0 <= part < count or part in parts:
+            raise ValueError("revocation list parts are inconsistent")
+        counts.add(count)
+        parts[part] = payload
+    if len(counts) != 1 or len(parts) != counts.pop():
+        raise ValueError("revocation list is incomplete (a part is missing)")
+    ordered = [parts[i] for i in range(len(parts))]
+    return SignedRevocations(
+        revoked=frozenset(jti for p in ordered for jti in p["revoked"]),
+        next_update=float(min(p["next_update"] for p in ordered)),
+        seqs=tuple(p["seq"] for p in ordered),
     )
 
 
 class RevocationList:
-    """The issuer's revocation list at `url`, at most `max_age` old; when a refresh fails, the last
-    good list keeps answering until `stale_grace` after it was fetched (0: fail closed at once)."""
+    """The issuer's signed revocation list (fetched from `url`: a URL, or a path given to a
+    file-reading `fetch`), checked at most every `max_age`. The last good list keeps answering
+    until its next_update plus `stale_grace`; after that, or before any good list, the answer is
+    None and the "revoked" check fails closed. A list older than the one held is refused."""
 
-    def __init__(self, *, url: str, fetch: Fetch, max_age: timedelta, stale_grace: timedelta) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        fetch: Fetch,
+        max_age: timedelta,
+        stale_grace: timedelta,
+        verify: Callable[[bytes, datetime], SignedRevocations],
+    ) -> None:
         self._url = url
         self._fetch = fetch
         self._max_age = max_age
-        self._stale_grace = stale_grace
+        self._stale_grace = stale_grace.total_seconds()
+        self._verify = verify
         self._lock = threading.Lock()
-        self._revoked: frozenset[str] = frozenset()
-        self._fetched_at: datetime | None = None  # last successful fetch
+        self._good: SignedRevocations | None = None
+        self._good_body: bytes | None = None
         self._tried_at: datetime | None = None  # last fetch attempt
+        self.error: str | None = None  # why the last fetch was not used (never the document)
 
     def revoked_ids(self, now: datetime) -> frozenset[str] | None:
-        """The revoked token ids, or None when no list young enough can be had (fail closed)."""
+        """The revoked token ids, or None when no current list can be had (fail closed)."""
         with self._lock:
-            ok_at = self._fetched_at
-            if not _stale(ok_at, now, self._max_age):
-                return self._revoked
-            # While serving a stale list, try again at most once per max age (not on every call).
-            if not self._stale_grace or _stale(self._tried_at, now, self._max_age):
+            if _stale(self._tried_at, now, self._max_age):
                 self._tried_at = now
-                try:
-                    fetched = parse_revocations(self._fetch(self._url))
-                except Exception:  # whatever went wrong: the stale list within its grace, or fail closed
-                    fetched = None
-                if fetched is not None:
-                    self._revoked, self._fetched_at = fetched, now
-                    return fetched
-            if self._stale_grace and ok_at is not None and ok_at <= now <= ok_at + self._stale_grace:
-                return self._revoked
+                self._refresh(now)
+            good = self._good
+            if good is not None and now.timestamp() <= good.next_update + self._stale_grace:
+                return good.revoked
             return None
+
+    def _refresh(self, now: datetime) -> None:
+        try:
+            body = self._fetch(self._url)
+            if body == self._good_body:
+                self.error = None
+                return  # unchanged: already verified
+            fetched = self._verify(body, now)
+            held = self._good
+            if (
+                held is not None
+                and len(held.seqs) == len(fetched.seqs)
+                and any(new < old for new, old in zip(fetched.seqs, held.seqs, strict=True))
+            ):
+                raise ValueError("revocation list is older than the one held (replayed?)")
+            if now.timestamp() > fetched.next_update + self._stale_grace:
+                raise ValueError("revocation list has expired (next_update plus grace passed)")
+        except Exception as error:  # whatever went wrong: keep the last good list within its grace
+            self.error = (
+                f"{type(error).__name__}: {error}" if isinstance(error, ValueError) else type(error).__name__
+            )
+            return
+        self._good, self._good_body, self.error = fetched, body, None
