@@ -426,6 +426,8 @@ def agent_deployment(
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "replicas": replicas,
+            # Every ReplicaSet kept: the node tier counts rollouts by them (default keeps 10).
+            "revisionHistoryLimit": 100,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
