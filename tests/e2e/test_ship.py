@@ -47,6 +47,9 @@ def test_rendered_chart_validates_against_the_apiserver(kube: Kube, crds: Path, 
         [],
         ["--set", f"watchNamespaces={{{namespace},default}}"],
         ["--set", "networkPolicy.enabled=true"],
+        # HA variants: the PodDisruptionBudget and the Lease Role with several shards, one replica.
+        ["--set", "replicaCount=3", "--set", "sharding.shards=4", "--set", "podAntiAffinity=required"],
+        ["--set", "replicaCount=1", "--set", "strategy=Recreate"],
     ):
         rendered = render_chart(*values)
         result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
@@ -55,7 +58,7 @@ def test_rendered_chart_validates_against_the_apiserver(kube: Kube, crds: Path, 
 
 
 def test_values_schema_rejects_a_misspelt_value(kube: Kube) -> None:
-    for bad in ("operatr.keyAlgorithm=ES256", "operator.keyAlgoritm=ES256", "replicaCount=3"):
+    for bad in ("operatr.keyAlgorithm=ES256", "operator.keyAlgoritm=ES256", "replicaCount=-1"):
         result = helm(
             kube, "template", "x", str(CHART), "--kube-version", "1.37.1", "--set", bad, check=False
         )
@@ -86,7 +89,9 @@ def test_install_upgrade_uninstall(kube: Kube, crds: Path) -> None:
         dep = kube.get_json("deployment", deployment, "-n", release)
         assert dep is not None
         pod = dep["spec"]["template"]["spec"]
-        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+        assert dep["spec"]["replicas"] == 2
+        assert kube.get_json("poddisruptionbudget", deployment, "-n", release) is not None
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["containers"][0]["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -140,6 +145,17 @@ def test_operator_identity_is_least_privilege(kube: Kube, operator: OperatorProc
     assert can_i(kube, SA, "update", "secrets/agenttoken-signing-keys", "-n", "agenttoken-system")
     assert not can_i(kube, SA, "update", "secrets/something-else", "-n", "agenttoken-system")
     assert not can_i(kube, SA, "update", "configmaps/something-else", "-n", "agenttoken-system")
+    # Leader election: its shards' Leases in its own namespace, nothing else.
+    lease, ns = "leases.coordination.k8s.io", "agenttoken-system"
+    assert can_i(kube, SA, "create", lease, "-n", ns)
+    assert can_i(kube, SA, "get", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert can_i(kube, SA, "update", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert not can_i(kube, SA, "update", f"{lease}/agenttoken-shard-1", "-n", ns)
+    assert not can_i(kube, SA, "update", f"{lease}/kube-scheduler", "-n", ns)
+    assert not can_i(kube, SA, "delete", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert not can_i(kube, SA, "list", lease, "-n", ns)
+    assert not can_i(kube, SA, "create", lease, "-n", "default")
+    assert not can_i(kube, SA, "update", f"{lease}/kube-controller-manager", "-n", "kube-system")
 
 
 def test_namespaced_mode_cannot_reach_other_namespaces(kube: Kube, crds: Path, namespace: str) -> None:
@@ -244,3 +260,19 @@ def test_monitoring_objects_render(kube: Kube) -> None:
     assert set(alerts) >= {"AgentTokenExpiringSoon", "AgentTokenRenewalsFailing", "AgentTokenIssuerFailing"}
     assert "agenttoken_token_expiration_timestamp_seconds" in alerts["AgentTokenExpiringSoon"]["expr"]
     assert "{{ $labels.name }}" in alerts["AgentTokenExpiringSoon"]["annotations"]["summary"]
+
+
+def test_prometheus_rule_labels_stay_metadata_labels() -> None:
+    """metrics.prometheusRule.labels go to the object's labels and nowhere else (a template edit
+    once rendered the alert rules into metadata.labels when labels were set)."""
+    import yaml
+
+    rendered = render_chart(
+        "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=kps"
+    )
+    (rule,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PrometheusRule"]
+    labels = rule["metadata"]["labels"]
+    assert labels["release"] == "kps"
+    assert all(isinstance(v, str) for v in labels.values())
+    alerts = {r["alert"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert {"AgentTokenExpiringSoon", "AgentTokenRevocationListStale"} <= alerts

@@ -7,16 +7,23 @@ import json
 import os
 import platform
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import images.recipes
+from devcluster import kubectl_path
 from devcluster.node import NODE_LABEL
-from images.build import images_dir
+from images import oci
+from images.build import DEFAULT_EPOCH, images_dir
 from tests.e2e.conftest import REPO, helm_path
 from tests.e2e.kube import Kube, wait_for
+
+from .conftest import NodeCluster
 
 CHART = REPO / "charts" / "agent-token-operator"
 RELEASE = "agent-token-operator"
@@ -26,6 +33,14 @@ FULLNAME = RELEASE
 ISSUER = f"https://{FULLNAME}.{OPERATOR_NS}.svc/issuers/builtin"
 SELECTOR = f"app.kubernetes.io/name=agent-token-operator,app.kubernetes.io/instance={RELEASE}"
 RESULTS = REPO / "bench" / "results" / "operator-pod.json"
+# The Lease of shard 0 (docs/install.md): its holder is the leader, named by its pod (POD_NAME).
+LEASE = "agenttoken-shard-0"
+# Where a relabelled copy of the operator image is imported (outside localhost/agenttoken/, whose
+# images import_images() drops when no archive in the cache names them).
+UPGRADE_REPOSITORY = "localhost/agenttoken-test/operator"
+# What the demo agents ask for and the demo API requires.
+AUDIENCE = "https://demo-api.example"
+SCOPE = "demo:call"
 
 
 def image_reference(name: str) -> str:
@@ -224,3 +239,276 @@ def write_results(section: str, figures: dict[str, Any]) -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------ the release
+
+
+@dataclass
+class Release:
+    values: list[str]
+    installed_in: float
+    service_ip: str
+    crds_from_chart: bool
+
+
+def _unowned(kube: Kube, *resource: str) -> bool:
+    obj = kube.get_json(*resource)
+    return (
+        obj is not None and obj["metadata"].get("annotations", {}).get("meta.helm.sh/release-name") != RELEASE
+    )
+
+
+@contextmanager
+def installed_release(kube: Kube, node_cluster: NodeCluster) -> Iterator[Release]:
+    """`helm install` of the chart with its defaults (two replicas electing a leader) and the image
+    built here; uninstalled afterwards."""
+    assert node_cluster.cluster.node is not None
+    # make test-node builds the images before the node starts; a rebuild since is imported here.
+    node_cluster.cluster.node.import_images()
+    values = install_values()
+    # Another test of the session may have applied the CRDs or the builtin issuer without Helm;
+    # Helm refuses to adopt them, so the release then leaves them alone.
+    crds_from_chart = not _unowned(kube, "crd", "agenttokens.agenttoken.dev")  # absent or ours
+    if not crds_from_chart:
+        values += ["--set", "crds.enabled=false"]
+    if not crds_from_chart and _unowned(kube, "clustertokenissuer", "builtin"):
+        values += ["--set", "builtinIssuer.enabled=false"]
+    started = time.monotonic()
+    helm(
+        kube, "install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+        *values, "--wait", "--timeout", "240s", timeout=300,
+    )  # fmt: skip
+    ready_operator_pod(kube)
+    installed_in = time.monotonic() - started
+    service = kube.get_json("service", FULLNAME, "-n", OPERATOR_NS)
+    assert service is not None
+    try:
+        yield Release(values, installed_in, service["spec"]["clusterIP"], crds_from_chart)
+    finally:
+        helm(kube, "uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", check=False)
+
+
+# ------------------------------------------------------------------------------ leadership
+
+
+def lease_holder(kube: Kube) -> str:
+    lease = kube.get_json("lease", LEASE, "-n", OPERATOR_NS)
+    return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
+
+
+def leader_pod(kube: Kube, timeout: float = 90) -> dict[str, Any]:
+    """The Ready operator pod holding shard 0's Lease (the chart makes the pod name the identity)."""
+
+    def probe() -> dict[str, Any] | None:
+        holder = lease_holder(kube)
+        return next((p for p in operator_pods(kube) if p["metadata"]["name"] == holder and is_ready(p)), None)
+
+    return wait_for("the leader (holder of the Lease) among the Ready operator pods", probe, timeout=timeout)
+
+
+@dataclass
+class LeaseChange:
+    at: float  # wall time the watch delivered it
+    holder: str
+    transitions: int
+
+
+@dataclass
+class LeaseWatch:
+    """Every change of shard 0's Lease holder, with the wall time a watch (one `kubectl get -w`
+    process, not polling) delivered it: how long a failover took, seen from outside."""
+
+    kube: Kube
+    changes: list[LeaseChange] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _proc: subprocess.Popen[str] | None = None
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> LeaseWatch:
+        self._thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._proc is not None:
+            self._proc.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        decoder = json.JSONDecoder()
+        while not self._stop.is_set():
+            argv = [kubectl_path(), "get", "lease", LEASE, "-n", OPERATOR_NS, "--watch", "-o", "json"]
+            with subprocess.Popen(
+                argv, env=self.kube.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            ) as self._proc:
+                assert self._proc.stdout is not None
+                buffer = ""
+                for line in self._proc.stdout:
+                    buffer += line
+                    try:
+                        lease, end = decoder.raw_decode(buffer.lstrip())
+                    except json.JSONDecodeError:
+                        continue  # the object is not complete yet
+                    buffer = buffer.lstrip()[end:]
+                    self._record(lease)
+            self._stop.wait(0.5)  # the watch ended (server timeout, Lease not created yet): again
+
+    def _record(self, lease: dict[str, Any]) -> None:
+        spec = lease.get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        if not self.changes or self.changes[-1].holder != holder:
+            self.changes.append(LeaseChange(time.time(), holder, int(spec.get("leaseTransitions") or 0)))
+
+    def taken_over(self, after: float, old: str, timeout: float = 90) -> LeaseChange:
+        """The first change after wall time `after` to a holder other than `old` (and not empty)."""
+
+        def probe() -> LeaseChange | None:
+            return next((c for c in self.changes if c.at >= after and c.holder not in ("", old)), None)
+
+        return wait_for(f"another holder than {old} for {LEASE}", probe, timeout=timeout, interval=0.2)
+
+
+# ------------------------------------------------------------------------------ a changed image
+
+
+def relabelled_operator_image(node_cluster: NodeCluster, label: str) -> str:
+    """The operator image with one more label (same layers, another manifest digest), imported
+    into the node: `helm upgrade` to it replaces every pod as a new release would."""
+    assert node_cluster.cluster.node is not None
+    source = images_dir() / images.recipes.archive("operator")
+    tag = image_reference("operator").rsplit(":", 1)[1] + f"-{label}"
+    reference = f"{UPGRADE_REPOSITORY}:{tag}"
+    out = node_cluster.cluster.workdir / f"operator-{tag}.tar"
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+    oci.relabel(source, out, reference, {"dev.agenttoken.test/upgrade": label}, epoch=epoch)
+    result = node_cluster.cluster.node.ctr("images", "import", str(out), timeout=300)
+    assert result.returncode == 0, f"importing {out.name}: {result.stderr.strip()}"
+    return reference
+
+
+# ------------------------------------------------------------------------------ agents and the demo API
+
+
+def app_pods(kube: Kube, ns: str, app: str) -> list[dict[str, Any]]:
+    pods = kube.get_json("pods", "-n", ns, "-l", f"app={app}")
+    return list((pods or {}).get("items", []))
+
+
+def agent_deployment(
+    name: str,
+    ns: str,
+    replicas: int,
+    env: dict[str, str],
+    *,
+    three_ways: bool,
+    secret: str = "agent-token",  # noqa: S107 (a name)
+) -> dict[str, Any]:
+    """The demo agent (examples/agent-demo/agent.py) reading `secret` as a volume through the SDK,
+    and with `three_ways` also as an env var and a subPath file (those need a restart per token)."""
+    mounts = [{"name": "token", "mountPath": "/var/run/agent-token", "readOnly": True}]
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    if three_ways:
+        mounts.append(
+            {"name": "token", "mountPath": "/etc/agent/token", "subPath": "token", "readOnly": True}
+        )
+        env_list.append(
+            {
+                "name": "AGENT_API_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}},
+            }
+        )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            # Every ReplicaSet kept: the node tier counts rollouts by them (default keeps 10).
+            "revisionHistoryLimit": 100,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeSelector": {NODE_LABEL: "true"},
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": image_reference("agent"),
+                            "imagePullPolicy": "Never",
+                            "env": env_list,
+                            "volumeMounts": mounts,
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "volumes": [{"name": "token", "secret": {"secretName": secret}}],
+                },
+            },
+        },
+    }
+
+
+def demo_api(ns: str, operator_ip: str, extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The demo API (examples/agent-demo/demo_api.py) verifying with the SDK against the operator's
+    Service, as a Deployment and a Service named demo-api."""
+    base = f"http://{operator_ip}:8080/issuers/builtin"
+    env = {
+        "ISSUER": ISSUER,
+        "AUDIENCE": AUDIENCE,
+        "REQUIRED_SCOPES": SCOPE,
+        "JWKS_URL": f"{base}/jwks.json",
+        "REVOCATIONS_URL": f"{base}/revocations.json",
+        "FETCH_TIMEOUT": "1",
+        **(extra_env or {}),
+    }
+    labels = {"app": "demo-api"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "demo-api", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {NODE_LABEL: "true"},
+                    "automountServiceAccountToken": False,
+                    "securityContext": {"runAsNonRoot": True},
+                    "containers": [
+                        {
+                            "name": "api",
+                            "image": image_reference("demo-api"),
+                            "imagePullPolicy": "Never",
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "ports": [{"containerPort": 8080, "name": "http"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 2,
+                            },
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "demo-api", "namespace": ns},
+        "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": "http"}]},
+    }
+    return [deployment, service]

@@ -190,3 +190,28 @@ def test_catalog_keeps_every_checkouts_archive_and_prunes_the_oldest(tmp_path: P
         "localhost/agenttoken/operator:dev-b",
         "localhost/agenttoken/operator:dev-c",
     }
+
+
+def test_relabel_keeps_the_layers_and_changes_the_digest(tmp_path: Path) -> None:
+    layer = oci.LayerWriter(EPOCH)
+    layer.add_file("hello", b"world", mode=0o755)
+    config = oci.ImageConfig(entrypoint=["/hello"], labels={"kept": "yes"})
+    source = tmp_path / "hello.tar"
+    info = oci.write_archive(
+        source, "localhost/agenttoken/hello:1", [layer.build()], config, epoch=EPOCH, created_by="t"
+    )
+    out = tmp_path / "relabelled.tar"
+    changed = oci.relabel(source, out, "localhost/test/hello:1-b", {"upgrade": "b"}, epoch=EPOCH)
+    assert changed.manifest_digest != info.manifest_digest
+    assert changed.config_digest != info.config_digest
+    assert (changed.compressed_size, changed.uncompressed_size) == (
+        info.compressed_size,
+        info.uncompressed_size,
+    )
+    before, after = oci.read_archive(source), oci.read_archive(out)
+    assert after.reference == "localhost/test/hello:1-b"
+    assert after.layers == before.layers
+    assert after.config["config"]["Labels"] == {"kept": "yes", "upgrade": "b"}
+    assert after.config["config"]["Entrypoint"] == ["/hello"]
+    assert after.config["rootfs"] == before.config["rootfs"]
+    assert not (tmp_path / "relabelled.tar.partial").exists()

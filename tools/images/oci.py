@@ -243,6 +243,28 @@ def write_archive(
             {"created": created, "created_by": f"{created_by} (layer {i})"} for i in range(len(layers))
         ],
     }
+    manifest_digest, config_digest = _write_layout(out, reference, image_config, layers, epoch)
+    return _info(reference, manifest_digest, config_digest, layers)
+
+
+def _info(reference: str, manifest_digest: str, config_digest: str, layers: list[Layer]) -> ArchiveInfo:
+    uncompressed = 0
+    for layer in layers:
+        with gzip.GzipFile(fileobj=io.BytesIO(layer.compressed)) as gz:
+            uncompressed += _drain(gz)
+    return ArchiveInfo(
+        reference=reference,
+        manifest_digest=manifest_digest,
+        config_digest=config_digest,
+        compressed_size=sum(layer.size for layer in layers),
+        uncompressed_size=uncompressed,
+    )
+
+
+def _write_layout(
+    out: Path, reference: str, image_config: dict[str, Any], layers: list[Layer], epoch: int
+) -> tuple[str, str]:
+    """Write the oci-layout tar; returns the (manifest, config) digests."""
     blobs: dict[str, bytes] = {}
 
     def blob(data: bytes) -> dict[str, Any]:
@@ -266,7 +288,7 @@ def write_archive(
             {
                 "mediaType": MEDIA_MANIFEST,
                 **manifest_ref,
-                "platform": {"architecture": host_architecture(), "os": "linux"},
+                "platform": {"architecture": image_config["architecture"], "os": image_config["os"]},
                 "annotations": {CONTAINERD_NAME: reference, REF_NAME: tag},
             }
         ],
@@ -280,17 +302,23 @@ def write_archive(
             _add_bytes(tar, "blobs/sha256/" + digest.removeprefix("sha256:"), blobs[digest], epoch)
     # Renamed into place last: the node imports every *.tar it finds, never a half-written one.
     partial.replace(out)
-    uncompressed = 0
-    for layer in layers:
-        with gzip.GzipFile(fileobj=io.BytesIO(layer.compressed)) as gz:
-            uncompressed += _drain(gz)
-    return ArchiveInfo(
-        reference=reference,
-        manifest_digest=manifest_ref["digest"],
-        config_digest=config_ref["digest"],
-        compressed_size=sum(layer.size for layer in layers),
-        uncompressed_size=uncompressed,
-    )
+    return manifest_ref["digest"], config_ref["digest"]
+
+
+def relabel(source: Path, out: Path, reference: str, labels: dict[str, str], *, epoch: int) -> ArchiveInfo:
+    """The image of archive `source` under `reference` with `labels` added to its config: the same
+    layers (nothing new for a node to unpack), a new config and therefore a new manifest digest.
+    The node tier upgrades to it when it needs "a changed image" without changing the sources."""
+    contents = read_archive(source)
+    image_config = json.loads(json.dumps(contents.config))
+    runtime = image_config.setdefault("config", {})
+    runtime["Labels"] = {**(runtime.get("Labels") or {}), **labels}
+    layers = [
+        Layer(compressed=layer, diff_id=diff_id)
+        for layer, diff_id in zip(contents.layers, image_config["rootfs"]["diff_ids"], strict=True)
+    ]
+    manifest_digest, config_digest = _write_layout(out, reference, image_config, layers, epoch)
+    return _info(reference, manifest_digest, config_digest, layers)
 
 
 def _drain(stream: gzip.GzipFile) -> int:

@@ -79,3 +79,27 @@ app.kubernetes.io/part-of: agent-token-operator
   resources: ["cronjobs"]
   verbs: ["list"]
 {{- end -}}
+
+{{/* Refuse values that would render but not work (the schema cannot compare two values). */}}
+{{- define "ato.validateValues" -}}
+{{- $le := .Values.leaderElection -}}
+{{- if not (gt (float64 $le.leaseDuration) (float64 $le.renewDeadline)) -}}
+{{- fail "leaderElection.leaseDuration must exceed leaderElection.renewDeadline (a leader must give up before a standby may take its Lease)" -}}
+{{- end -}}
+{{- if not (gt (float64 $le.renewDeadline) (mulf $le.retryPeriod 1.2)) -}}
+{{- fail "leaderElection.renewDeadline must exceed 1.2 * leaderElection.retryPeriod (room for a retry before the deadline)" -}}
+{{- end -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if and $pdb.enabled (gt (int .Values.replicaCount) 1) (not (kindIs "string" $pdb.minAvailable)) -}}
+{{- if ge (int $pdb.minAvailable) (int .Values.replicaCount) -}}
+{{- fail "podDisruptionBudget.minAvailable must be below replicaCount, or no drain could ever evict an operator pod" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Lease names of every shard: agenttoken-shard-0 .. agenttoken-shard-<shards-1>. */}}
+{{- define "ato.leaseNames" -}}
+{{- range $i := until (int .Values.sharding.shards) }}
+- agenttoken-shard-{{ $i }}
+{{- end }}
+{{- end -}}
