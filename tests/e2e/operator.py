@@ -13,7 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from joserfc.errors import JoseError
+from joserfc.jws import extract_compact
+
 from agenttoken.core import revocation
+from agenttoken_sdk.jose import REVOCATION_LIST_TYPE
 from devcluster import free_ports
 
 from .kube import Kube, wait_for
@@ -149,3 +153,13 @@ def revoked_ids(operator: OperatorProcess) -> set[str]:
     with urllib.request.urlopen(f"{operator.base_url}/revocations.json", timeout=5) as r:
         parts = [revocation.read_part(signed) for signed in json.loads(r.read())["lists"]]
     return {jti for part in parts if part is not None for jti in part.revoked}
+
+
+def is_revocation_list(compact: str) -> bool:
+    """Whether a JWS-shaped string is a part of the signed revocation list (its header's `typ`;
+    signature not checked): a public document in ConfigMaps, typed never to pass as a token, so
+    the one JWS a leak scan may find outside Secrets."""
+    try:
+        return extract_compact(compact.encode()).protected.get("typ") == REVOCATION_LIST_TYPE
+    except JoseError:
+        return False

@@ -9,10 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agenttoken_sdk.jose import REVOCATION_LIST_TYPE
-
 from .kube import Kube
-from .operator import OperatorProcess
+from .operator import OperatorProcess, is_revocation_list
 from .test_key_revocation import SEEN_ASSERTIONS
 from .test_lifecycle import SEEN_TOKENS
 from .test_practices_delivery import NEVER_DELIVERED
@@ -79,19 +77,8 @@ def test_no_jwt_appears_in_logs_events_or_status(kube: Kube, operator: OperatorP
         "configmaps": kube.kubectl("get", "configmaps", "-A", "-o", "json").stdout,
     }
     for where, text in haystacks.items():
-        found = [m.group() for m in jwt_shape.finditer(text) if _jws_type(m.group()) != REVOCATION_LIST_TYPE]
+        found = [m.group() for m in jwt_shape.finditer(text) if not is_revocation_list(m.group())]
         assert not found, f"{len(found)} JWT-shaped string(s) in {where}"
-
-
-def _jws_type(compact: str) -> str | None:
-    """The JWS header's `typ`. The signed revocation list (ConfigMaps agenttoken-revocations-<i>)
-    is a public JWS typed so that no verifier takes it for a token: the one JWS that belongs there."""
-    header = compact.split(".", 1)[0]
-    try:
-        typ = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))).get("typ")
-    except ValueError:
-        return None
-    return typ if isinstance(typ, str) else None
 
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
