@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -12,9 +13,6 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from joserfc.errors import JoseError
-from joserfc.jws import extract_compact
 
 from agenttoken.core import revocation
 from agenttoken_sdk.jose import REVOCATION_LIST_TYPE
@@ -156,10 +154,13 @@ def revoked_ids(operator: OperatorProcess) -> set[str]:
 
 
 def is_revocation_list(compact: str) -> bool:
-    """Whether a JWS-shaped string is a part of the signed revocation list (its header's `typ`;
-    signature not checked): a public document in ConfigMaps, typed never to pass as a token, so
-    the one JWS a leak scan may find outside Secrets."""
+    """Whether a JWS-shaped string is a part of the signed revocation list, by its protected
+    header's `typ` alone (not its payload or signature: a test may leave a tampered part behind):
+    a public document in ConfigMaps, typed never to pass as a token, so the one JWS a leak scan
+    may find outside Secrets."""
+    header = compact.split(".", 1)[0]
     try:
-        return extract_compact(compact.encode()).protected.get("typ") == REVOCATION_LIST_TYPE
-    except JoseError:
+        typ = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))).get("typ")
+    except (ValueError, AttributeError):  # not base64 / not JSON / not an object
         return False
+    return bool(typ == REVOCATION_LIST_TYPE)
