@@ -111,7 +111,7 @@ class Controller:
             kube, workloads, self.revoker, clock, margin=options.usage_warmup, recheck=self.queue.now
         )
         self.issuing = Issuing(kube, self.secrets, registry, clock, may_write=self.leadership.owns)
-        self.rollout = RolloutStep(rollouts, self.revoker, clock)
+        self.rollout = RolloutStep(rollouts, self.revoker, clock, recheck=self.queue.now)
         self.conflicts = ConflictWatch(kube, self.queue.now)
         self._interest = InterestIndex()  # which AgentTokens a workload or namespace event concerns
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
@@ -124,6 +124,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.queue.stop()
+        self.rollout.stop()
         await self.conflicts.stop()
         await self.events.flush()
 
@@ -248,9 +249,7 @@ class Controller:
             return
         self._post(body, issued.events)
         status: dict[str, Any] = {"rollout": None, "consumers": None}
-        conflict = (
-            decision.action is Action.CONFLICT
-        )  # watched, so it resolves itself (controllers.conflicts)
+        conflict = decision.action is Action.CONFLICT  # watched: resolves itself (controllers.conflicts)
         wake = self.conflicts.follow(
             p.key, p.secret_key, conflict, self.secrets.get(p.secret_key), self.clock()
         )

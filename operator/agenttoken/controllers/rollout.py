@@ -202,10 +202,19 @@ class RolloutStep:
     """The rollout step of a reconcile: report status.rollout/consumers, ask for restarts,
     warn once about slow rollouts and stranded consumers, revoke the previous token when due."""
 
-    def __init__(self, restarts: RolloutManager | None, revoker: Revoker, clock: Clock) -> None:
+    def __init__(
+        self,
+        restarts: RolloutManager | None,
+        revoker: Revoker,
+        clock: Clock,
+        recheck: Callable[[Key], None] = lambda key: None,
+    ) -> None:
         self.restarts = restarts
         self.revoker = revoker
         self.clock = clock
+        self.recheck = recheck  # look at an AgentToken again (the work queue)
+        self._deferred: set[Key] = set()  # passes that came before the workload cache was synced
+        self._after_sync: asyncio.Task[None] | None = None
         # Warn-once marks, one per AgentToken (dropped with it): the token id warned about, or
         # for consumers the stranded workloads warned about (a new one warns again).
         self._warned_slow: dict[Key, str] = {}
@@ -214,9 +223,12 @@ class RolloutStep:
     def forget(self, key: Key) -> None:
         self._warned_slow.pop(key, None)
         self._warned_consumers.pop(key, None)
+        self._deferred.discard(key)
 
     async def step(self, p: Pass, record: TokenRecord, outcome: Outcome) -> StepResult:
         previous = (p.body.get("status") or {}).get("rollout") or {}
+        if self.restarts is not None and not self.restarts.workloads.synced.is_set():
+            return self._defer(p, outcome)
         workloads = self.restarts.workloads.in_namespace(p.namespace) if self.restarts else []
         report = rolloutreport.report(
             name=p.name, spec=p.spec, record=record, workloads=workloads, previous=previous, now=self.clock()
@@ -249,3 +261,26 @@ class RolloutStep:
             wake=(report.wake_at,) if report.wake_at else (),
             events=tuple(events),
         )
+
+    def stop(self) -> None:
+        if self._after_sync is not None:
+            self._after_sync.cancel()
+
+    def _defer(self, p: Pass, outcome: Outcome) -> StepResult:
+        """Right after a start the workload cache may not have seen every workload yet, and an
+        empty cache reads as "no targets: rollout complete", which would start the previous
+        token's revocation grace while pods still run with it. So status.rollout and consumers
+        stay as written, nothing is restarted or revoked, and the AgentToken is looked at again
+        once the cache is synced (what client-go controllers get from WaitForCacheSync)."""
+        assert self.restarts is not None
+        self._deferred.add(p.key)
+        if self._after_sync is None:
+            self._after_sync = asyncio.create_task(self._recheck_when_synced(self.restarts.workloads))
+        st = p.body.get("status") or {}
+        return StepResult(outcome, status={"rollout": st.get("rollout"), "consumers": st.get("consumers")})
+
+    async def _recheck_when_synced(self, workloads: WorkloadCache) -> None:
+        await workloads.synced.wait()
+        for key in sorted(self._deferred):
+            self.recheck(key)
+        self._deferred.clear()

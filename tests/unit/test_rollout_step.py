@@ -1,0 +1,60 @@
+"""The rollout step right after a start: an unsynced workload cache is not "no targets"."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from agenttoken.controllers.context import Key, Pass
+from agenttoken.controllers.rollout import RolloutManager, RolloutOptions, RolloutStep
+from agenttoken.core.model import parse_spec, parse_status
+from agenttoken.core.rollout import WorkloadRef
+from agenttoken.core.status import Outcome
+from agenttoken.issuers import IssuerSpec
+from agenttoken.kube.caches import WorkloadCache
+from tests.unit.test_rolloutreport import T0, record
+
+ROLLOUT = {"strategy": "Restart", "targets": [{"kind": "Deployment", "name": "web"}]}
+WRITTEN = {"tokenId": "jti-1", "state": "Complete", "targets": [{"kind": "Deployment", "name": "web"}]}
+
+
+class NoRevocations:
+    async def revoke(self, *args: Any) -> None:
+        raise AssertionError("nothing may be revoked before the workload cache is synced")
+
+
+def a_pass() -> Pass:
+    body = {
+        "metadata": {"name": "agent", "namespace": "ns", "uid": "u"},
+        "spec": {"audience": ["https://api"], "ttl": "1h", "secret": {"name": "tok"}, "rollout": ROLLOUT},
+        "status": {"tokenId": "jti-1", "rollout": WRITTEN, "consumers": [{"kind": "Deployment"}]},
+    }
+    issuer = IssuerSpec(kind="ClusterTokenIssuer", namespace="", name="default", type="builtin", config={})
+    return Pass(
+        body=body, spec=parse_spec(body["spec"]), issuer=issuer, previous=parse_status(body["status"]), now=T0
+    )
+
+
+def test_a_pass_before_the_workload_cache_is_synced_changes_nothing_and_comes_back() -> None:
+    async def go() -> tuple[dict[str, Any], list[Key], list[Key]]:
+        workloads = WorkloadCache()
+        manager = RolloutManager(None, RolloutOptions(), workloads, None)  # type: ignore[arg-type]
+        rechecked: list[Key] = []
+        step = RolloutStep(manager, NoRevocations(), lambda: T0 + dt.timedelta(hours=1), rechecked.append)  # type: ignore[arg-type]
+        p = a_pass()
+        # The previous token's grace would be long over: an empty cache read as "no targets"
+        # would call the rollout complete and revoke it.
+        result = await step.step(p, record(previous_expires_at=T0 + dt.timedelta(minutes=5)), Outcome())
+        assert not manager.is_pending(WorkloadRef("Deployment", "ns", "web"))  # no restart asked
+        before_sync = list(rechecked)
+        workloads.synced.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        step.stop()
+        return dict(result.status), before_sync, rechecked
+
+    status, before_sync, rechecked = asyncio.run(go())
+    assert status == {"rollout": WRITTEN, "consumers": [{"kind": "Deployment"}]}
+    assert before_sync == []
+    assert rechecked == [("ns", "agent")]
