@@ -45,6 +45,22 @@ def test_a_fresh_read_is_the_truth_and_clears_the_tombstone() -> None:
     assert cache.offer(KEY, body("5"))  # a recreated object starts anew
 
 
+def test_a_read_older_than_what_the_watch_already_reported_is_stale() -> None:
+    # The conflicting AgentToken's read answered with rv 30 (the Secret as the owner had just
+    # repaired it); the watch meanwhile reported rv 31, where a foreign write took it out of
+    # our selector. The late read must not bring back the repaired copy.
+    cache = BodyCache()
+    cache.drop(KEY, body("31", owner="us"))
+    assert not cache.replace(KEY, body("30", owner="us"))
+    assert cache.get(KEY) is None
+    assert cache.replace(KEY, body("31", owner="someone-else"))  # the read of the exit itself
+    assert cache.get(KEY) == body("31", owner="someone-else")
+    cache.offer(KEY, body("40"))
+    assert not cache.replace(KEY, body("39"))
+    assert cache.replace(KEY, body("40"))
+    assert cache.get(KEY) == body("40")
+
+
 def test_unordered_versions_are_always_taken() -> None:
     cache = BodyCache()
     cache.offer(KEY, body("abc"))

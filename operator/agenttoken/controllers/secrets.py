@@ -68,7 +68,8 @@ class SecretStore:
         return self._cache.offer(key, body)
 
     async def refresh(self, key: Key) -> None:
-        """Read it from the API: act only on a fresh read (the cache may lag, e.g. after a restart)."""
+        """Read it from the API: act only on a fresh read (the cache may lag, e.g. after a restart).
+        A watch event handled while the read was in flight wins over it if newer (core.bodycache)."""
         fresh = await self.kube.get_secret(*key)
         if fresh is None:
             self._cache.drop(key)

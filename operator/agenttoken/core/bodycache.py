@@ -76,10 +76,24 @@ class BodyCache:
         self._gone.pop(key, None)
         return True
 
-    def replace(self, key: Key, body: dict[str, Any]) -> None:
-        """A fresh read from the API: the current state, whatever we held."""
+    def replace(self, key: Key, body: dict[str, Any]) -> bool:
+        """A fresh read from the API: the state as of its resourceVersion; True if stored.
+
+        A watch event handled while the read was in flight can be newer than the read, e.g. the
+        DELETED of a Secret that a foreign write took out of our label selector. Then the read is
+        stale and must not win: two reconciles read the same Secret (an AgentToken in conflict
+        with its owner reads it too), and a stale copy from before the foreign write would look
+        fine to the owner, which would never hear of that Secret again. A read at the
+        tombstone's own version is the truth about it (the Secret as it left the selector)."""
+        new = resource_version(body)
+        if new is not None:
+            gone = self._gone.get(key)
+            old = resource_version(self.bodies.get(key))
+            if (gone is not None and new < gone) or (old is not None and new < old):
+                return False
         self.bodies[key] = slim(body)
         self._gone.pop(key, None)
+        return True
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self.bodies.get(key)
