@@ -157,7 +157,10 @@ def test_the_resource_must_be_canonical_and_the_verifiers_audience() -> None:
         ProtectedResource(verifier=verifier, resource="https://Tools.example.com/mcp")
     with pytest.raises(ValueError, match="RFC 8707"):
         ProtectedResource(verifier=verifier, resource="https://tools.example.com/other")
-    assert metadata_url("https://tools.example.com/") == "https://tools.example.com/.well-known/oauth-protected-resource"
+    assert (
+        metadata_url("https://tools.example.com/")
+        == "https://tools.example.com/.well-known/oauth-protected-resource"
+    )
     assert challenge("https://x/m", error="e", description='say "hi"\n') == (
         'Bearer resource_metadata="https://x/m", error="e", error_description="say \\"hi\\" "'
     )
@@ -172,7 +175,9 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [b"public" if claims is None else claims.subject.encode()]
 
 
-def call_wsgi(path: str, header: str | None = None, method: str = "POST") -> tuple[str, dict[str, str], bytes]:
+def call_wsgi(
+    path: str, header: str | None = None, method: str = "POST"
+) -> tuple[str, dict[str, str], bytes]:
     environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO()}
     wsgiref.util.setup_testing_defaults(environ)
     if header is not None:

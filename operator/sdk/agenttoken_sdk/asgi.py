@@ -66,7 +66,9 @@ class BearerAuthMiddleware:
 
     async def _decide(self, scope: Scope) -> Decision:
         authorization = [
-            value.decode("latin-1") for name, value in scope.get("headers", ()) if name.lower() == b"authorization"
+            value.decode("latin-1")
+            for name, value in scope.get("headers", ())
+            if name.lower() == b"authorization"
         ]
         client = scope.get("client")
         decide = _Decide(

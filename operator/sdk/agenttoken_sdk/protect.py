@@ -45,7 +45,7 @@ from agenttoken_sdk.resource import (
 )
 from agenttoken_sdk.verify import Claims, VerificationError, Verifier
 
-__all__ = ["PUBLIC", "CLAIMS_KEY", "Decision", "ProtectedResource", "authorize", "claims_of"]
+__all__ = ["CLAIMS_KEY", "PUBLIC", "Decision", "ProtectedResource", "authorize", "claims_of"]
 
 #: Where the middleware leaves the verified Claims: the ASGI scope / WSGI environ key.
 CLAIMS_KEY: Final = "agenttoken.claims"

@@ -46,10 +46,11 @@ PUBLIC: Final = None
 
 # The regular expressions are the CRD's (crds/agenttoken.dev_agenttokens.yaml, spec.audience
 # items), character for character: RE2 and Python's re read them alike, and
-# tests/unit/test_resource_uri.py checks both readings on the same cases.
+# tests/unit/test_resource_uri.py checks both readings on the same cases. The CRD writes them as
+# raw CEL strings, so a backslash means the same in CEL as here.
 _HTTP_URI: Final = re.compile(r"(?i)^https?://")
 _HTTPS_OR_LOOPBACK: Final = re.compile(
-    r"^https://|^http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?([/?#]|$)"
+    r"^https://|^http://(localhost|127([.][0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?([/?#]|$)"
 )
 _AUTHORITY: Final = re.compile(
     r"^(?i:https?)://([a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(:[0-9]{1,5})?([/?#]|$)"
@@ -131,9 +132,9 @@ def scopes_for(
     best: str | None = None
     for prefix in routes:
         base = prefix.rstrip("/")
-        if path == base or path.startswith(base + "/") or prefix == "/":
-            if best is None or len(prefix) > len(best):
-                best = prefix
+        matches = path == base or path.startswith(base + "/") or prefix == "/"
+        if matches and (best is None or len(prefix) > len(best)):
+            best = prefix
     scopes = routes[best] if best is not None else default
     return None if scopes is None else tuple(dict.fromkeys(scopes))
 
@@ -214,7 +215,9 @@ _REASONS: Final = {
 _NO_STORE: Final = (("Cache-Control", "no-store"),)
 
 
-def json_response(status: int, body: Mapping[str, object], headers: Iterable[tuple[str, str]] = ()) -> Response:
+def json_response(
+    status: int, body: Mapping[str, object], headers: Iterable[tuple[str, str]] = ()
+) -> Response:
     data = json.dumps(body, separators=(",", ":")).encode()
     return Response(
         status,
@@ -232,6 +235,9 @@ def error_response(
     description: str | None = None,
 ) -> Response:
     """A 400/401/403 with its challenge; the JSON body repeats error and description for humans."""
-    body = {"error": error or "unauthorized", "error_description": description or "a bearer token is required"}
+    body = {
+        "error": error or "unauthorized",
+        "error_description": description or "a bearer token is required",
+    }
     www = challenge(resource_metadata, error=error, scope=scope, description=description)
     return json_response(status, body, (("WWW-Authenticate", www), *_NO_STORE))
