@@ -1,20 +1,24 @@
 """An MCP server built with the official MCP Python SDK, protected by agenttoken_sdk.asgi, verifying
 tokens the operator minted: the acceptance of [agents] for MCP-ready resource servers.
 
-The server runs over streamable HTTP under uvicorn on a loopback port, so its canonical resource
-URI is `http://127.0.0.1:<port>/mcp` (http is admitted for loopback hosts only). The official
-client's own helpers read our challenge and discover our metadata, and its Client lists and calls
-a tool with a real AgentToken; tokens for another resource or without the scope never reach it.
+The server is examples/mcp-server/server.py, run over streamable HTTP under uvicorn on a loopback
+port, so its canonical resource URI is `http://127.0.0.1:<port>/mcp` (http is admitted for
+loopback hosts only). The official client's own helpers read our challenge and discover our
+metadata, and its Client lists and calls a tool with a real AgentToken; tokens for another
+resource or without the scope never reach it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import httpx
 import httpx2
@@ -28,18 +32,14 @@ from mcp.client.auth.utils import (
     handle_protected_resource_response,
 )
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import MCPServer
 from mcp.shared.auth_utils import resource_url_from_server_url
-
-from agenttoken_sdk.asgi import BearerAuthMiddleware
-from agenttoken_sdk.protect import PUBLIC, ProtectedResource
-from agenttoken_sdk.verify import Verifier
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
 from .test_lifecycle import ISSUER, agenttoken, secret_data, wait_ready
 
 SCOPE = "tools:call"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mcp-server" / "server.py"
 
 
 @dataclass(frozen=True)
@@ -58,34 +58,21 @@ def free_port() -> int:
         return port
 
 
-def tools_server() -> MCPServer:
-    server = MCPServer("agenttoken-demo-tools")
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    return server
+def example_server() -> ModuleType:
+    """examples/mcp-server/server.py, the app the docs show: tested here so it cannot rot."""
+    spec = importlib.util.spec_from_file_location("mcp_example_server", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def mcp_server(operator: OperatorProcess) -> Iterator[McpServer]:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
-    verifier = Verifier(
-        issuer=ISSUER,
-        audience=resource,
-        jwks_url=f"{operator.base_url}/jwks.json",
-        revocations_url=f"{operator.base_url}/revocations.json",
-    )
-    protected = ProtectedResource(
-        verifier=verifier,
-        resource=resource,
-        routes={"/mcp": [SCOPE], "/healthz": PUBLIC},
-        resource_name="agenttoken demo tools",
-    )
-    app = BearerAuthMiddleware(tools_server().streamable_http_app(streamable_http_path="/mcp"), protected)
+    app = example_server().build_app(resource=resource, issuer=ISSUER, operator_url=operator.base_url)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
     thread = threading.Thread(target=server.run, name="mcp-server", daemon=True)
     thread.start()

@@ -235,3 +235,37 @@ def test_asgi_middleware_in_front_of_starlette() -> None:
             assert meta.json()["authorization_servers"] == [ISSUER]
 
     asyncio.run(run())
+
+
+def test_asgi_passes_lifespan_through_and_closes_a_refused_websocket() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    middleware = asgi.BearerAuthMiddleware(app, protected(), offload=False)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await middleware({"type": "lifespan"}, receive, send)
+        await middleware({"type": "websocket", "path": "/mcp", "headers": []}, receive, send)
+        twice = [(b"authorization", f"Bearer {token()}".encode())] * 2
+        await middleware({"type": "http", "method": "POST", "path": "/mcp", "headers": twice}, receive, send)
+
+    asyncio.run(run())
+    assert seen == ["lifespan"]
+    assert sent[0] == {"type": "websocket.close", "code": 1008}
+    assert sent[1]["status"] == 400  # two Authorization headers: invalid_request
+
+
+def test_head_of_the_metadata_has_no_body() -> None:
+    response = authorize(protected(), method="HEAD", path="/.well-known/oauth-protected-resource").response
+    assert response is not None
+    assert response.status == 200
+    assert response.body == b""

@@ -17,6 +17,7 @@ before it is accepted.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -71,7 +72,8 @@ class BearerAuthMiddleware:
             if name.lower() == b"authorization"
         ]
         client = scope.get("client")
-        decide = _Decide(
+        decide = functools.partial(
+            authorize,
             self.protected,
             method=scope.get("method", "GET"),
             path=scope.get("path", "/"),
@@ -79,14 +81,3 @@ class BearerAuthMiddleware:
             client_address=client[0] if client else None,
         )
         return await asyncio.to_thread(decide) if self.offload else decide()
-
-
-class _Decide:
-    """authorize() with its arguments bound, callable from a worker thread."""
-
-    def __init__(self, protected: ProtectedResource, **request: Any) -> None:
-        self.protected = protected
-        self.request = request
-
-    def __call__(self) -> Decision:
-        return authorize(self.protected, **self.request)
