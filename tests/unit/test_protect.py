@@ -65,6 +65,14 @@ def decide(path: str, header: str | None = None, method: str = "POST") -> Decisi
     return authorize(protected(), method=method, path=path, authorization=[] if header is None else [header])
 
 
+def refusal(path: str, header: str | None, status: int) -> dict[str, str]:
+    """The challenge's parameters of a request that must be refused with status."""
+    response = decide(path, header).response
+    assert response is not None
+    assert response.status == status
+    return params(dict(response.headers)["WWW-Authenticate"])
+
+
 def test_metadata_is_served_at_the_path_suffixed_and_root_well_known_paths() -> None:
     p = protected()
     assert p.metadata_url == METADATA
@@ -89,45 +97,29 @@ def test_metadata_is_served_at_the_path_suffixed_and_root_well_known_paths() -> 
 
 
 def test_no_token_is_answered_401_with_resource_metadata_and_the_route_scopes() -> None:
-    response = decide("/mcp").response
-    assert response is not None
-    assert response.status == 401
-    www = params(dict(response.headers)["WWW-Authenticate"])
+    www = refusal("/mcp", None, 401)
     assert www == {"resource_metadata": METADATA, "scope": "tools:call"}  # no error code: RFC 6750 §3.1
-    basic = decide("/mcp", "Basic dXNlcjpwYXNz").response  # another scheme is no token of ours
-    assert basic is not None
-    assert basic.status == 401
-    assert "error" not in params(dict(basic.headers)["WWW-Authenticate"])
+    # Another scheme is no token of ours: the same answer.
+    assert refusal("/mcp", "Basic dXNlcjpwYXNz", 401) == www
 
 
 @pytest.mark.parametrize("header", ["Bearer", "Bearer a b", "Bearer a,b", "Bearer \u00e9"])
 def test_a_malformed_bearer_credential_is_invalid_request(header: str) -> None:
-    response = decide("/mcp", header).response
-    assert response is not None
-    assert response.status == 400
-    assert params(dict(response.headers)["WWW-Authenticate"])["error"] == "invalid_request"
+    assert refusal("/mcp", header, 400)["error"] == "invalid_request"
 
 
 def test_a_token_for_another_resource_is_invalid_token_and_never_echoed() -> None:
     other = token(audience=("https://other.example.com/mcp",))
-    response = decide("/mcp", f"Bearer {other}").response
-    assert response is not None
-    assert response.status == 401
-    www = params(dict(response.headers)["WWW-Authenticate"])
+    www = refusal("/mcp", f"Bearer {other}", 401)
     assert www["error"] == "invalid_token"
     assert www["error_description"] == "token rejected: aud"
-    assert other not in repr(response)
-    garbage = decide("/mcp", "Bearer abc.def.ghi").response
-    assert garbage is not None
-    assert garbage.status == 401
+    assert other not in repr(decide("/mcp", f"Bearer {other}"))
+    assert refusal("/mcp", "Bearer abc.def.ghi", 401)["error_description"] == "token rejected: format"
 
 
 def test_missing_scope_is_403_insufficient_scope_naming_the_needed_scopes() -> None:
     reader = token(scopes=("tools:call",))
-    response = decide("/mcp/admin/reset", f"Bearer {reader}").response
-    assert response is not None
-    assert response.status == 403
-    www = params(dict(response.headers)["WWW-Authenticate"])
+    www = refusal("/mcp/admin/reset", f"Bearer {reader}", 403)
     assert www["error"] == "insufficient_scope"
     assert www["scope"] == "tools:admin"
     assert www["resource_metadata"] == METADATA

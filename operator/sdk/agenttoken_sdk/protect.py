@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 from agenttoken_sdk.resource import (
@@ -100,9 +101,15 @@ class ProtectedResource:
             if isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a collection, not a string")
 
-    @property
+    @cached_property
     def metadata_url(self) -> str:
+        """Where the metadata lives (RFC 9728 §3.1), the challenges' `resource_metadata`."""
         return metadata_url(self.resource)
+
+    @cached_property
+    def metadata_paths(self) -> frozenset[str]:
+        """The request paths that serve the metadata (computed once, asked on every request)."""
+        return metadata_paths(self.resource)
 
     def metadata(self) -> dict[str, object]:
         """The RFC 9728 Protected Resource Metadata document."""
@@ -135,7 +142,7 @@ def authorize(
     values of its Authorization headers (several are refused); client_address the peer's IP, for
     CIDR-bound tokens. Verification may block (a revocation-list fetch): async callers run it in a
     thread, as agenttoken_sdk.asgi does."""
-    if path in metadata_paths(protected.resource):
+    if path in protected.metadata_paths:
         return Decision(response=_metadata_response(protected, method))
     needed = protected.scopes_for(path)
     if needed is PUBLIC:
