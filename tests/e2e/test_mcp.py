@@ -34,7 +34,9 @@ from mcp.client.auth.utils import (
     handle_protected_resource_response,
 )
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import ProtectedResourceMetadata
 from mcp.shared.auth_utils import resource_url_from_server_url
+from mcp.types import CallToolResult
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
@@ -117,7 +119,7 @@ def test_no_token_gets_401_and_the_official_client_discovers_our_metadata(mcp_se
     assert extract_scope_from_www_auth(challenge) == SCOPE
     assert "error=" not in response.headers["www-authenticate"]  # no token, no error code (RFC 6750)
 
-    async def discover() -> list[object]:
+    async def discover() -> list[ProtectedResourceMetadata | None]:
         found = []
         async with httpx2.AsyncClient() as client:
             for url in build_protected_resource_metadata_discovery_urls(metadata_url, mcp_server.url):
@@ -129,10 +131,10 @@ def test_no_token_gets_401_and_the_official_client_discovers_our_metadata(mcp_se
     assert len(documents) == 3
     for doc in documents:
         assert doc is not None
-        assert str(doc.resource) == mcp_server.url == resource_url_from_server_url(mcp_server.url)  # type: ignore[attr-defined]
-        assert [str(a) for a in doc.authorization_servers] == [ISSUER]  # type: ignore[attr-defined]
-        assert doc.scopes_supported == [SCOPE]  # type: ignore[attr-defined]
-        assert doc.bearer_methods_supported == ["header"]  # type: ignore[attr-defined]
+        assert str(doc.resource) == mcp_server.url == resource_url_from_server_url(mcp_server.url)
+        assert [str(a) for a in doc.authorization_servers] == [ISSUER]
+        assert doc.scopes_supported == [SCOPE]
+        assert doc.bearer_methods_supported == ["header"]
     assert httpx.get(f"{mcp_server.origin}/healthz", timeout=10).status_code == 404  # public: reaches the app
 
 
@@ -165,7 +167,7 @@ def test_a_valid_agenttoken_lets_the_official_client_list_and_call_a_tool(
 ) -> None:
     token = minted(kube, namespace, "mcp-caller", mcp_server.url, [SCOPE])
 
-    async def session() -> tuple[list[str], object]:
+    async def session() -> tuple[list[str], CallToolResult]:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
         async with http, Client(streamable_http_client(mcp_server.url, http_client=http)) as client:
             tools = await client.list_tools()
@@ -174,8 +176,8 @@ def test_a_valid_agenttoken_lets_the_official_client_list_and_call_a_tool(
 
     names, result = asyncio.run(session())
     assert names == ["add"]
-    assert not result.is_error  # type: ignore[attr-defined]
-    assert result.structured_content == {"result": 42}  # type: ignore[attr-defined]
+    assert not result.is_error
+    assert result.structured_content == {"result": 42}
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import asyncio
 import io
 import json
 import wsgiref.util
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,7 +46,7 @@ def token(*, audience: tuple[str, ...] = (RESOURCE,), scopes: tuple[str, ...] = 
 
 
 def protected(**overrides: Any) -> ProtectedResource:
-    verifier = Verifier(issuer=ISSUER, audience=RESOURCE, jwks=KeyRing([KEY]).jwks(NOW), audit=False)
+    verifier = Verifier(issuer=ISSUER, audience=RESOURCE, jwks=KeyRing((KEY,)).jwks(NOW), audit=False)
     config: dict[str, Any] = {
         "routes": {"/mcp": ["tools:call"], "/mcp/admin": ["tools:admin"], "/healthz": PUBLIC},
         "resource_name": "Demo tools",
@@ -144,7 +144,7 @@ def test_routes_match_the_longest_prefix_on_segment_boundaries() -> None:
 
 
 def test_the_resource_must_be_canonical_and_the_verifiers_audience() -> None:
-    verifier = Verifier(issuer=ISSUER, audience=RESOURCE, jwks=KeyRing([KEY]).jwks(NOW), audit=False)
+    verifier = Verifier(issuer=ISSUER, audience=RESOURCE, jwks=KeyRing((KEY,)).jwks(NOW), audit=False)
     with pytest.raises(ValueError, match="resource URI"):
         ProtectedResource(verifier=verifier, resource="https://Tools.example.com/mcp")
     with pytest.raises(ValueError, match="RFC 8707"):
@@ -203,8 +203,9 @@ def test_wsgi_middleware() -> None:
 
 
 async def whoami(request: Request) -> JSONResponse:
-    claims = request.state.agenttoken_claims
-    assert claims_of(request.scope) is claims
+    claims = claims_of(request.scope)
+    assert claims is not None
+    assert request.state.agenttoken_claims is claims
     return JSONResponse({"sub": claims.subject, "scopes": list(claims.scopes)})
 
 
@@ -236,12 +237,12 @@ def test_asgi_passes_lifespan_through_and_closes_a_refused_websocket() -> None:
         seen.append(scope["type"])
 
     middleware = asgi.BearerAuthMiddleware(app, protected(), offload=False)
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     async def run() -> None:
