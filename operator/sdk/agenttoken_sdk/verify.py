@@ -221,6 +221,16 @@ class Verifier:
     def __repr__(self) -> str:
         return f"Verifier(issuer={self._issuer!r}, audience={self._audience!r})"
 
+    @property
+    def issuer(self) -> str:
+        """The issuer (`iss`) tokens must come from."""
+        return self._issuer
+
+    @property
+    def audience(self) -> str:
+        """The audience (`aud`) tokens must hold: for a protected resource, its resource URI."""
+        return self._audience
+
     def verify(
         self,
         token: str,
