@@ -218,7 +218,9 @@ def _delivery(spec: Mapping[str, Any]) -> tuple[str, str | None]:
         raise InvalidSpec("delivery PerPod needs spec.serviceAccountName")
     extra = [f for f in ("secret", "rollout", "unused", "verify") if spec.get(f) is not None]
     if extra:
-        raise InvalidSpec(f"delivery PerPod writes no Secret and restarts nothing: spec.{extra[0]} does not apply")
+        raise InvalidSpec(
+            f"delivery PerPod writes no Secret and restarts nothing: spec.{extra[0]} does not apply"
+        )
     return delivery, account
 
 

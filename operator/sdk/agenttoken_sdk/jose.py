@@ -45,7 +45,6 @@ def revoked_pod_id(pod_uid: str) -> str:
     return f"pod:{pod_uid}"
 
 
-
 class _Ed25519Only(EdDSAAlgorithm):
     """JWS "EdDSA" restricted to Ed25519 keys.
 
