@@ -42,7 +42,7 @@ NEGATIVE_TTL = 10.0
 # Per pod: a refresh every few minutes is normal; 5/s with bursts of 20 leaves room for restarts.
 POD_RATE, POD_BURST = 5.0, 20.0
 # Per ServiceAccount: a few hundred replicas refreshing at once.
-SA_RATE, SA_BURST = 500.0, 1000.0
+SA_RATE, SA_BURST = 2000.0, 4000.0
 
 
 class PodTokenService:
