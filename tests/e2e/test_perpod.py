@@ -21,14 +21,14 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from agenttoken_sdk.podtoken import PodTokenError, PodTokenSource, fetch_pod_token
-from agenttoken_sdk.verify import VerificationError, Verifier
+from agenttoken_sdk.verify import VerificationError
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
 from .test_lifecycle import ISSUER, SEEN_TOKENS, status, wait_ready
+from .test_revocation_list import AUDIENCE, http_verifier
 
 ENDPOINT = f"{ISSUER}/token"  # the audience of the pods' projected tokens (token_endpoint)
-AUDIENCE = "https://api.example.com"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
@@ -75,6 +75,8 @@ def projected(kube: Kube, namespace: str, sa: str, pod: str, uid: str, audience:
 
 
 def grant(operator: OperatorProcess, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    if form.get("assertion"):
+        SEEN_TOKENS.add(form["assertion"])  # a credential too: the leak checks look for it
     request = urllib.request.Request(
         f"{operator.base_url}/token",
         data=urllib.parse.urlencode(form).encode(),
@@ -88,16 +90,6 @@ def grant(operator: OperatorProcess, form: dict[str, str]) -> tuple[int, dict[st
             return r.status, body
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
-
-
-def verifier(operator: OperatorProcess) -> Verifier:
-    return Verifier(
-        issuer=ISSUER,
-        audience=AUDIENCE,
-        jwks_url=f"{operator.base_url}/jwks.json",
-        revocations_url=f"{operator.base_url}/revocations.json",
-        audit=False,
-    )
 
 
 def setup(kube: Kube, namespace: str, name: str = "agents") -> None:
@@ -141,7 +133,7 @@ def test_pod_gets_its_own_token_without_a_secret(
         assert body["token_type"] == "Bearer"
         assert body["scope"] == "read write"
         assert body["expires_in"] == 600
-        claims = verifier(operator).verify(body["access_token"]).raw
+        claims = http_verifier(operator).verify(body["access_token"]).raw
         assert claims["kubernetes.io"]["pod"] == {"name": f"agent-{i}", "uid": uid}
         assert claims["kubernetes.io"]["serviceaccount"]["name"] == "agent"
         ids.add(claims["jti"])
@@ -155,7 +147,7 @@ def test_pod_gets_its_own_token_without_a_secret(
     source = PodTokenSource(f"{operator.base_url}/token", assertion_path=path, scope="read")
     token = source.token()
     SEEN_TOKENS.add(token)
-    assert verifier(operator).verify(token).scopes == ("read",)
+    assert http_verifier(operator).verify(token).scopes == ("read",)
     assert source.token() == token
     assert source.refreshes == 1
     issued = wait_for(
@@ -224,7 +216,7 @@ def test_deleted_pod_token_is_revoked_and_its_assertion_refused(
     path.write_text(projected(kube, namespace, "agent", "agent-0", uid))
     info = fetch_pod_token(f"{operator.base_url}/token", assertion_path=path)
     SEEN_TOKENS.add(info.token)
-    v = verifier(operator)
+    v = http_verifier(operator)
     v.verify(info.token)
     kube.kubectl("delete", "pod", "agent-0", "-n", namespace, "--wait=true")
     deleted = time.monotonic()

@@ -193,3 +193,18 @@ def test_pod_token_source_refreshes_in_memory_before_expiry_and_rides_out_failur
     clock[0] += datetime.timedelta(seconds=3)
     assert source.token() == "t2"
     assert source.refreshes == 2
+
+
+def test_status_shows_per_pod_issuance_without_tokens() -> None:
+    from agenttoken.cli.status import _pod_line, summary
+
+    obj = {
+        "metadata": {"namespace": "team", "name": "agents"},
+        "spec": {"delivery": "PerPod", "serviceAccountName": "agent", "audience": ["a"]},
+        "status": {"podTokens": {"issued": 7, "failures": 1, "lastIssuedAt": "t1", "lastFailureAt": "t2",
+                                 "lastFailureReason": "invalid_scope"}},
+    }  # fmt: skip
+    item = summary(obj)
+    assert item["delivery"] == "PerPod"
+    line = _pod_line(item["podTokens"])
+    assert line == "7 pod tokens issued, last t1; 1 refused, last t2 (invalid_scope)"
