@@ -185,6 +185,8 @@ class PodLedger:
     async def sweep(self, may_write: Callable[[], bool]) -> int:
         """Revoke the tokens of pods that are gone, then drop their entries; the pods revoked."""
         now = time.time()
+        # Pods dropped from the ledger are on the signed list now (or their tokens expired).
+        self._gone &= set(self.entries) | set(self._batch)
         done: set[str] = {uid for uid, e in self.entries.items() if e[2] <= now}
         revoked: list[Revoked] = []
         for uid, entry in list(self.entries.items()):
