@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import time
 from typing import Any
 
 import pytest
@@ -208,3 +209,68 @@ def test_status_shows_per_pod_issuance_without_tokens() -> None:
     assert item["delivery"] == "PerPod"
     line = _pod_line(item["podTokens"])
     assert line == "7 pod tokens issued, last t1; 1 refused, last t2 (invalid_scope)"
+
+
+class _FakeCluster:
+    """The ConfigMap store and pods a ledger talks to (resourceVersion-checked like the apiserver)."""
+
+    def __init__(self) -> None:
+        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], str] = {}
+        self.revoked: list[str] = []
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.configmaps.get(name)
+
+    async def write_configmap(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        current = self.configmaps.get(name)
+        assert body["metadata"].get("resourceVersion") == (current or {}).get("metadata", {}).get(
+            "resourceVersion"
+        )
+        version = str(int((current or {}).get("metadata", {}).get("resourceVersion", "0")) + 1)
+        stored = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        self.configmaps[name] = stored
+        return stored
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        uid = self.pods.get((namespace, name))
+        return {"metadata": {"uid": uid}} if uid else None
+
+    async def revoke(self, entries: Any, may_write: Any) -> None:
+        self.revoked += [e.token_id for e in entries]
+
+
+def test_ledger_records_before_the_token_and_revokes_pods_gone_while_no_replica_ran() -> None:
+    import asyncio
+
+    from agenttoken.controllers.podledger import PodLedger
+
+    async def scenario() -> None:
+        cluster = _FakeCluster()
+        cluster.pods = {("team", "a"): "uid-a", ("team", "b"): "uid-b"}
+        ledger = PodLedger(cluster, cluster, "system", cluster)  # type: ignore[arg-type]
+        writer = asyncio.create_task(ledger.run_writer())
+        far = time.time() + 600
+        await asyncio.gather(
+            ledger.ensure(PodIdentity("team", "agent", "a", "uid-a"), far),
+            ledger.ensure(PodIdentity("team", "agent", "b", "uid-b"), far),
+        )
+        writer.cancel()
+        assert set(parse(cluster.configmaps["agenttoken-pod-tokens"])) == {"uid-a", "uid-b"}
+        # A restart: a fresh replica, and pod b went away meanwhile (no watch event seen).
+        del cluster.pods[("team", "b")]
+        fresh = PodLedger(cluster, cluster, "system", cluster)  # type: ignore[arg-type]
+        await fresh.load()
+        assert await fresh.sweep(lambda: False) == 0  # a standby writes nothing
+        assert await fresh.sweep(lambda: True) == 1
+        assert cluster.revoked == [podtoken.revoked_pod_id("uid-b")]
+        assert set(parse(cluster.configmaps["agenttoken-pod-tokens"])) == {"uid-a"}
+        # A watched deletion is refused at once, and revoked by the next sweep.
+        fresh.on_pod_event("DELETED", {"metadata": {"uid": "uid-a"}})
+        assert fresh.gone("uid-a")
+        await fresh.sweep(lambda: True)
+        assert cluster.revoked[-1] == podtoken.revoked_pod_id("uid-a")
+        assert parse(cluster.configmaps["agenttoken-pod-tokens"]) == {}
+
+    asyncio.run(scenario())
