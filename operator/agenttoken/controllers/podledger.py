@@ -83,6 +83,9 @@ class PodLedger:
         self.kube, self.reviews, self.namespace, self.revocations = kube, reviews, namespace, revocations
         self.horizon = horizon.total_seconds()
         self.entries: dict[str, Entry] = {}
+        # The latest `until` this replica saw stored per pod (its own writes, the watch): a watch
+        # event older than our own last write must not make grants write again.
+        self._recorded: dict[str, int] = {}
         self._alive: set[str] = set()  # uids of ledger pods a watch or read saw existing
         self._gone: set[str] = set()  # uids of pods seen deleted (refused at once, revoked by the sweep)
         self._batch: dict[str, Entry] = {}
@@ -92,13 +95,18 @@ class PodLedger:
 
     # -- reading --
 
+    def _observe(self, configmap: Mapping[str, Any] | None) -> None:
+        self.entries = parse(configmap)
+        for uid, entry in self.entries.items():
+            self._recorded[uid] = max(self._recorded.get(uid, 0), entry[2])
+        podmetrics.LEDGER_ENTRIES.set(len(self.entries))
+
     async def load(self) -> None:
-        self.entries = parse(await self.kube.get_configmap(self.namespace, LEDGER_CONFIGMAP))
+        self._observe(await self.kube.get_configmap(self.namespace, LEDGER_CONFIGMAP))
 
     async def follow(self) -> None:
         async for configmap in self.kube.watch_configmap(self.namespace, LEDGER_CONFIGMAP):
-            self.entries = parse(configmap)
-            podmetrics.LEDGER_ENTRIES.set(len(self.entries))
+            self._observe(configmap)
 
     def gone(self, uid: str) -> bool:
         return uid in self._gone
@@ -117,8 +125,7 @@ class PodLedger:
 
     async def ensure(self, who: PodIdentity, expires: float) -> None:
         """Return once the ledger holds this pod until `expires` or later."""
-        known = self.entries.get(who.pod_uid)
-        if known is not None and known[2] >= expires:
+        if self._recorded.get(who.pod_uid, 0) >= expires:
             return
         entry = (who.namespace, who.pod_name, int(expires + self.horizon))
         queued = self._batch.get(who.pod_uid)
@@ -166,8 +173,7 @@ class PodLedger:
         written = await self.kube.write_configmap(
             self.namespace, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
         )
-        self.entries = parse(written)
-        podmetrics.LEDGER_ENTRIES.set(len(self.entries))
+        self._observe(written)
 
     # -- the sweeper (primary only) --
 
@@ -187,6 +193,7 @@ class PodLedger:
         now = time.time()
         # Pods dropped from the ledger are on the signed list now (or their tokens expired).
         self._gone &= set(self.entries) | set(self._batch)
+        self._recorded = {uid: until for uid, until in self._recorded.items() if until > now}
         done: set[str] = {uid for uid, e in self.entries.items() if e[2] <= now}
         revoked: list[Revoked] = []
         for uid, entry in list(self.entries.items()):
