@@ -12,6 +12,7 @@ whose `kubernetes.io` claim names the pod. Logs carry token ids only.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
@@ -63,6 +64,7 @@ class PodTokenService:
         self.audience = podtoken.token_endpoint(issuer_url)
         self.counts = counts
         self._reviewed: TimedCache[PodIdentity | GrantError] = TimedCache()
+        self._inflight: dict[str, asyncio.Future[PodIdentity | GrantError]] = {}
         self._per_pod = RateLimiter(POD_RATE, POD_BURST)
         self._per_sa = RateLimiter(SA_RATE, SA_BURST)
         self._grants: dict[tuple[str, str], set[str]] = {}  # (namespace, ServiceAccount) -> AgentTokens
@@ -118,23 +120,33 @@ class PodTokenService:
         if cached is not None:
             podmetrics.TOKEN_REVIEW_CACHE_HITS.inc()
         else:
-            try:
-                status = await self.reviews.review(assertion, self.audience)
-            except KubeError as exc:
-                podmetrics.TOKEN_REVIEWS.labels("error").inc()
-                raise GrantError(
-                    "temporarily_unavailable", f"TokenReview failed (HTTP {exc.status})", 503
-                ) from None
-            try:
-                cached = podtoken.pod_identity(status, self.audience)
-                self._reviewed.put(digest, cached, min(exp, now + REVIEW_TTL))
-            except GrantError as exc:
-                cached = exc
-                self._reviewed.put(digest, exc, min(exp, now + NEGATIVE_TTL))
-            podmetrics.TOKEN_REVIEWS.labels("refused" if isinstance(cached, GrantError) else "ok").inc()
+            # One review per assertion at a time: concurrent grants of one pod share it (a burst
+            # right after the cached answer ran out would otherwise each ask the apiserver).
+            pending = self._inflight.get(digest)
+            if pending is None:
+                pending = asyncio.ensure_future(self._review(assertion, digest, exp, now))
+                self._inflight[digest] = pending
+                pending.add_done_callback(lambda _: self._inflight.pop(digest, None))
+            cached = await asyncio.shield(pending)
         if isinstance(cached, GrantError):
             raise cached
         return cached
+
+    async def _review(self, assertion: str, digest: str, exp: float, now: float) -> PodIdentity | GrantError:
+        try:
+            status = await self.reviews.review(assertion, self.audience)
+        except KubeError as exc:
+            podmetrics.TOKEN_REVIEWS.labels("error").inc()
+            return GrantError("temporarily_unavailable", f"TokenReview failed (HTTP {exc.status})", 503)
+        answer: PodIdentity | GrantError
+        try:
+            answer = podtoken.pod_identity(status, self.audience)
+            self._reviewed.put(digest, answer, min(exp, now + REVIEW_TTL))
+        except GrantError as exc:
+            answer = exc
+            self._reviewed.put(digest, exc, min(exp, now + NEGATIVE_TTL))
+        podmetrics.TOKEN_REVIEWS.labels("refused" if isinstance(answer, GrantError) else "ok").inc()
+        return answer
 
     def _limit(self, who: PodIdentity, now: float) -> None:
         wait = self._per_pod.take(who.pod_uid, now) or self._per_sa.take(
