@@ -274,3 +274,59 @@ def test_ledger_records_before_the_token_and_revokes_pods_gone_while_no_replica_
         assert parse(cluster.configmaps["agenttoken-pod-tokens"]) == {}
 
     asyncio.run(scenario())
+
+
+def test_concurrent_grants_of_one_pod_share_one_token_review() -> None:
+    import asyncio
+
+    from agenttoken.controllers.podtokens import PodTokenService
+    from agenttoken.core.bodycache import BodyCache
+    from agenttoken.issuers import IssuerSpec
+
+    key = generate_key("ES256", datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=1))
+    reviews: list[str] = []
+
+    class Reviews:
+        async def review(self, token: str, audience: str) -> dict[str, Any]:
+            reviews.append(audience)
+            await asyncio.sleep(0.05)
+            return review()
+
+    class Ledger:
+        def gone(self, uid: str) -> bool:
+            return False
+
+        async def ensure(self, who: PodIdentity, expires: float) -> None:
+            return None
+
+    class Revocations:
+        def is_revoked(self, token_id: str) -> bool:
+            return False
+
+    class Issuers:
+        async def resolve(self, key: Any, spec: Any) -> IssuerSpec:
+            return IssuerSpec("ClusterTokenIssuer", "", "builtin", "builtin", {})
+
+    body = {
+        "metadata": {"namespace": "team", "name": "agents", "uid": "u", "resourceVersion": "1"},
+        "spec": {"audience": ["api"], "scopes": ["read"], "ttl": "10m", "delivery": "PerPod",
+                 "serviceAccountName": "agent"},
+    }  # fmt: skip
+    tokens = BodyCache()
+    tokens.offer(("team", "agents"), body)
+    service = PodTokenService(
+        Reviews(), Ledger(), Revocations(), Issuers(), tokens, lambda: key, ISSUER, PodTokenCounts(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    service.on_token_event("ADDED", body)
+    form = {
+        "grant_type": podtoken.JWT_BEARER,
+        "assertion": unsigned({"aud": [ENDPOINT], "exp": time.time() + 600}),
+    }
+
+    async def burst() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(service.grant(form) for _ in range(10)))
+
+    answers = asyncio.run(burst())
+    assert len(reviews) == 1
+    assert len({a["access_token"] for a in answers}) == 10
+    assert all(a["scope"] == "read" and a["expires_in"] == 600 for a in answers)

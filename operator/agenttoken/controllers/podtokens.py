@@ -119,18 +119,32 @@ class PodTokenService:
         cached = self._reviewed.get(digest, now)
         if cached is not None:
             podmetrics.TOKEN_REVIEW_CACHE_HITS.inc()
+            # Refresh ahead: a pod that keeps asking never waits for a review once it had one.
+            left = self._reviewed.expires(digest) - now
+            if left < REVIEW_TTL / 2 and exp - now > REVIEW_TTL / 2 and digest not in self._inflight:
+                self._start_review(assertion, digest, exp, now)
         else:
             # One review per assertion at a time: concurrent grants of one pod share it (a burst
             # right after the cached answer ran out would otherwise each ask the apiserver).
-            pending = self._inflight.get(digest)
-            if pending is None:
-                pending = asyncio.ensure_future(self._review(assertion, digest, exp, now))
-                self._inflight[digest] = pending
-                pending.add_done_callback(lambda _: self._inflight.pop(digest, None))
+            pending = self._inflight.get(digest) or self._start_review(assertion, digest, exp, now)
             cached = await asyncio.shield(pending)
         if isinstance(cached, GrantError):
             raise cached
         return cached
+
+    def _start_review(
+        self, assertion: str, digest: str, exp: float, now: float
+    ) -> asyncio.Future[PodIdentity | GrantError]:
+        pending = asyncio.ensure_future(self._review(assertion, digest, exp, now))
+        self._inflight[digest] = pending
+
+        def done(future: asyncio.Future[PodIdentity | GrantError]) -> None:
+            self._inflight.pop(digest, None)
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("TokenReview failed (%s)", type(future.exception()).__name__)
+
+        pending.add_done_callback(done)
+        return pending
 
     async def _review(self, assertion: str, digest: str, exp: float, now: float) -> PodIdentity | GrantError:
         try:

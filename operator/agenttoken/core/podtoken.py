@@ -218,6 +218,11 @@ class TimedCache(Generic[V]):
             return None
         return found[1]
 
+    def expires(self, key: str) -> float:
+        """When the entry for `key` runs out (0 when there is none)."""
+        found = self._entries.get(key)
+        return found[0] if found is not None else 0.0
+
     def put(self, key: str, value: V, until: float) -> None:
         self._entries.pop(key, None)
         self._entries[key] = (until, value)
