@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agenttoken import api
 from agenttoken.controllers.context import Key, Pass
 from agenttoken.controllers.leadership import Leadership
 from agenttoken.core import podtoken
@@ -100,9 +101,9 @@ async def run_flusher(kube: Kube, reviews: PodReviews, counts: PodTokenCounts) -
 def perpod_ready(p: Pass, issuer_url: str) -> tuple[Reason | None, Reason | None]:
     """Ready True (with its reason) or False (with its reason) of a PerPod AgentToken."""
     if p.issuer.type != "builtin":
-        return None, Reason("InvalidSpec", "delivery PerPod needs an issuer of type builtin")
+        return None, Reason(api.REASON_INVALID_SPEC, "delivery PerPod needs an issuer of type builtin")
     if p.spec.suspend:
-        return None, Reason("Suspended", "no per-pod tokens are issued while suspended")
+        return None, Reason(api.REASON_SUSPENDED, "no per-pod tokens are issued while suspended")
     endpoint = podtoken.token_endpoint(issuer_url)
     return Reason(
         "PerPodReady", f"pods of ServiceAccount {p.spec.service_account} get tokens at {endpoint}"
@@ -120,7 +121,7 @@ async def reconcile(
     ready, not_ready = perpod_ready(p, options.issuer_url)
     meta = p.body["metadata"]
     generation = meta.get("generation")
-    stalled = not_ready if not_ready is not None and not_ready.reason == "InvalidSpec" else None
+    stalled = not_ready if not_ready is not None and not_ready.reason == api.REASON_INVALID_SPEC else None
     conditions = summarize(
         previous=p.previous.conditions, generation=generation, now=p.now,
         ready=ready, not_ready=not_ready, stalled=stalled,
