@@ -6,6 +6,8 @@ It reads the token the three ways a workload can consume the Secret, each on its
            (kubelet refreshes the files in place: no restart needed for a new token)
   env      an environment variable from the Secret (fixed at container start: needs a restart)
   subpath  one key mounted with subPath (never refreshed by kubelet: needs a restart)
+  pod      no Secret (AgentToken delivery PerPod): the pod's own token from the operator's token
+           endpoint, for its projected ServiceAccount token (SDK PodTokenSource, in memory)
 
 Each call logs one JSON line: mode, HTTP status, outcome and the token's id (jti) - never the
 token itself. Configuration (environment):
@@ -16,6 +18,8 @@ token itself. Configuration (environment):
   AGENT_API_TOKEN    the env-var token
   TOKEN_FILE         the subPath-mounted token file (default /etc/agent/token)
   CALL_INTERVAL      seconds between rounds (default 0.5)
+  TOKEN_ENDPOINT     mode pod: the operator's token endpoint URL
+  SA_TOKEN_FILE      mode pod: the projected ServiceAccount token (the SDK's default path)
 """
 
 from __future__ import annotations
@@ -35,20 +39,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agenttoken_sdk.client import TokenSource, TokenUnavailableError
+from agenttoken_sdk.podtoken import DEFAULT_ASSERTION_PATH, PodTokenSource
 
-MODES = ("volume", "env", "subpath")
+MODES = ("volume", "env", "subpath", "pod")
 _stop = threading.Event()
 
 
-def token_id(token: str) -> str:
-    """The jti of a JWT, read without verifying (only for the log line; the API verifies)."""
+def claims_of(token: str) -> dict[str, object]:
+    """The claims of a JWT, read without verifying (only for the log line; the API verifies)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, binascii.Error):
-        return "unparsable"
-    jti = claims.get("jti") if isinstance(claims, dict) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_id(token: str) -> str:
+    jti = claims_of(token).get("jti", "none")
     return jti if isinstance(jti, str) else "none"
+
+
+def pod_uid_claim(token: str) -> str | None:
+    """The pod uid a per-pod token names (its `kubernetes.io` claim), for the log line."""
+    claim = claims_of(token).get("kubernetes.io")
+    pod = claim.get("pod") if isinstance(claim, dict) else None
+    uid = pod.get("uid") if isinstance(pod, dict) else None
+    return uid if isinstance(uid, str) else None
 
 
 def readers() -> dict[str, Callable[[], tuple[str, str]]]:
@@ -73,7 +90,18 @@ def readers() -> dict[str, Callable[[], tuple[str, str]]]:
             raise TokenUnavailableError(f"{token_file}: {exc.strerror}") from None
         return token, token_id(token)
 
-    return {"volume": volume, "env": env, "subpath": subpath}
+    pod_source = None
+    if os.environ.get("TOKEN_ENDPOINT"):
+        path = os.environ.get("SA_TOKEN_FILE") or DEFAULT_ASSERTION_PATH
+        pod_source = PodTokenSource(os.environ["TOKEN_ENDPOINT"], assertion_path=path)
+
+    def pod() -> tuple[str, str]:
+        if pod_source is None:
+            raise TokenUnavailableError("TOKEN_ENDPOINT is not set")
+        info = pod_source.info()
+        return info.token, info.token_id
+
+    return {"volume": volume, "env": env, "subpath": subpath, "pod": pod}
 
 
 def call(url: str, mode: str, token: str, pod: str) -> int:
@@ -94,7 +122,8 @@ def log(**fields: object) -> None:
 
 def main() -> int:
     url = os.environ["DEMO_API_URL"]
-    modes = [m.strip() for m in os.environ.get("AGENT_MODES", ",".join(MODES)).split(",") if m.strip()]
+    default = ",".join(MODES[:3])
+    modes = [m.strip() for m in os.environ.get("AGENT_MODES", default).split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
     if unknown:
         print(f"unknown AGENT_MODES: {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -127,7 +156,8 @@ def main() -> int:
                 )
                 continue
             outcome = "accepted" if status == 200 else "rejected"
-            log(event="call", pod=pod, mode=mode, status=status, outcome=outcome, token_id=jti)
+            extra = {"pod_uid": pod_uid_claim(token)} if mode == "pod" else {}
+            log(event="call", pod=pod, mode=mode, status=status, outcome=outcome, token_id=jti, **extra)
         _stop.wait(interval)
     log(event="stop", pod=pod)
     return 0

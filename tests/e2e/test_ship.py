@@ -134,10 +134,14 @@ def test_operator_identity_is_least_privilege(kube: Kube, operator: OperatorProc
     assert not can_i(kube, SA, "update", "deployments", "-n", "default")
     assert not can_i(kube, SA, "delete", "deployments", "-n", "default")
     assert not can_i(kube, SA, "create", "pods", "-n", "default")
-    # Pods and CronJobs: listed (never watched) only to confirm a token is unused before a step.
+    # Pods: listed to confirm a token is unused before a step; watched and read (no more than
+    # list already shows) so a deleted pod's per-pod tokens are revoked (delivery PerPod). Never written.
     assert can_i(kube, SA, "list", "pods", "-n", "default")
-    assert not can_i(kube, SA, "watch", "pods", "-n", "default")
-    assert not can_i(kube, SA, "get", "pods", "-n", "default")
+    assert can_i(kube, SA, "watch", "pods", "-n", "default")
+    assert not can_i(kube, SA, "patch", "pods", "-n", "default")
+    assert not can_i(kube, SA, "delete", "pods", "-n", "default")
+    # The token endpoint checks pods' ServiceAccount tokens with TokenReviews.
+    assert can_i(kube, SA, "create", "tokenreviews.authentication.k8s.io")
     assert can_i(kube, SA, "list", "cronjobs.batch", "-n", "default")
     assert not can_i(kube, SA, "update", "agenttokens", "-n", "default")
     assert not can_i(kube, SA, "create", "agenttokens", "-n", "default")

@@ -73,8 +73,9 @@ app.kubernetes.io/part-of: agent-token-operator
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["pods"]
-  # unused-token policy: a fresh look for consumers before flagging, suspending or revoking
-  verbs: ["list"]
+  # unused-token policy: a fresh look for consumers before flagging, suspending or revoking;
+  # delivery PerPod: watch and get, to revoke a deleted pod's tokens (controllers.podledger)
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list"]

@@ -92,6 +92,8 @@ def summary(obj: dict[str, Any], now: datetime.datetime | None = None) -> dict[s
         "consumers": st.get("consumers") or [],
         "verification": st.get("verification"),
         "usage": st.get("usage") or {},
+        "delivery": spec.get("delivery") or "Secret",
+        "podTokens": st.get("podTokens") or {},
         "conditions": [
             {k: c.get(k) for k in ("type", "status", "reason", "message")} for c in st.get("conditions") or []
         ],
@@ -104,7 +106,8 @@ def _status_table(items: list[dict[str, Any]]) -> str:
         [
             [
                 i["namespace"], i["name"], i["ready"], i["tokenId"], i["expiresAt"], i["renewalTime"],
-                i["issuer"], i["secret"], i["rollout"]["state"], i["usage"].get("state"),
+                i["issuer"], i["secret"] if i.get("delivery") != "PerPod" else "(per pod)",
+                i["rollout"]["state"], i["usage"].get("state"),
             ]
             for i in items
         ],
@@ -124,7 +127,9 @@ def _status_detail(item: dict[str, Any]) -> str:
         f"Name:          {item['namespace']}/{item['name']}",
         f"Ready:         {item['ready']} ({item['reason']}): {item['message']}",
         f"Issuer:        {item['issuer']}",
-        f"Secret:        {item['secret']}",
+        f"Secret:        {item['secret']}"
+        if item.get("delivery") != "PerPod"
+        else f"Delivery:      PerPod ({_pod_line(item['podTokens'])})",
         f"Token ID:      {item['tokenId']} (key {item['keyId']}, revision {item['revision']})",
         f"Issued:        {item['issuedAt']}",
         f"Expires:       {item['expiresAt']}",
@@ -146,6 +151,17 @@ def _status_detail(item: dict[str, Any]) -> str:
         *[f"  {e}" for e in item.get("events", [])],
     ]
     return "\n".join(lines)
+
+
+def _pod_line(pod_tokens: dict[str, Any]) -> str:
+    """status.podTokens in one line: counts and times, never a token."""
+    line = (
+        f"{pod_tokens.get('issued', 0)} pod tokens issued, last {pod_tokens.get('lastIssuedAt') or 'never'}"
+    )
+    line += f"; {pod_tokens.get('failures', 0)} refused"
+    if pod_tokens.get("lastFailureAt"):
+        line += f", last {pod_tokens['lastFailureAt']} ({pod_tokens.get('lastFailureReason')})"
+    return line
 
 
 def _usage_line(usage: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agenttoken import api
-from agenttoken.controllers import metrics, takeover
+from agenttoken.controllers import metrics, podstatus, takeover
 from agenttoken.controllers.conflicts import ConflictWatch
 from agenttoken.controllers.context import Key, Pass, involved
 from agenttoken.controllers.finalizer import Revoker
@@ -233,6 +233,8 @@ class Controller:
         p = await self._begin(key, body)
         if p is None:
             return  # stalled: invalid spec or template, issuer missing or refusing
+        if p.spec.per_pod:  # no Secret, nothing to renew or roll out: pods ask the token endpoint
+            return await podstatus.reconcile(self.kube, self.tokens, p, self.options, self.leadership)
         usage, events = await self.usage.assess(p)
         self._post(body, events)
         if usage is not None and usage.usage.suspends_renewal:

@@ -72,6 +72,12 @@ class AgentTokenSpec:
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
     verify: VerifySpec | None = None
     unused: UnusedPolicy = field(default_factory=UnusedPolicy)
+    delivery: str = "Secret"  # or "PerPod" (core.podtoken): no Secret, one token per pod
+    service_account: str | None = None  # PerPod: the ServiceAccount whose pods get tokens
+
+    @property
+    def per_pod(self) -> bool:
+        return self.delivery == "PerPod"
 
     def token_request(self, namespace: str, name: str, uid: str) -> TokenRequest:
         return TokenRequest(
@@ -137,9 +143,10 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         raise InvalidSpec("spec.renewBefore must be shorter than spec.ttl")
     if percentage is not None and (not isinstance(percentage, int) or not 5 <= percentage <= 95):
         raise InvalidSpec("spec.renewBeforePercentage must be an integer from 5 to 95")
+    delivery, service_account = _delivery(spec)
     secret = spec.get("secret") or {}
-    secret_name = secret.get("name")
-    if not isinstance(secret_name, str) or not secret_name:
+    secret_name = "" if delivery == "PerPod" else secret.get("name")
+    if not isinstance(secret_name, str) or not (secret_name or delivery == "PerPod"):
         raise InvalidSpec("spec.secret.name is required")
     raw_keys = secret.get("keys") or {}
     keys = SecretKeys(
@@ -180,6 +187,8 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
         rollout=_rollout(spec.get("rollout")),
         verify=_verify(spec.get("verify")),
         unused=_unused(spec.get("unused")),
+        delivery=delivery,
+        service_account=service_account,
     )
     try:  # the token request repeats the claim-level checks (scope characters, CIDRs)
         parsed.token_request("namespace", "name", "uid")
@@ -192,6 +201,27 @@ def parse_spec(spec: Mapping[str, Any]) -> AgentTokenSpec:
 _SUBJECT = re.compile(r"[^\s\x00-\x1f\x7f]{1,253}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _delivery(spec: Mapping[str, Any]) -> tuple[str, str | None]:
+    """spec.delivery and spec.serviceAccountName, with the combinations that make no sense
+    refused (the CRD's CEL rules say the same at admission)."""
+    delivery = spec.get("delivery") or "Secret"
+    account = spec.get("serviceAccountName") or None
+    if delivery not in ("Secret", "PerPod"):
+        raise InvalidSpec("spec.delivery must be Secret or PerPod")
+    if delivery == "Secret":
+        if account is not None:
+            raise InvalidSpec("spec.serviceAccountName only applies to delivery PerPod")
+        return delivery, None
+    if not isinstance(account, str):
+        raise InvalidSpec("delivery PerPod needs spec.serviceAccountName")
+    extra = [f for f in ("secret", "rollout", "unused", "verify") if spec.get(f) is not None]
+    if extra:
+        raise InvalidSpec(
+            f"delivery PerPod writes no Secret and restarts nothing: spec.{extra[0]} does not apply"
+        )
+    return delivery, account
 
 
 def _config(raw: Any) -> ConfigTemplate | None:

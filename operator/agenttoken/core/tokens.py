@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
@@ -102,7 +103,9 @@ def default_subject(namespace: str, name: str) -> str:
     return f"agenttoken:{namespace}:{name}"
 
 
-def build_claims(req: TokenRequest, *, issuer: str, now: datetime, jti: str) -> dict[str, Any]:
+def build_claims(
+    req: TokenRequest, *, issuer: str, now: datetime, jti: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The JWT claims for req, issued by issuer at now.
 
     iat = nbf = now rounded down to the second; exp = iat + ttl (whole seconds). aud is always a list.
@@ -135,6 +138,8 @@ def build_claims(req: TokenRequest, *, issuer: str, now: datetime, jti: str) -> 
     if req.allowed_cidrs:
         claims["cidr"] = [str(ipaddress.ip_network(c, strict=True)) for c in req.allowed_cidrs]
     claims[CLAIM_NAMESPACE] = private
+    # Extra claims (a per-pod token's pod) never replace a registered or the operator's own claim.
+    claims.update({k: v for k, v in (extra or {}).items() if k not in claims})
     return claims
 
 
@@ -155,11 +160,17 @@ class MintedToken:
 
 
 def mint(
-    req: TokenRequest, key: SigningKey, *, issuer: str, now: datetime, jti: str | None = None
+    req: TokenRequest,
+    key: SigningKey,
+    *,
+    issuer: str,
+    now: datetime,
+    jti: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> MintedToken:
     """Sign a new access token for req with key. jti defaults to a random UUID."""
     token_id = jti if jti is not None else str(uuid.uuid4())
-    claims = build_claims(req, issuer=issuer, now=now, jti=token_id)
+    claims = build_claims(req, issuer=issuer, now=now, jti=token_id, extra=extra)
     header = {"alg": key.algorithm, "kid": key.kid, "typ": TOKEN_TYPE}
     registry = jws_registry([key.algorithm])
     token = jwt.encode(header, claims, key.joserfc_key, algorithms=[key.algorithm], registry=registry)

@@ -30,7 +30,7 @@ from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
 from agenttoken.kube.leases import Leases
-from agenttoken.runtime import server
+from agenttoken.runtime import podwiring, server
 from agenttoken.runtime.kopfstate import NoDiffBase
 
 if TYPE_CHECKING:
@@ -120,10 +120,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["revocations"] = revocations
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
     _start_cluster_writers(memo, keys, revocations, events, leadership)
+    pod_tokens = await podwiring.start(memo, kube, keys, controller, revocations, leadership)
     if options.http_port:
-        memo["http"] = await server.serve(
-            server.build_app(keys, revocations), options.http_address, options.http_port
-        )
+        app = server.build_app(keys, revocations, pod_tokens=pod_tokens)
+        memo["http"] = await server.serve(app, options.http_address, options.http_port)
     log.info("operator started; signing keys in %s", options.operator_namespace)
 
 
@@ -179,6 +179,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
+    podwiring.stop(memo)
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
@@ -199,6 +200,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL)
 async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_token_event(event.get("type"), event["object"])
+    if "podtokens" in memo:
+        memo["podtokens"].on_token_event(event.get("type"), event["object"])
 
 
 @kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})

@@ -21,7 +21,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from agenttoken.controllers.keys import KeyManager, discovery_document
+from agenttoken.controllers.podtokens import PodTokenService
 from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.core.podtoken import TOKEN_PATH
+from agenttoken.runtime.tokenendpoint import token_endpoint_metadata, token_handler
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +47,18 @@ def _respond(request: web.Request, body: bytes, content_type: str, cache: str) -
 
 
 def build_app(
-    keys: KeyManager, revocations: RevocationStore, ready: Callable[[], bool] = lambda: True
+    keys: KeyManager,
+    revocations: RevocationStore,
+    ready: Callable[[], bool] = lambda: True,
+    pod_tokens: PodTokenService | None = None,
 ) -> web.Application:
     jwks_max_age = max(1, int(keys.policy.publish_ahead.total_seconds() / 2))
     base = _issuer_path(keys.issuer)
 
     async def discovery(request: web.Request) -> web.Response:
         doc = discovery_document(keys.issuer)
+        if pod_tokens is not None:
+            doc.update(token_endpoint_metadata(keys.issuer))
         body = json.dumps(doc, sort_keys=True).encode()
         return _respond(request, body, "application/json", f"public, max-age={jwks_max_age}")
 
@@ -87,6 +95,8 @@ def build_app(
             web.get(f"{prefix}/client-jwks.json", client_jwks),
             web.get(f"{prefix}/revocations.json", revoked),
         ]
+        if pod_tokens is not None:
+            routes.append(web.post(f"{prefix}{TOKEN_PATH}", token_handler(pod_tokens)))
     app.add_routes(routes)
     return app
 

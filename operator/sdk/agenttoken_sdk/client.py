@@ -34,7 +34,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from agenttoken_sdk.times import now_utc, parse_time
 
@@ -88,8 +88,8 @@ class _Snapshot:
     info: TokenInfo
 
 
-def _jwt_expiry(token: str) -> datetime | None:
-    """The exp claim of a JWT (not verified: only used to never serve a token longer than it lives)."""
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's claims, NOT verified: for what the holder may read about its own token."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -97,7 +97,13 @@ def _jwt_expiry(token: str) -> datetime | None:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def _jwt_expiry(token: str) -> datetime | None:
+    """The exp claim of a JWT (not verified: only used to never serve a token longer than it lives)."""
+    payload = _jwt_claims(token)
+    exp = payload.get("exp") if payload is not None else None
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         return None
     try:
@@ -277,7 +283,11 @@ def _identity(path: Path, st: os.stat_result) -> tuple[object, ...]:
     return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _bearer(source: TokenSource) -> str:
+class _HasToken(Protocol):
+    def token(self) -> str: ...
+
+
+def _bearer(source: _HasToken) -> str:
     return f"Bearer {source.token()}"
 
 
@@ -288,7 +298,7 @@ def _requests_auth_class() -> type[Any]:
     class TokenSourceAuth(base):  # type: ignore[misc]  # base comes from an optional module
         """Sets the Authorization header from a TokenSource on every request."""
 
-        def __init__(self, source: TokenSource) -> None:
+        def __init__(self, source: _HasToken) -> None:
             self.source = source
 
         def __call__(self, request: Any) -> Any:
@@ -308,7 +318,7 @@ def _httpx_auth_class() -> type[Any]:
     class TokenSourceAuth(base):  # type: ignore[misc]  # base comes from an optional module
         """Sets the Authorization header from a TokenSource; httpx runs auth_flow for sync and async."""
 
-        def __init__(self, source: TokenSource) -> None:
+        def __init__(self, source: _HasToken) -> None:
             self.source = source
 
         def auth_flow(self, request: Any) -> Generator[Any, Any, None]:

@@ -16,10 +16,12 @@ from joserfc.jws import JWSRegistry
 __all__ = [
     "CLAIM_NAMESPACE",
     "MAX_REVOCATION_LIST_BYTES",
+    "POD_CLAIM",
     "REVOCATION_LIST_TYPE",
     "SUPPORTED_ALGORITHMS",
     "TOKEN_TYPE",
     "jws_registry",
+    "revoked_pod_id",
 ]
 
 SUPPORTED_ALGORITHMS: Final = ("ES256", "RS256", "EdDSA")
@@ -33,6 +35,14 @@ REVOCATION_LIST_TYPE: Final = "agenttoken-revocations+jwt"
 MAX_REVOCATION_LIST_BYTES: Final = 1024 * 1024
 #: Private claim (collision-resistant name, RFC 7519 section 4.2) holding operator-specific data.
 CLAIM_NAMESPACE: Final = "agenttoken.dev"
+#: Claim of per-pod tokens (delivery PerPod) naming the pod, shaped like a projected ServiceAccount
+#: token's: {"namespace", "pod": {"name", "uid"}, "serviceaccount": {"name"}}.
+POD_CLAIM: Final = "kubernetes.io"
+
+
+def revoked_pod_id(pod_uid: str) -> str:
+    """The revocation list entry that revokes every token issued to a pod (the pod was deleted)."""
+    return f"pod:{pod_uid}"
 
 
 class _Ed25519Only(EdDSAAlgorithm):

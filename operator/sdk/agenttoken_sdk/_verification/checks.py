@@ -20,7 +20,7 @@ from typing import Final, NamedTuple
 
 from agenttoken_sdk._verification.model import Failure, short
 from agenttoken_sdk._verification.token import ParsedToken, audiences, number, scopes
-from agenttoken_sdk.jose import TOKEN_TYPE
+from agenttoken_sdk.jose import POD_CLAIM, TOKEN_TYPE, revoked_pod_id
 
 RevokedIds = Callable[[], frozenset[str] | None]
 
@@ -106,6 +106,10 @@ def check_revoked(token: ParsedToken, policy: Policy, now: float) -> str | None:
         return "the revocation list is unavailable; failing closed"
     if token.claims["jti"] in revoked:
         return f"token {short(token.claims['jti'])} has been revoked"
+    pod = token.claims.get(POD_CLAIM)
+    uid = (pod.get("pod") or {}).get("uid") if isinstance(pod, dict) else None
+    if isinstance(uid, str) and revoked_pod_id(uid) in revoked:
+        return f"token {short(token.claims['jti'])} was issued to pod {short(uid)}, which was deleted"
     return None
 
 
