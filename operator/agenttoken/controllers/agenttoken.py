@@ -313,10 +313,9 @@ class Controller:
 
         snap = snapshot()
         decision = decide(snap, p.now)
-        # A brand-new AgentToken (never issued, no Secret seen) skips the fresh read: its create
-        # answers 409 if a Secret is there after all, and then we read it and decide again
-        # (SecretAppeared). One API call less per new token; a burst of 1,000 is mostly these.
-        # Not for an issuer whose token binds to the Secret: it creates the Secret first.
+        # A brand-new AgentToken (never issued, no Secret seen) skips the fresh read: a create
+        # that finds a Secret answers 409, and we read it and decide again (SecretAppeared): one
+        # call less per new token. Not for an issuer whose token binds to it (creates it first).
         brand_new = (
             p.previous.token_id is None
             and self.secrets.get(p.secret_key) is None
