@@ -87,6 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     await revocations.load()
     workloads = WorkloadCache()
+    workloads.follow_relists(kube.get_workload, namespaced=bool(options.namespaces))
     rollouts = RolloutManager(
         kube,
         RolloutOptions(
@@ -102,7 +103,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         kube,
         keys,
         ControllerOptions(
-            issuer_url=options.issuer_url, usage_warmup=options.usage_warmup, workers=options.workers
+            issuer_url=options.issuer_url,
+            usage_warmup=options.usage_warmup,
+            workers=options.workers,
+            namespaced=bool(options.namespaces),
         ),
         rollouts=rollouts,
         revocations=revocations,
@@ -185,6 +189,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rollouts: RolloutManager | None = memo.get("rollouts")
     if rollouts is not None:
         await rollouts.stop()
+    workloads: WorkloadCache | None = memo.get("workloads")
+    if workloads is not None and workloads.relists is not None:
+        await workloads.relists.stop()
     leadership: Leadership | None = memo.get("leadership")
     if leadership is not None:
         await leadership.stop()  # after the last write: the next replica takes over at once
@@ -219,7 +226,7 @@ async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: A
 async def _issuer_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
     controller: Controller = memo["controller"]
     body = dict(event["object"])
-    controller.on_issuer_event(kind, event.get("type"), body)
+    controller.issuers.on_event(kind, event.get("type"), body)
     if event.get("type") != "DELETED":
         await controller.reconcile_issuer(kind, body)
 
