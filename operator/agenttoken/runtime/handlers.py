@@ -116,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await rollouts.start()
     await controller.start()
     memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
+    memo["events"] = events
     memo["workloads"] = workloads
     memo["sync_task"] = asyncio.create_task(
         workloads.sync(functools.partial(_list_workloads, kube, options.namespaces)), name="agenttoken-sync"
@@ -198,6 +199,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
+    events: EventRecorder | None = memo.get("events")
+    if events is not None:
+        await events.close()  # the Events of the steps above (a Lease handed back), while we can
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
