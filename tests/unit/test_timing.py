@@ -275,6 +275,7 @@ def test_next_retry_time_properties(attempts: int, remaining: timedelta | None) 
         assert retry <= expires - EXPIRY_SAFETY_MARGIN
     if expires is not None and expires - T0 > 2 * MIN_RETRY_GAP:
         assert retry < expires, "a failed renewal is retried before the token expires"
+    if expires is not None and 2 * MIN_RETRY_GAP < expires - T0 <= EXPIRY_SAFETY_MARGIN:
         assert retry >= T0 + min(backoff_delay(attempts), MIN_RETRY_GAP), "last chances do not pile up"
 
 

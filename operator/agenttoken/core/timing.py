@@ -223,6 +223,8 @@ def next_retry_time(
     if expires_at is not None:
         _require_aware("expires_at", expires_at)
         remaining = expires_at - last_failure
-        if remaining > 2 * MIN_RETRY_GAP:
-            retry = min(retry, expires_at - min(safety_margin, remaining / 2))
+        if remaining > safety_margin:
+            retry = min(retry, expires_at - safety_margin)
+        elif remaining > 2 * MIN_RETRY_GAP:
+            retry = min(retry, last_failure + remaining / 2)
     return retry
