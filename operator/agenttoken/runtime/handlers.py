@@ -217,12 +217,12 @@ async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "tokenissuers")
+@kopf.on.event(api.GROUP, api.VERSION, api.TOKENISSUER_PLURAL)
 async def tokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await _issuer_event(api.TOKENISSUER_KIND, event, memo)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "clustertokenissuers")
+@kopf.on.event(api.GROUP, api.VERSION, api.CLUSTERTOKENISSUER_PLURAL)
 async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await _issuer_event(api.CLUSTERTOKENISSUER_KIND, event, memo)
 
