@@ -11,6 +11,7 @@ from typing import Any, cast
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions
 from agenttoken.controllers.keys import KeyManager
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.core.conditions import Reason
 from agenttoken.core.model import parse_status
 from agenttoken.core.relist import Relists
@@ -135,6 +136,42 @@ def test_a_secret_that_left_the_selector_during_a_watch_gap_reaches_its_owner() 
         assert kube.gets == [("ns", "tok")]
         assert ctl.queue.due == {("ns", "agent"): T0.timestamp()}
         assert ctl.secrets.get(("ns", "tok")) == secret("9", managed=False)  # what the owner repairs
+        await ctl.secrets.relists.stop()
+
+    asyncio.run(scenario())
+
+
+class OneShard:
+    """Sharded (--shards 2): this replica holds namespace `ns` only."""
+
+    shards = 2
+
+    def owns(self, namespace: str) -> bool:
+        return namespace == "ns"
+
+    def subscribe(self, listener: object) -> None:
+        pass
+
+
+def test_sharded_another_shards_secrets_are_neither_kept_nor_read_again() -> None:
+    async def scenario() -> None:
+        kube = SecretKube(None)
+        ctl = Controller(
+            cast(Kube, kube), cast(KeyManager, NoKeys()), ControllerOptions(issuer_url="https://i"),
+            clock=lambda: T0, leadership=cast(Leadership, OneShard()),
+        )  # fmt: skip
+        ctl.secrets.relists.relists.quiet = 0.05
+        foreign = secret("5", name="theirs")
+        foreign["metadata"]["namespace"] = "other"
+        ctl.on_secret_event(None, foreign)
+        ctl.on_secret_event(None, secret("6", name="mine"))
+        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the initial listing's end")
+        assert ctl.secrets.get(("other", "theirs")) is None
+        ctl.on_secret_event(None, foreign)  # relisted, without ours: ours is read again, theirs not
+        await until(lambda: kube.gets, "the fresh read")
+        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the relist's end")
+        assert kube.gets == [("ns", "mine")]
+        assert ctl.secrets.get(("other", "theirs")) is None
         await ctl.secrets.relists.stop()
 
     asyncio.run(scenario())

@@ -171,7 +171,7 @@ class Controller:
         if self.leadership.shards > 1 and not self.leadership.owns(namespace):
             # Sharded: another replica's Secrets (tokens!) are not kept here. A takeover reads
             # each one fresh before acting on it (the decision's fresh read, controllers.issuing).
-            self.secrets.forget((namespace, meta.get("name", "")))
+            self.secrets.not_ours(kind, (namespace, meta.get("name", "")))
             return
         if self.secrets.on_event(kind, body):
             self._owner_now(namespace, owner_name(body))  # the full name, even past 63 characters

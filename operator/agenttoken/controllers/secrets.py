@@ -65,7 +65,10 @@ class SecretStore:
                 found.add((namespace, owner))
         return found
 
-    def forget(self, key: Key) -> None:
+    def not_ours(self, event_type: str | None, key: Key) -> None:
+        """A watch event about another shard's Secret: not kept, but it tells that a listing is
+        under way (a relist of the one cluster-wide watch reports every shard's Secrets)."""
+        self.relists.event(event_type, key)
         self._cache.drop(key)
 
     def forget_where(self, which: Callable[[Key], bool]) -> None:
