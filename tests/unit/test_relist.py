@@ -20,6 +20,7 @@ from agenttoken.core.status import Outcome
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.errors import KubeError
+from agenttoken.kube.relists import RelistFollower
 
 T0 = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 QUIET = 5.0
@@ -71,6 +72,25 @@ def test_a_listing_vouches_only_for_the_scopes_it_listed() -> None:
     assert relists.over(20.0 + QUIET, cached) == [("c", "s2")]
 
 
+def test_a_listing_that_pauses_longer_than_the_quiet_period_goes_on_as_it_was() -> None:
+    # A busy event loop delays a 10k listing's events past the quiet period: its end was guessed
+    # too early. The rest must not count as a relist that missed the first part (a GET each).
+    relists: Relists[tuple[str, str]] = Relists(by_namespace, QUIET)
+    cached = [("a", "s1"), ("a", "s2")]
+    relists.event(None, ("a", "s1"), now=0.0)
+    assert relists.over(QUIET, cached) == [], "the initial listing"
+    relists.event(None, ("a", "s2"), now=QUIET + 1)  # it went on after all
+    assert relists.over(2 * QUIET + 1, cached) == [], "still the initial listing, s1 reported"
+    relists.event(None, ("a", "s1"), now=100.0)  # a relist, pausing in the middle
+    assert relists.over(100.0 + QUIET, cached) == [("a", "s2")]
+    assert not relists.reported(("a", "s2"))
+    relists.event(None, ("a", "s2"), now=100.0 + QUIET + 1)  # reported: no read needed after all
+    assert relists.reported(("a", "s2"))
+    assert relists.over(100.0 + 2 * QUIET + 1, cached) == []
+    relists.event(None, ("a", "s1"), now=200.0)  # a later relist is one of its own
+    assert relists.over(200.0 + QUIET, cached) == [("a", "s2")]
+
+
 # -- wired: the Secret cache and its owner --
 
 
@@ -107,7 +127,7 @@ def controller(kube: object) -> Controller:
         ControllerOptions(issuer_url="https://i"),
         clock=lambda: T0,
     )
-    ctl.secrets.relists.relists.quiet = 0.05
+    fake_time(ctl.secrets.relists)
     ctl.tokens.offer(("ns", "agent"), {"metadata": {"namespace": "ns", "name": "agent", "uid": "u1"}})
     return ctl
 
@@ -120,6 +140,28 @@ async def until(condition: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_time(follower: RelistFollower[Any]) -> None:
+    """The follower on a fake clock; its real sleeps short (it looks again every 50 ms)."""
+    follower.clock = FakeClock()
+    follower.relists.quiet = 0.05
+
+
+async def listing_over(follower: RelistFollower[Any]) -> None:
+    """Time passes: the listing under way is over (and handled), and the next is one of its own."""
+    clock = cast(FakeClock, follower.clock)
+    clock.now += 1.0
+    await until(lambda: follower.relists.deadline is None and follower._task is None, "the listing's end")
+    clock.now += 1.0
+
+
 def test_a_secret_that_left_the_selector_during_a_watch_gap_reaches_its_owner() -> None:
     async def scenario() -> None:
         kube = SecretKube(secret("9", managed=False))  # relabelled by a foreign writer in the gap
@@ -127,12 +169,11 @@ def test_a_secret_that_left_the_selector_during_a_watch_gap_reaches_its_owner() 
         ctl.on_secret_event(None, secret("5"))  # the initial listing
         ctl.on_secret_event(None, secret("6", name="other"))
         ctl.queue.due.clear()
-        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the initial listing's end")
+        await listing_over(ctl.secrets.relists)
         assert kube.gets == [], "the initial listing costs nothing"
         assert not ctl.queue.due
         ctl.on_secret_event(None, secret("6", name="other"))  # 410 Gone: relisted, without ours
-        await until(lambda: kube.gets, "the fresh read")
-        await until(lambda: ctl.queue.due, "the owner queued")
+        await listing_over(ctl.secrets.relists)
         assert kube.gets == [("ns", "tok")]
         assert ctl.queue.due == {("ns", "agent"): T0.timestamp()}
         assert ctl.secrets.get(("ns", "tok")) == secret("9", managed=False)  # what the owner repairs
@@ -160,16 +201,15 @@ def test_sharded_another_shards_secrets_are_neither_kept_nor_read_again() -> Non
             cast(Kube, kube), cast(KeyManager, NoKeys()), ControllerOptions(issuer_url="https://i"),
             clock=lambda: T0, leadership=cast(Leadership, OneShard()),
         )  # fmt: skip
-        ctl.secrets.relists.relists.quiet = 0.05
+        fake_time(ctl.secrets.relists)
         foreign = secret("5", name="theirs")
         foreign["metadata"]["namespace"] = "other"
         ctl.on_secret_event(None, foreign)
         ctl.on_secret_event(None, secret("6", name="mine"))
-        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the initial listing's end")
+        await listing_over(ctl.secrets.relists)
         assert ctl.secrets.get(("other", "theirs")) is None
         ctl.on_secret_event(None, foreign)  # relisted, without ours: ours is read again, theirs not
-        await until(lambda: kube.gets, "the fresh read")
-        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the relist's end")
+        await listing_over(ctl.secrets.relists)
         assert kube.gets == [("ns", "mine")]
         assert ctl.secrets.get(("other", "theirs")) is None
         await ctl.secrets.relists.stop()
@@ -186,10 +226,11 @@ def test_a_failed_read_forgets_the_suspect_so_the_owner_reads_it_before_judging(
     async def scenario() -> None:
         ctl = controller(FailingKube())
         ctl.on_secret_event(None, secret("5"))
-        await until(lambda: ctl.secrets.relists.relists.deadline is None, "the initial listing's end")
+        await listing_over(ctl.secrets.relists)
         ctl.queue.due.clear()
         ctl.on_secret_event(None, secret("6", name="other"))
-        await until(lambda: ctl.queue.due, "the owner queued")
+        await listing_over(ctl.secrets.relists)
+        assert ctl.queue.due
         assert ctl.secrets.get(("ns", "tok")) is None
         await ctl.secrets.relists.stop()
 
@@ -214,17 +255,17 @@ def test_a_workload_deleted_during_a_watch_gap_leaves_the_cache() -> None:
         cache = WorkloadCache()
         cache.follow_relists(read)
         assert cache.relists is not None
-        cache.relists.relists.quiet = 0.05
+        fake_time(cache.relists)
         heard: list[tuple[WorkloadRef, object]] = []
         cache.subscribe(lambda ref, w: heard.append((ref, w)))
         cache.on_event("Deployment", None, deployment("web"))
         cache.on_event("Deployment", None, deployment("api"))
         cache.on_event("StatefulSet", None, deployment("db"))
-        await until(lambda: cache.relists and cache.relists.relists.deadline is None, "the listing's end")
+        await listing_over(cache.relists)
         cache.on_event("Deployment", None, deployment("web"))  # relisted without api
         heard.clear()
         gone = WorkloadRef("Deployment", "ns", "api")
-        await until(lambda: heard, "the deletion")
+        await listing_over(cache.relists)
         assert reads == [("Deployment", "ns", "api")]  # not the StatefulSet: its kind did not relist
         assert heard == [(gone, None)]
         assert cache.get(gone) is None

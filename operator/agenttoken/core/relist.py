@@ -44,14 +44,33 @@ class Relists(Generic[K]):
         self._scopes: set[Hashable] = set()  # scopes the current listing reported something in
         self._reported: set[K] = set()  # keys reported since the current listing began
         self._last: float | None = None  # when the current listing's latest object came
+        # The listing that ended last, to go on with if it turns out not to have ended.
+        self._ended: float | None = None
+        self._previous: tuple[set[Hashable], set[K], set[Hashable]] = (set(), set(), set())
 
     def event(self, event_type: str | None, key: K, now: float) -> None:
         """Every watch event of the kind, in the order handled; type None is a listed object."""
         if event_type is None:
+            if self._last is None:
+                self._begin(now)
             self._last = now
             self._scopes.add(self.scope(key))
         if self._last is not None:
             self._reported.add(key)
+
+    def _begin(self, now: float) -> None:
+        scopes, reported, listed_before = self._previous
+        if self._ended is not None and now - self._ended < self.quiet:
+            # Listed objects again right after the end: that listing's events only paused longer
+            # than `quiet` (a busy event loop). It goes on, as it was: what it reported stays
+            # reported, and a scope it listed first stays in its initial listing. Without this,
+            # the rest of a 10k initial listing would count as a relist missing the first part.
+            self._scopes, self._reported, self._listed_before = scopes, reported, listed_before
+        self._previous = (set(), set(), set(self._listed_before))
+
+    def reported(self, key: K) -> bool:
+        """Whether the listing under way reported `key` (a suspect named too early, no more)."""
+        return self._last is not None and key in self._reported
 
     @property
     def deadline(self) -> float | None:
@@ -65,6 +84,8 @@ class Relists(Generic[K]):
             return None
         vouched = self._scopes & self._listed_before
         suspects = [k for k in cached if k not in self._reported and self.scope(k) in vouched]
+        self._previous = (self._scopes, self._reported, self._previous[2])
+        self._ended = now
         self._listed_before |= self._scopes
         self._scopes, self._reported, self._last = set(), set(), None
         return suspects

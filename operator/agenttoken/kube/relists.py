@@ -62,6 +62,8 @@ class RelistFollower(Generic[K]):
                         len(suspects),
                     )
                 for key in suspects or ():
+                    if self.relists.reported(key):
+                        continue  # the listing went on after all, and reported it
                     try:
                         await self.recheck(key)
                     except Exception as exc:  # the recheck keeps the cache safe on failure itself
