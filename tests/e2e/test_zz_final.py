@@ -26,6 +26,14 @@ def test_objects_carry_no_kopf_bookkeeping(kube: Kube, operator: OperatorProcess
         assert not [f for f in meta.get("finalizers", []) if "kopf" in f], meta
 
 
+def test_every_stop_of_the_operator_was_clean(operator: OperatorProcess) -> None:
+    """The suite restarts the operator several times (SIGTERM): none of those stops printed a
+    traceback (e.g. an Event batched before the stop and posted after the session closed:
+    "RuntimeError: Session is closed"). Tracebacks of logged errors sit inside JSON records."""
+    raw = [line for line in operator.log_text().splitlines() if line.startswith("Traceback")]
+    assert not raw, f"{len(raw)} traceback(s) printed outside the JSON log"
+
+
 def test_minted_tokens_appear_nowhere_but_their_secrets(kube: Kube, operator: OperatorProcess) -> None:
     # A bare len(SEEN_TOKENS) in the assert would make pytest print the set (the tokens) on failure.
     seen = len(SEEN_TOKENS)
