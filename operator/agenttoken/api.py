@@ -14,6 +14,12 @@ AGENTTOKEN_KIND: Final = "AgentToken"
 AGENTTOKEN_PLURAL: Final = "agenttokens"
 TOKENISSUER_KIND: Final = "TokenIssuer"
 CLUSTERTOKENISSUER_KIND: Final = "ClusterTokenIssuer"
+TOKENISSUER_PLURAL: Final = "tokenissuers"
+CLUSTERTOKENISSUER_PLURAL: Final = "clustertokenissuers"
+ISSUER_PLURALS: Final = {
+    TOKENISSUER_KIND: TOKENISSUER_PLURAL,
+    CLUSTERTOKENISSUER_KIND: CLUSTERTOKENISSUER_PLURAL,
+}
 BUILTIN_ISSUER_NAME: Final = "builtin"
 
 OPERATOR_NAME: Final = "agent-token-operator"

@@ -102,3 +102,14 @@ def test_the_longest_numbers_the_shape_admits_still_fit(text: str) -> None:
 @pytest.mark.parametrize("text", ["99999999h", "100000h", "1d", "one hour", "1h 30m", "-5m", ".5s", "1us"])
 def test_the_duration_shape_refuses_absurd_and_foreign_input(text: str) -> None:
     assert not re.fullmatch(DURATION_SHAPE, text)
+
+
+def test_the_crds_use_the_names_api_py_defines() -> None:
+    from agenttoken import api
+
+    names = {
+        (c["spec"]["names"]["kind"], c["spec"]["names"]["plural"])
+        for c in map(yaml.safe_load, map(Path.read_text, CRDS))
+    }
+    assert names == {(api.AGENTTOKEN_KIND, api.AGENTTOKEN_PLURAL), *api.ISSUER_PLURALS.items()}
+    assert {yaml.safe_load(p.read_text())["spec"]["group"] for p in CRDS} == {api.GROUP}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import kopf
+import pytest
 
 from agenttoken.core import eventbatch
 from agenttoken.kube.events import EventRecorder
+from agenttoken.runtime import handlers
 
 
 def involved(name: str, namespace: str = "ns") -> dict[str, Any]:
@@ -65,3 +70,45 @@ def test_a_burst_costs_one_event_per_namespace_and_reason() -> None:
         ("ns", "t0", "TokenIssued", 100),
         ("other", "x", "TokenIssued", 1),
     ]
+
+
+class ClosingKube(FakeKube):
+    """Like aiohttp's session: posting after close raises RuntimeError("Session is closed")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    async def emit_event(
+        self, involved: dict[str, Any], *, warning: bool, reason: str, message: str, count: int = 1
+    ) -> None:
+        if self.closed:
+            raise RuntimeError("Session is closed")
+        await super().emit_event(involved, warning=warning, reason=reason, message=message, count=count)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def test_shutdown_posts_pending_events_before_the_session_closes_and_drops_later_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> tuple[list[tuple[str, str, str, int]], list[object]]:
+        kube = ClosingKube()
+        failures: list[object] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: failures.append(context))
+        recorder = EventRecorder(kube, window=0.05)  # type: ignore[arg-type]
+        memo = kopf.Memo(events=recorder, kube=kube)
+        recorder.post(involved("t0"), warning=False, reason="TokenIssued", message="m")
+        recorder.post(involved("lease", "ops"), warning=False, reason="LeaseLost", message="m")
+        await handlers.cleanup(memo=memo)  # as kopf calls it at exit: no controller, no leadership
+        assert kube.closed
+        recorder.post(involved("t1"), warning=False, reason="TokenIssued", message="m")  # too late
+        assert not recorder._tasks, "nothing left to post on the closed session"
+        return kube.posted, failures
+
+    with caplog.at_level(logging.DEBUG, logger="agenttoken.kube.events"):
+        posted, failures = asyncio.run(run())
+    assert sorted(posted) == [("ns", "t0", "TokenIssued", 1), ("ops", "lease", "LeaseLost", 1)]
+    assert failures == []
+    assert "not posting event TokenIssued for AgentToken ns/t1: shutting down" in caplog.text

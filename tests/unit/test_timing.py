@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from agenttoken.core.timing import (
     EXPIRY_SAFETY_MARGIN,
     MAX_JITTER,
+    MIN_RETRY_GAP,
     RenewalPolicy,
     backoff_delay,
     format_duration,
@@ -23,6 +24,7 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
 S = timedelta(seconds=1)
+MS = timedelta(milliseconds=1)
 
 
 # --- parse_duration / format_duration -------------------------------------------------------------
@@ -248,7 +250,12 @@ def test_backoff_is_monotonic_and_capped(n: int) -> None:
         pytest.param(8, T0 + H, T0 + 5 * M, id="far from expiry: plain backoff"),
         pytest.param(8, T0 + 2 * M, T0 + 2 * M - EXPIRY_SAFETY_MARGIN, id="capped before expiry"),
         pytest.param(1, T0 + 2 * M, T0 + 5 * S, id="short backoff already early enough"),
-        pytest.param(8, T0 + 20 * S, T0 + 5 * M, id="inside safety margin: plain backoff"),
+        pytest.param(8, T0 + 20 * S, T0 + 10 * S, id="inside safety margin: halfway to expiry"),
+        pytest.param(1, T0 + 20 * S, T0 + 5 * S, id="inside safety margin: short backoff stands"),
+        pytest.param(8, T0 + EXPIRY_SAFETY_MARGIN, T0 + 15 * S, id="at the margin: halfway"),
+        pytest.param(8, T0 + 3 * S, T0 + 1500 * MS, id="3 s left: halfway"),
+        pytest.param(8, T0 + 2 * S, T0 + 5 * M, id="2 s left: no last chance left, plain backoff"),
+        pytest.param(8, T0, T0 + 5 * M, id="expires now: plain backoff"),
         pytest.param(8, T0 - H, T0 + 5 * M, id="already expired: plain backoff"),
     ],
 )
@@ -266,6 +273,32 @@ def test_next_retry_time_properties(attempts: int, remaining: timedelta | None) 
     assert T0 <= retry <= T0 + backoff_delay(attempts)
     if expires is not None and expires - EXPIRY_SAFETY_MARGIN > T0:
         assert retry <= expires - EXPIRY_SAFETY_MARGIN
+    if expires is not None and expires - T0 > 2 * MIN_RETRY_GAP:
+        assert retry < expires, "a failed renewal is retried before the token expires"
+    if expires is not None and 2 * MIN_RETRY_GAP < expires - T0 <= EXPIRY_SAFETY_MARGIN:
+        assert retry >= T0 + min(backoff_delay(attempts), MIN_RETRY_GAP), "last chances do not pile up"
+
+
+@given(
+    first=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=2)),
+    lifetime=st.timedeltas(min_value=timedelta(seconds=3), max_value=timedelta(hours=2)),
+    took=st.timedeltas(min_value=timedelta(0), max_value=timedelta(seconds=5)),
+)
+def test_failing_renewals_get_a_last_chance_before_expiry_and_stop_soon_after(
+    first: timedelta, lifetime: timedelta, took: timedelta
+) -> None:
+    """Every renewal fails, each attempt taking `took`: while more than 2 * MIN_RETRY_GAP of the
+    token remain at a failure, the next retry comes before expiry; the retries stay finite."""
+    expires = T0 + lifetime
+    failure, attempts = T0 + min(first, lifetime), 1
+    for _ in range(1000):
+        retry = next_retry_time(failure, attempts, expires)
+        if expires - failure > 2 * MIN_RETRY_GAP:
+            assert retry < expires
+        if retry >= expires:
+            return
+        failure, attempts = retry + took, attempts + 1
+    raise AssertionError("retries never reached the expiry")
 
 
 def test_next_retry_time_rejects_naive_times() -> None:

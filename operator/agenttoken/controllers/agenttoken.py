@@ -68,6 +68,7 @@ class ControllerOptions:
     expiry_warning_fraction: float = 0.1
     # Seconds of extra margin after the workload cache is synced before consumption is judged.
     usage_warmup: float = 0.0
+    namespaced: bool = False  # kopf watches each namespace on its own (core.relist's scopes)
 
 
 class Controller:
@@ -88,7 +89,7 @@ class Controller:
         self.options = options
         self.clock = clock
         self.tokens = BodyCache()
-        self.secrets = SecretStore(kube)
+        self.secrets = SecretStore(kube, namespaced=options.namespaced, owner_changed=self._owner_now)
         self.events = events or EventRecorder(kube)
         self.queue = WorkQueue(
             self.reconcile, clock, options.workers, accept=lambda key: self.leadership.owns(key[0])
@@ -126,6 +127,7 @@ class Controller:
         await self.queue.stop()
         self.rollout.stop()
         await self.conflicts.stop()
+        await self.secrets.relists.stop()
         await self.events.flush()
 
     # -- watch events feed the caches and the queue --
@@ -169,11 +171,12 @@ class Controller:
         if self.leadership.shards > 1 and not self.leadership.owns(namespace):
             # Sharded: another replica's Secrets (tokens!) are not kept here. A takeover reads
             # each one fresh before acting on it (the decision's fresh read, controllers.issuing).
-            self.secrets.forget((namespace, meta.get("name", "")))
+            self.secrets.not_ours(kind, (namespace, meta.get("name", "")))
             return
-        if not self.secrets.on_event(kind, body):
-            return
-        owner = owner_name(body)  # the ownerReference: the full name, even past 63 characters
+        if self.secrets.on_event(kind, body):
+            self._owner_now(namespace, owner_name(body))  # the full name, even past 63 characters
+
+    def _owner_now(self, namespace: str, owner: str | None) -> None:
         if owner and self.tokens.get((namespace, owner)) is not None:
             self.queue.now((namespace, owner))
 
@@ -187,9 +190,6 @@ class Controller:
             shard, held, self.leadership.shards, tokens=self.tokens, secrets=self.secrets,
             queue=self.queue, enqueue=self._enqueue,
         )  # fmt: skip
-
-    def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
-        self.issuers.on_event(kind, event_type, body)
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:
         """Issuer status is written by one replica: a TokenIssuer's by its namespace's shard
@@ -275,7 +275,8 @@ class Controller:
         try:
             spec = parse_spec(body.get("spec") or {})
         except InvalidSpec as exc:
-            await self._stall(body, previous, None, Reason(api.REASON_INVALID_SPEC, str(exc)))
+            why = Reason(api.REASON_INVALID_SPEC, str(exc))
+            await self._write_status(body, previous, None, None, Outcome(stalled=why))
             return None
         problem: Reason | None = None
         if spec.config is not None:
@@ -285,15 +286,10 @@ class Controller:
                 problem = outcomes.template_problem(exc)
         issuer = problem if problem is not None else await self.issuers.resolve(key, spec)
         if isinstance(issuer, Reason):
-            await self._stall(body, previous, spec, issuer)
+            await self._write_status(body, previous, spec, None, Outcome(stalled=issuer))
             self._index_for_workloads(key, spec)
             return None
         return Pass(body=body, spec=spec, issuer=issuer, previous=previous, now=self.clock())
-
-    async def _stall(
-        self, body: dict[str, Any], previous: TokenStatus, spec: AgentTokenSpec | None, why: Reason
-    ) -> None:
-        await self._write_status(body, previous, spec, None, Outcome(stalled=why))
 
     async def _decide(self, p: Pass) -> tuple[Snapshot, Decision]:
         """What to do with the token (core.renewal.decide), on a fresh read of the Secret
@@ -369,13 +365,15 @@ class Controller:
         }
         if outcome.stalled and outcome.stalled.reason not in stalled_before:
             self._post(body, [Event(True, outcome.stalled.reason, outcome.stalled.message)])
-        try:
-            written = await self.kube.patch_agenttoken_status(meta["namespace"], meta["name"], status)
-        except KubeError as exc:
-            if exc.not_found:
-                return  # deleted meanwhile
-            raise
         key = (meta["namespace"], meta["name"])
+        try:
+            written = await self.kube.patch_agenttoken_status(*key, status)
+        except KubeError as exc:
+            if exc.not_found:  # deleted meanwhile; maybe unseen: a relist never reports a deletion
+                if (self.tokens.get(key) or {}).get("metadata", {}).get("uid") == meta["uid"]:
+                    self.on_token_event("DELETED", body)  # else no phantom renewing it forever
+                return
+            raise
         self.tokens.offer(key, written)
         metrics.observe_token(key, written)
 

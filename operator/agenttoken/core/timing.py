@@ -20,6 +20,7 @@ __all__ = [
     "EXPIRY_SAFETY_MARGIN",
     "MAX_JITTER",
     "MIN_RENEWAL_FRACTION",
+    "MIN_RETRY_GAP",
     "RenewalPolicy",
     "backoff_delay",
     "format_duration",
@@ -44,6 +45,8 @@ MIN_RENEWAL_FRACTION = (1, 10)
 MAX_JITTER = timedelta(seconds=60)
 #: A failing renewal gets one more try at least this long before the token expires.
 EXPIRY_SAFETY_MARGIN = timedelta(seconds=30)
+#: Inside the safety margin, retries come halfway to expiry, until no more than twice this is left.
+MIN_RETRY_GAP = timedelta(seconds=1)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -208,16 +211,20 @@ def next_retry_time(
 ) -> datetime:
     """When to retry after failed_attempts consecutive failures, the last at last_failure.
 
-    Normally last_failure + backoff_delay(...). If the current token expires later than
-    last_failure + safety_margin, the retry is brought forward to no later than expires_at - safety_margin,
-    so a long backoff cannot skip the last chance to renew before expiry. Inside that margin the plain
-    backoff applies (there is no earlier "last chance" left to give).
+    Normally last_failure + backoff_delay(...). While the current token is still valid, a long
+    backoff must not skip the last chance to renew before it expires, so the retry comes no later
+    than expires_at - safety_margin. A failure inside that margin (e.g. the previous last chance
+    failed, or the failures began late) is retried halfway to expiry: still before it. This stops
+    once no more than 2 * MIN_RETRY_GAP remain (so last chances stay at least MIN_RETRY_GAP apart and
+    cannot pile up just before expiry); then, as after expiry, the plain backoff applies.
     """
     _require_aware("last_failure", last_failure)
     retry = last_failure + backoff_delay(failed_attempts, base, cap)
     if expires_at is not None:
         _require_aware("expires_at", expires_at)
-        latest = expires_at - safety_margin
-        if latest > last_failure:
-            retry = min(retry, latest)
+        remaining = expires_at - last_failure
+        if remaining > safety_margin:
+            retry = min(retry, expires_at - safety_margin)
+        elif remaining > 2 * MIN_RETRY_GAP:
+            retry = min(retry, last_failure + remaining / 2)
     return retry

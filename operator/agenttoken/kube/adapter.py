@@ -45,9 +45,6 @@ async def _no_env_lookups(api_client: client.ApiClient) -> None:
     await old.close()
 
 
-ISSUER_PLURALS = {api.TOKENISSUER_KIND: "tokenissuers", api.CLUSTERTOKENISSUER_KIND: "clustertokenissuers"}
-
-
 class Kube:
     """Async operations on the objects this operator owns or reads."""
 
@@ -296,7 +293,7 @@ class Kube:
         return await read_json_or_none(self.core.read_namespace(name, _preload_content=False))
 
     async def get_issuer(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        plural = ISSUER_PLURALS[kind]
+        plural = api.ISSUER_PLURALS[kind]
         if namespace:
             call = self.custom.get_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, plural, name, _preload_content=False
@@ -310,7 +307,7 @@ class Kube:
     async def patch_issuer_status(
         self, kind: str, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
-        plural = ISSUER_PLURALS[kind]
+        plural = api.ISSUER_PLURALS[kind]
         common = {"field_manager": api.FIELD_MANAGER, "_content_type": MERGE_PATCH, "_preload_content": False}
         if namespace:
             call = self.custom.patch_namespaced_custom_object_status(

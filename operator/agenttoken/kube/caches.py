@@ -9,6 +9,9 @@ tokens a workload concerns), so data flows one way: event -> cache -> listeners 
 derived from an explicit LIST: the cache is synced once a LIST (of the same scope the watches
 cover) finds no workload the cache has not seen. Until then an empty cache must not be read as
 "no consumer" (the unused-token policy waits for it).
+
+A workload deleted while a watch was down is absent from kopf's relist, which never reports it:
+`follow_relists` reads each cached workload a relist did not report again (kube.relists).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agenttoken.core.rollout import Workload, WorkloadRef, reduce
+from agenttoken.kube.relists import RelistFollower
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[WorkloadRef, Workload | None], None]
 RefLister = Callable[[], Awaitable[set[tuple[str, str, str]]]]
+Reader = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]  # kind, namespace, name
 
 
 class WorkloadCache:
@@ -33,6 +38,26 @@ class WorkloadCache:
         self.synced = asyncio.Event()
         self._listeners: list[Listener] = []
         self._seen: set[WorkloadRef] = set()  # until synced: every ref ever reported, deleted too
+        self.relists: RelistFollower[WorkloadRef] | None = None
+
+    def follow_relists(self, read: Reader, *, namespaced: bool = False) -> None:
+        """Read again, with `read`, what a relist no longer reports. `namespaced`: kopf watches
+        each namespace on its own (core.relist's scopes)."""
+
+        async def recheck(ref: WorkloadRef) -> None:
+            before = self.workloads.get(ref)
+            found = await read(ref.kind, ref.namespace, ref.name)
+            if found is not None:
+                self.on_written(ref.kind, found)  # a watch view newer than the read wins
+            elif before is not None and self.workloads.get(ref) is before:  # not re-created meanwhile
+                self._drop(ref)
+
+        self.relists = RelistFollower(
+            "workloads",
+            (lambda ref: (ref.kind, ref.namespace)) if namespaced else (lambda ref: ref.kind),
+            self.workloads.keys,
+            recheck,
+        )
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -41,12 +66,17 @@ class WorkloadCache:
         w = reduce(kind, body)
         if not self.synced.is_set():
             self._seen.add(w.ref)
+        if self.relists is not None:
+            self.relists.event(event_type, w.ref)
         if event_type == "DELETED":
-            self.workloads.pop(w.ref, None)
-            self.by_namespace.get(w.ref.namespace, set()).discard(w.ref)
-            self._notify(w.ref, None)
+            self._drop(w.ref)
             return
         self._store(w)
+
+    def _drop(self, ref: WorkloadRef) -> None:
+        self.workloads.pop(ref, None)
+        self.by_namespace.get(ref.namespace, set()).discard(ref)
+        self._notify(ref, None)
 
     def on_written(self, kind: str, body: dict[str, Any]) -> Workload:
         """The response to our own patch. The watch may have reported later states before it

@@ -87,6 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     await revocations.load()
     workloads = WorkloadCache()
+    workloads.follow_relists(kube.get_workload, namespaced=bool(options.namespaces))
     rollouts = RolloutManager(
         kube,
         RolloutOptions(
@@ -102,7 +103,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         kube,
         keys,
         ControllerOptions(
-            issuer_url=options.issuer_url, usage_warmup=options.usage_warmup, workers=options.workers
+            issuer_url=options.issuer_url,
+            usage_warmup=options.usage_warmup,
+            workers=options.workers,
+            namespaced=bool(options.namespaces),
         ),
         rollouts=rollouts,
         revocations=revocations,
@@ -112,6 +116,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     await rollouts.start()
     await controller.start()
     memo["kube"], memo["keys"], memo["controller"], memo["rollouts"] = kube, keys, controller, rollouts
+    memo["events"] = events
     memo["workloads"] = workloads
     memo["sync_task"] = asyncio.create_task(
         workloads.sync(functools.partial(_list_workloads, kube, options.namespaces)), name="agenttoken-sync"
@@ -186,12 +191,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rollouts: RolloutManager | None = memo.get("rollouts")
     if rollouts is not None:
         await rollouts.stop()
+    workloads: WorkloadCache | None = memo.get("workloads")
+    if workloads is not None and workloads.relists is not None:
+        await workloads.relists.stop()
     leadership: Leadership | None = memo.get("leadership")
     if leadership is not None:
         await leadership.stop()  # after the last write: the next replica takes over at once
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
+    events: EventRecorder | None = memo.get("events")
+    if events is not None:
+        await events.close()  # the Events of the steps above (a Lease handed back), while we can
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -209,12 +220,12 @@ async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo["controller"].on_secret_event(event.get("type"), event["object"])
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "tokenissuers")
+@kopf.on.event(api.GROUP, api.VERSION, api.TOKENISSUER_PLURAL)
 async def tokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await _issuer_event(api.TOKENISSUER_KIND, event, memo)
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "clustertokenissuers")
+@kopf.on.event(api.GROUP, api.VERSION, api.CLUSTERTOKENISSUER_PLURAL)
 async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     await _issuer_event(api.CLUSTERTOKENISSUER_KIND, event, memo)
 
@@ -222,7 +233,7 @@ async def clustertokenissuer_event(event: kopf.RawEvent, memo: kopf.Memo, **_: A
 async def _issuer_event(kind: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
     controller: Controller = memo["controller"]
     body = dict(event["object"])
-    controller.on_issuer_event(kind, event.get("type"), body)
+    controller.issuers.on_event(kind, event.get("type"), body)
     if event.get("type") != "DELETED":
         await controller.reconcile_issuer(kind, body)
 
