@@ -480,3 +480,48 @@ def test_a_deleted_part_is_no_longer_served_and_is_signed_again_at_once() -> Non
     assert asyncio.run(store.resign()) == 1
     assert PART_CONFIGMAPS[2] in cms.bodies
     assert check(verifier(Source(served(store)), clock), token()) is None
+
+
+class SlowConfigMaps(ConfigMaps):
+    """Each call takes a few turns of the event loop, as a round trip to the apiserver does."""
+
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return await super().get_configmap(namespace, name)
+
+
+def test_revocations_that_arrive_together_share_a_write_and_none_is_lost() -> None:
+    """600 AgentTokens finalized at once: not 600 read-sign-write rounds in a row per part."""
+    cms, clock = SlowConfigMaps(interfere=3), Clock()
+    store = store_on(cms, clock)
+    victims = [token() for _ in range(200)]
+
+    async def go() -> None:
+        await store.resign()
+        before = cms.writes
+        await asyncio.gather(*(store.revoke([entry(v)]) for v in victims))
+        cms.writes -= before
+
+    asyncio.run(go())
+    assert cms.writes <= 4 * PARTS  # the first write of each part, then one per batch behind it
+    v = verifier(Source(served(store)), clock)
+    assert all(check(v, t) == "revoked" for t in victims)
+
+
+def test_a_failed_group_write_fails_every_revocation_in_it() -> None:
+    cms, clock = SlowConfigMaps(), Clock()
+    store = store_on(cms, clock, max_part_bytes=600)  # room for a few entries only
+    victims = [token() for _ in range(40)]
+
+    async def go() -> list[BaseException | None]:
+        await store.resign()
+        return await asyncio.gather(*(store.revoke([entry(v)]) for v in victims), return_exceptions=True)
+
+    results = asyncio.run(go())
+    refused = [r for r in results if isinstance(r, RevocationListFull)]
+    assert refused
+    assert all(r is None or isinstance(r, RevocationListFull) for r in results)
+    v = verifier(Source(served(store)), clock)
+    for t, r in zip(victims, results, strict=True):
+        assert (check(v, t) == "revoked") == (r is None)  # refused ones are said so, never dropped
