@@ -221,15 +221,44 @@ def test_no_shard_is_ever_held_by_two_replicas() -> None:
     run(go())
 
 
-def test_a_standby_reads_often_and_wakes_when_the_lease_expires() -> None:
+def test_a_standby_wakes_exactly_when_the_lease_expires_and_polls_only_without_a_watch() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")
     rounds(clock, a, b, seconds=4)
+    clock.now -= 2.0  # right after the last round
     assert a._next_round() == 2.0  # the holder: every retry period
-    assert b._next_round() == 0.5  # below its share: a quarter period
+    assert b._next_round() == 0.5  # below its share, no watch: a read every quarter period
+    b._watching = True
+    assert b._next_round() == 2.0  # the watch tells it of every change: no polling
     seen = b._observed[0].seen_at
-    clock.now = seen + 14.8
-    assert abs(b._next_round() - 0.2) < 1e-6  # exactly at expiry
+    clock.now = b._last_round = seen + 14.8  # a round just ran
+    assert abs(b._next_round() - 0.201) < 1e-6  # exactly at expiry (+1 ms of timer slack)
+
+
+def test_the_watch_restarts_a_standbys_expiry_clock_and_leaves_held_shards_to_our_writes() -> None:
+    store, clock = FakeLeases(), Clock()
+    a, b = elector(store, clock, "a", shards=2), elector(store, clock, "b", shards=2)
+    rounds(clock, a, seconds=2)  # a holds both shards
+    rounds(clock, b, seconds=2)
+    assert not b.held()
+    clock.now += 1.0
+    rounds(clock, a, seconds=1)  # a renews both
+    renewed = [copy.deepcopy(store.objects[shard_lease_name(s)]) for s in (0, 1)]
+
+    async def events() -> Any:
+        yield None  # a broken stream first: not trusted until the next body
+        assert not b._watching
+        for body in renewed:
+            yield body
+
+    b.leases.watch = lambda role, name=None: events()  # type: ignore[union-attr]
+    b._renewed[1] = clock.now  # as if b held shard 1: its own writes, not the watch, say what it is
+    before = b._observed[1]
+    run(b._watch())
+    assert b._watching
+    assert b._observed[0].record == LeaseRecord.from_body(renewed[0])
+    assert b._observed[0].seen_at == clock.now  # the expiry counts from when the change was seen
+    assert b._observed[1] is before
 
 
 def test_replicas_disagreeing_on_the_shard_count_never_both_own_a_namespace() -> None:

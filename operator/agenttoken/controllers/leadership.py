@@ -42,6 +42,11 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _shard_number(name: str, shards: int) -> int | None:
+    suffix = name.removeprefix(core.SHARD_LEASE_PREFIX)
+    return int(suffix) if suffix != name and suffix.isdigit() and int(suffix) < shards else None
+
+
 class Leadership:
     def __init__(
         self,
@@ -71,6 +76,10 @@ class Leadership:
         self._member_renewed = float("-inf")
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._watching = False  # the shard Lease watch is streaming (see _watch)
+        self._wake = asyncio.Event()  # a watch event: when to run the next round may have changed
+        self._last_round = self._last_read = float("-inf")
         metrics.LEADER.set_function(lambda: 1.0 if self.is_primary() else 0.0)
         metrics.SHARDS_HELD.set_function(lambda: float(len(self.held())))
 
@@ -110,14 +119,16 @@ class Leadership:
             self._report()
             return
         await self.round()
+        self._watcher = asyncio.create_task(self._watch(), name="agenttoken-lease-watch")
         self._task = asyncio.create_task(self._run(), name="agenttoken-leadership")
 
     async def stop(self) -> None:
         """Hand back what we hold (the next replica takes it at once, not after expiry)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.leases is None:
             return
         for shard in sorted(self.held()):
@@ -131,30 +142,66 @@ class Leadership:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._next_round())
+            await self._sleep()
             try:
                 await self.round()
             except Exception:  # never let the loop die: a dead loop means losing every shard
                 log.exception("leader election round failed")
 
+    async def _sleep(self) -> None:
+        """Until the next round is due; a watch event may bring that moment forward."""
+        while (left := self._next_round()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+
     def _next_round(self) -> float:
-        """Every retry period; below our share, sooner: a read every quarter period (we see a
-        dead holder's last renewal within that, and its expiry counts from when we saw it) and
-        exactly when a wanted Lease expires. So a standby takes over at most lease duration plus
-        a quarter period after the holder's last renewal, not plus two periods."""
-        period = self.timings.retry_period
-        if len(self.held()) >= self._share:
-            return period
+        """Seconds until the next round: a retry period after the last one; below our share,
+        also exactly when a wanted Lease expires on our clock (+1 ms: asyncio may wake a timer
+        early by its clock resolution), so a standby takes over at lease expiry plus one write,
+        not plus up to a period. Without a working watch it also reads every quarter period:
+        a dead holder's last renewal is then seen within that (its expiry counts from then)."""
         now = self.clock()
+        due = self._last_round + self.timings.retry_period - now
+        if len(self.held()) >= self._share:
+            return due
         expiries = [
-            since - now
+            since - now + 0.001
             for s, obs in self._observed.items()
             if s not in self._renewed and (since := core.vacant_since(obs)) is not None and since > now
         ]
-        return max(0.01, min([period / 4, *expiries]))
+        poll = [] if self._watching else [self._last_round + self.timings.retry_period / 4 - now]
+        return min([due, *poll, *expiries])
+
+    async def _watch(self) -> None:
+        """Observe the shard Leases as they change (client-go's observedTime is when *we* saw a
+        change, so seeing it milliseconds rather than a poll later moves the expiry we wait for
+        that much closer to the holder's real last renewal). Shards we hold are left to our own
+        writes: a watch event can lag our latest write, and an older record would spoil the
+        precondition of the next renewal."""
+        assert self.leases is not None
+        one = core.shard_lease_name(0) if self.shards == 1 else None
+        async for body in self.leases.watch("shard", one):
+            self._watching = body is not None
+            if body is None:
+                self._wake.set()
+                continue
+            shard = _shard_number(str(body["metadata"]["name"]), self.shards)
+            if shard is None or shard in self._renewed:
+                continue
+            record = LeaseRecord.from_body(body)
+            self._observed[shard] = core.observe(self._observed.get(shard), record, self.clock())
+            self._wake.set()
 
     async def round(self) -> None:
-        await self._read()
+        # With the watch streaming our observations are current: a round woken at a Lease's
+        # expiry goes straight to the write (its resourceVersion precondition catches a renewal
+        # the watch has not brought yet). A GET/LIST still runs every retry period at least,
+        # in case a watch stalls without breaking.
+        if not self._watching or self.clock() - self._last_read >= self.timings.retry_period:
+            await self._read()
+        self._last_round = self.clock()
         members = await self._renew_member() if self.shards > 1 else 1
         self._share = core.fair_share(self.shards, members)
         for shard in sorted(self._renewed):
@@ -190,7 +237,7 @@ class Leadership:
             log.warning("reading the shard Leases failed: %s", exc)
             return
         by_name = {str(b["metadata"]["name"]): b for b in bodies}
-        now = self.clock()
+        now = self._last_read = self.clock()
         for shard in range(self.shards):
             body = by_name.get(core.shard_lease_name(shard))
             record = LeaseRecord.from_body(body) if body is not None else None
