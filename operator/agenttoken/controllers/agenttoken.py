@@ -184,7 +184,7 @@ class Controller:
     def on_shard_change(self, shard: int, held: bool) -> None:
         takeover.shard_changed(
             shard, held, self.leadership.shards, tokens=self.tokens, secrets=self.secrets,
-            queue=self.queue, enqueue=self._enqueue,
+            queue=self.queue, enqueue=self._enqueue, issuers=self.issuers, reconcile_issuer=self.reconcile_issuer,
         )  # fmt: skip
 
     def on_issuer_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
