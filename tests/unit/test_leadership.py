@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from agenttoken.controllers.leadership import Leadership
-from agenttoken.core.lease import LeaseRecord, shard_lease_name, shard_of
+from agenttoken.core.lease import LeaseRecord, Observation, shard_lease_name, shard_of
 from agenttoken.kube.errors import KubeError
 
 
@@ -233,6 +233,17 @@ def test_a_standby_wakes_exactly_when_the_lease_expires_and_polls_only_without_a
     seen = b._observed[0].seen_at
     clock.now = b._last_round = seen + 14.8  # a round just ran
     assert abs(b._next_round() - 0.201) < 1e-6  # exactly at expiry (+1 ms of timer slack)
+    clock.now = b._last_round = seen + 15.1  # the round at expiry ran (and, say, lost a race)
+    assert b._next_round() == 2.0  # no busy loop on a Lease that stays expired
+    # The watch shows a release: a round at once, not a period later.
+    rounds(clock, a, seconds=2)  # a renews
+    b._last_round = clock.now
+    clock.now += 0.3
+    run(a.stop())
+    released = LeaseRecord.from_body(store.objects[shard_lease_name(0)])
+    assert released.holder == ""
+    b._observed[0] = Observation(released, clock.now)
+    assert b._next_round() <= 0.001
 
 
 def test_the_watch_restarts_a_standbys_expiry_clock_and_leaves_held_shards_to_our_writes() -> None:

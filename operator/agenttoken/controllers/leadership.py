@@ -158,18 +158,20 @@ class Leadership:
 
     def _next_round(self) -> float:
         """Seconds until the next round: a retry period after the last one; below our share,
-        also exactly when a wanted Lease expires on our clock (+1 ms: asyncio may wake a timer
-        early by its clock resolution), so a standby takes over at lease expiry plus one write,
-        not plus up to a period. Without a working watch it also reads every quarter period:
+        also at once when the watch shows a Lease released, and exactly when a wanted Lease
+        expires on our clock (+1 ms: asyncio may wake a timer early by its clock resolution), so
+        a standby takes over at lease expiry plus one write, not plus up to a period. Without a working watch it also reads every quarter period:
         a dead holder's last renewal is then seen within that (its expiry counts from then)."""
         now = self.clock()
         due = self._last_round + self.timings.retry_period - now
         if len(self.held()) >= self._share:
             return due
-        expiries = [
+        expiries = [  # a Lease released (vacant since it was seen) or expiring after our last round
             since - now + 0.001
             for s, obs in self._observed.items()
-            if s not in self._renewed and (since := core.vacant_since(obs)) is not None and since > now
+            if s not in self._renewed
+            and (since := core.vacant_since(obs)) is not None
+            and since > self._last_round
         ]
         poll = [] if self._watching else [self._last_round + self.timings.retry_period / 4 - now]
         return min([due, *poll, *expiries])

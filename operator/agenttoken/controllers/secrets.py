@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agenttoken import api
+from agenttoken.controllers import metrics
 from agenttoken.core.bodycache import BodyCache
 from agenttoken.core.secretdata import owner_name
 from agenttoken.kube.adapter import Kube
@@ -36,6 +37,7 @@ class SecretStore:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._cache = BodyCache()
+        metrics.SECRETS_CACHED.set_function(lambda: float(len(self._cache.bodies)))
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._cache.get(key)
