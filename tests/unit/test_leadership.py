@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from agenttoken.controllers.leadership import Leadership
-from agenttoken.core.lease import LeaseRecord, Observation, shard_lease_name, shard_of
+from agenttoken.core.lease import LeaseRecord, Observation, member_lease_name, shard_lease_name, shard_of
 from agenttoken.kube.errors import KubeError
 
 
@@ -254,7 +254,9 @@ def test_the_watch_restarts_a_standbys_expiry_clock_and_leaves_held_shards_to_ou
     assert not b.held()
     clock.now += 1.0
     rounds(clock, a, seconds=1)  # a renews both
-    renewed = [copy.deepcopy(store.objects[shard_lease_name(s)]) for s in (0, 1)]
+    renewed = [
+        copy.deepcopy(store.objects[n]) for n in (*map(shard_lease_name, (0, 1)), member_lease_name("a"))
+    ]
 
     async def events() -> Any:
         yield None  # a broken stream first: not trusted until the next body
@@ -270,6 +272,20 @@ def test_the_watch_restarts_a_standbys_expiry_clock_and_leaves_held_shards_to_ou
     assert b._observed[0].record == LeaseRecord.from_body(renewed[0])
     assert b._observed[0].seen_at == clock.now  # the expiry counts from when the change was seen
     assert b._observed[1] is before
+    assert b._members[member_lease_name("a")].seen_at == clock.now  # member Leases too (the share)
+
+
+def test_a_replica_at_its_share_wakes_when_a_dead_replicas_member_lease_expires() -> None:
+    """Its share rises then (fewer live replicas): waiting for the next period would add up to 2 s."""
+    store, clock = FakeLeases(), Clock()
+    r = [elector(store, clock, f"r{i}", shards=3) for i in range(3)]
+    rounds(clock, *r, seconds=20)
+    assert sorted(len(e.held()) for e in r) == [1, 1, 1]
+    rounds(clock, r[0], r[1], seconds=4)  # r2 died
+    seen = r[0]._members[member_lease_name("r2")].seen_at
+    clock.now = r[0]._last_round = seen + 14.7
+    r[0]._watching = True
+    assert abs(r[0]._next_round() - 0.301) < 1e-6
 
 
 def test_replicas_disagreeing_on_the_shard_count_never_both_own_a_namespace() -> None:

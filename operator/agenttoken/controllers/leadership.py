@@ -157,24 +157,26 @@ class Leadership:
                     await self._wake.wait()
 
     def _next_round(self) -> float:
-        """Seconds until the next round: a retry period after the last one; below our share,
-        also at once when the watch shows a Lease released, and exactly when a wanted Lease
-        expires on our clock (+1 ms: asyncio may wake a timer early by its clock resolution), so
-        a standby takes over at lease expiry plus one write, not plus up to a period. Without a working watch it also reads every quarter period:
-        a dead holder's last renewal is then seen within that (its expiry counts from then)."""
+        """Seconds until the next round: a retry period after the last one, and exactly when a
+        Lease of another replica expires on our clock (+1 ms: asyncio may wake a timer early by
+        its clock resolution) or at once when the watch shows one released. A shard Lease's
+        expiry is a takeover; a member Lease's raises our fair share (a dead replica's member
+        Lease expires just before its shards: it renews it first). So a standby takes over at
+        lease expiry plus one write, not plus up to a period. Below our share without a working
+        watch it also reads every quarter period: a dead holder's last renewal is then seen
+        within that (its expiry counts from then)."""
         now = self.clock()
-        due = self._last_round + self.timings.retry_period - now
-        if len(self.held()) >= self._share:
-            return due
-        expiries = [  # a Lease released (vacant since it was seen) or expiring after our last round
+        period = self.timings.retry_period
+        others = [obs for s, obs in self._observed.items() if s not in self._renewed]
+        others += [obs for name, obs in self._members.items() if name != self._member_name]
+        expiries = [
             since - now + 0.001
-            for s, obs in self._observed.items()
-            if s not in self._renewed
-            and (since := core.vacant_since(obs)) is not None
-            and since > self._last_round
+            for obs in others
+            if (since := core.vacant_since(obs)) is not None and since > self._last_round
         ]
-        poll = [] if self._watching else [self._last_round + self.timings.retry_period / 4 - now]
-        return min([due, *poll, *expiries])
+        below = len(self.held()) < self._share
+        poll = [self._last_round + period / 4 - now] if below and not self._watching else []
+        return min([self._last_round + period - now, *poll, *expiries])
 
     async def _watch(self) -> None:
         """Observe the shard Leases as they change (client-go's observedTime is when *we* saw a
@@ -183,18 +185,21 @@ class Leadership:
         writes: a watch event can lag our latest write, and an older record would spoil the
         precondition of the next renewal."""
         assert self.leases is not None
-        one = core.shard_lease_name(0) if self.shards == 1 else None
-        async for body in self.leases.watch("shard", one):
+        # One shard: just its Lease (RBAC names it); more: the shard and member Leases, by label.
+        one = ("shard", core.shard_lease_name(0)) if self.shards == 1 else (None, None)
+        async for body in self.leases.watch(*one):
             self._watching = body is not None
-            if body is None:
-                self._wake.set()
-                continue
-            shard = _shard_number(str(body["metadata"]["name"]), self.shards)
-            if shard is None or shard in self._renewed:
-                continue
-            record = LeaseRecord.from_body(body)
-            self._observed[shard] = core.observe(self._observed.get(shard), record, self.clock())
+            if body is not None:
+                self._seen(str(body["metadata"]["name"]), LeaseRecord.from_body(body))
             self._wake.set()
+
+    def _seen(self, name: str, record: LeaseRecord) -> None:
+        now = self.clock()
+        if name.startswith(core.MEMBER_LEASE_PREFIX):
+            if name != self._member_name:  # ours: our own writes say what it is
+                self._members[name] = core.observe(self._members.get(name), record, now)
+        elif (shard := _shard_number(name, self.shards)) is not None and shard not in self._renewed:
+            self._observed[shard] = core.observe(self._observed.get(shard), record, now)
 
     async def round(self) -> None:
         # With the watch streaming our observations are current: a round woken at a Lease's

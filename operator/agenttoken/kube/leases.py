@@ -47,9 +47,9 @@ class Leases:
         )
         return list(listing.get("items") or [])
 
-    async def watch(self, role: str, name: str | None = None) -> AsyncIterator[dict[str, Any] | None]:
-        """Every state of our Leases of `role` (just `name` if given: RBAC grants `watch` on named
-        Leases only with a name selector), the current ones first; forever. Yields None when the
+    async def watch(self, role: str | None, name: str | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Every state of our Leases of `role` (None: of both roles; just `name` if given: RBAC
+        grants `watch` on named Leases only with a name selector), the current ones first; forever. Yields None when the
         stream broke (the caller stops trusting it until the next body), then resumes from the
         current state after a short pause. Deletions are not reported: shard Leases are never
         deleted by us, and a reader's periodic GET/LIST notices one."""
@@ -60,7 +60,7 @@ class Leases:
                 async with watch.Watch().stream(
                     self.coordination.list_namespaced_lease,
                     self.namespace,
-                    label_selector=f"{LABEL_ROLE}={role}",
+                    label_selector=f"{LABEL_ROLE}={role}" if role else LABEL_ROLE,
                     timeout_seconds=300,
                     **selector,
                 ) as stream:
@@ -71,7 +71,9 @@ class Leases:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a watch must outlive the apiserver's moods
-                log.warning("watch of the %s Leases interrupted (%s); resuming", role, type(exc).__name__)
+                log.warning(
+                    "watch of the %s Leases interrupted (%s); resuming", role or "", type(exc).__name__
+                )
                 yield None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 30.0)  # e.g. forbidden: do not spin on it
