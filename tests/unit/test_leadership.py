@@ -66,6 +66,10 @@ class FakeLeases:
             raise KubeError(409, "the object has been modified")
         return self._store(name, role, record)
 
+    async def watch(self, role: str | None, name: str | None = None) -> Any:
+        await asyncio.Event().wait()  # a watch that never reports (tests feed _watch themselves)
+        yield None
+
     async def delete(self, name: str, version: str | None) -> None:
         self.objects.pop(name, None)
 

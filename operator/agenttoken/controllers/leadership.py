@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -75,6 +76,9 @@ class Leadership:
         self._share = self.shards  # our fair share, from the last round
         self._member_renewed = float("-inf")
         self._listeners: list[Listener] = []
+        # How listeners and Events reach the rest of the operator: directly, or handed to the
+        # main event loop when this loop runs on its own thread (controllers.leasethread).
+        self.deliver: Callable[[Callable[[], None]], object] = lambda call: call()
         self._task: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._watching = False  # the shard Lease watch is streaming (see _watch)
@@ -92,8 +96,8 @@ class Leadership:
     def held(self) -> set[int]:
         if self.leases is None:
             return set(range(self.shards))
-        now = self.clock()
-        return {s for s, sent in self._renewed.items() if core.holds(sent, now, self.timings)}
+        now = self.clock()  # a copy: the loop may run on another thread (copying is atomic)
+        return {s for s, sent in self._renewed.copy().items() if core.holds(sent, now, self.timings)}
 
     def holds(self, shard: int) -> bool:
         if self.leases is None:
@@ -357,6 +361,9 @@ class Leadership:
                 "name": name,
             }
             reason = "LeaseAcquired" if gained else "LeaseLost"
-            self.events.post(involved, warning=False, reason=reason, message=f"{self.identity} {what} {name}")
-        for listener in self._listeners:
-            listener(shard, gained)
+            message = f"{self.identity} {what} {name}"
+            self.deliver(
+                functools.partial(self.events.post, involved, warning=False, reason=reason, message=message)
+            )
+        for listener in list(self._listeners):
+            self.deliver(functools.partial(listener, shard, gained))
