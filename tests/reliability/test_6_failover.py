@@ -56,7 +56,7 @@ def wall(micro_time: str) -> float:
     return datetime.datetime.fromisoformat(micro_time.replace("Z", "+00:00")).timestamp()
 
 
-def take_over(cluster: LocalCluster, old: str, new: str) -> tuple[float, dict[str, float]]:
+def take_over(cluster: LocalCluster, old: str, new: str) -> tuple[float, dict[str, Any]]:
     """Wait until `new` holds the Lease (just killed `old` held it); (seconds from now, breakdown
     from the Lease's own times, all written by processes on this host's clock: how long after its
     last renewal the old holder was killed, and how long after that renewal the new holder took)."""
@@ -120,7 +120,8 @@ def late_renewals(seen: TokenCollector, secrets: set[tuple[str, str]]) -> tuple[
             elif expires is not None and first_seen >= expires:
                 late.append(
                     f"{key}: revision {revision} ({token_id}) seen {first_seen - expires:.1f}s after "
-                    f"revision {rev0} ({before}, seen {expires - seen0:.1f}s before its expiry) expired"
+                    f"revision {rev0} ({before}, seen {expires - seen0:.1f}s before its expiry) expired "
+                    f"at {datetime.datetime.fromtimestamp(expires, datetime.UTC):%H:%M:%S}"
                 )
     return late, unseen
 
@@ -160,7 +161,7 @@ def test_failover_under_kill9_of_the_leader(
 
     started, load_start = time.monotonic(), loadavg()
     failovers: list[float] = []
-    breakdown: list[dict[str, float]] = []
+    breakdown: list[dict[str, Any]] = []
     for _ in range(kills):
         time.sleep(rng.uniform(2, 25))  # a random point in the renewal cycle (the test's schedule)
         leader_id = holder(cluster)
@@ -168,6 +169,7 @@ def test_failover_under_kill9_of_the_leader(
         other = next(i for i in processes if i != leader_id)
         leader.kill9()  # take_over's clock starts after the reap: at most a few ms late
         took, parts = take_over(cluster, leader_id, other)
+        parts["taken_at"] = datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S")
         failovers.append(took)
         breakdown.append(parts)
         print(f"failover {len(failovers)}: {took:.2f}s {parts} (load {loadavg()})")

@@ -71,7 +71,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     options = memo["options"]
     kube = await Kube.connect()
-    events = EventRecorder(kube)
+    events = memo["events"] = EventRecorder(kube)
     leadership = memo["leadership"] = await _elect(memo, options, events)
     keys = KeyManager(
         kube,
@@ -201,6 +201,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await thread.stop()
     elif leadership is not None:
         await leadership.stop()
+    events: EventRecorder | None = memo.get("events")
+    if events is not None:
+        await events.flush()  # the LeaseLost Events of the hand-back, before the client closes
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
