@@ -163,6 +163,24 @@ def test_a_leader_that_cannot_renew_stops_at_the_deadline_even_while_it_keeps_tr
     assert store.objects[shard_lease_name(0)]["spec"]["leaseTransitions"] == 0
 
 
+def test_a_renewal_after_the_deadline_reports_the_gap_so_refused_work_is_queued_again() -> None:
+    """The loop stalled past the renew deadline (no round ran), then renews before anyone could
+    take over: owns() said no meanwhile, so the listeners must hear a loss and a gain."""
+    store, clock = FakeLeases(), Clock()
+    a = elector(store, clock, "a")
+    rounds(clock, a, seconds=4)
+    heard: list[tuple[int, bool]] = []
+    a.subscribe(lambda s, held: heard.append((s, held)))
+    clock.now += 11  # past the renew deadline, before the lease duration
+    assert not a.is_primary()
+    run(a.round())
+    assert a.is_primary()
+    assert heard == [(0, False), (0, True)]
+    assert store.objects[shard_lease_name(0)]["spec"]["leaseTransitions"] == 0  # still ours
+    rounds(clock, a, seconds=4)
+    assert heard == [(0, False), (0, True)]  # in-time renewals report nothing
+
+
 def test_stop_hands_the_lease_over_at_once() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")

@@ -306,8 +306,16 @@ class Leadership:
         except _IO_ERRORS as exc:
             log.warning("writing Lease %s failed: %s", name, exc)
             return
-        if written is not None:
-            self._renewed[shard], self._observed[shard] = written
+        if written is None:
+            return
+        before = self._renewed.get(shard)
+        if before is not None and shard in self._reported and not core.holds(before, written[0], self.timings):
+            # The deadline passed before this renewal went out (a stalled loop, slow requests):
+            # owns() said no meanwhile, so events, passes and schedules for the shard were
+            # refused. Report the loss, and the gain at the round's end queues the shard again.
+            self._renewed.pop(shard)
+            self._report()
+        self._renewed[shard], self._observed[shard] = written
 
     async def _check_taken(self, shard: int) -> None:
         assert self.leases is not None
