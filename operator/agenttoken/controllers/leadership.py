@@ -309,7 +309,11 @@ class Leadership:
         if written is None:
             return
         before = self._renewed.get(shard)
-        if before is not None and shard in self._reported and not core.holds(before, written[0], self.timings):
+        if (
+            before is not None
+            and shard in self._reported
+            and not core.holds(before, written[0], self.timings)
+        ):
             # The deadline passed before this renewal went out (a stalled loop, slow requests):
             # owns() said no meanwhile, so events, passes and schedules for the shard were
             # refused. Report the loss, and the gain at the round's end queues the shard again.
