@@ -21,7 +21,8 @@ from benchsupport import RESULTS
 DOC = RESULTS.parent.parent / "docs" / "performance.md"
 BEFORE = RESULTS / "before"
 START, END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
-NAMES = ("lifecycle", "steady", "restart", "api_economy", "crypto")
+NAMES = ("lifecycle", "steady", "restart", "api_economy", "crypto", "failover", "sharding")
+NEW = ("failover", "sharding")  # [ha]: no run before it, so no "before" column
 
 Results = dict[str, dict[str, Any]]  # benchmark name -> its JSON
 Measure = Callable[[Results], "tuple[str, bool | None] | None"]
@@ -153,6 +154,50 @@ def _crypto(r: Results) -> tuple[str, bool | None] | None:
     ] >= 5000
 
 
+def _failover(r: Results) -> tuple[str, bool | None] | None:
+    f = _get(r, "failover", "failover_s")
+    if f is None:
+        return None
+    n = _get(r, "failover", "params") or {}
+    text = f"min {f['min']:.2f} s, median {f['median']:.2f} s, max {f['max']:.2f} s ({n.get('kills')} kills, {n.get('tokens')} AgentTokens)"
+    return text, f["max"] <= 15
+
+
+def _size(r: Results) -> str:
+    p = _get(r, "sharding", "params") or {}
+    return f"{p.get('tokens', 0) + p.get('short', 0):,} AgentTokens, {p.get('replicas')} replicas x {p.get('shards')} shards"
+
+
+def _at_goal_size(r: Results, ok: bool) -> bool | None:
+    """Met only if measured at the goal's 30,000 AgentTokens; smaller runs say "—"."""
+    p = _get(r, "sharding", "params") or {}
+    return ok if p.get("tokens", 0) + p.get("short", 0) >= 30000 else None
+
+
+def _shard_lag(r: Results) -> tuple[str, bool | None] | None:
+    lag = _get(r, "sharding", "renewal_lag")
+    return (
+        None
+        if lag is None
+        else (f"p99 {lag['p99_s']:.2f} s ({_size(r)})", _at_goal_size(r, lag["p99_s"] <= 2))
+    )
+
+
+def _shard_kill(r: Results) -> tuple[str, bool | None] | None:
+    v = _get(r, "sharding", "kill", "reserved_after_s")
+    return None if v is None else (f"{v:.1f} s ({_size(r)})", _at_goal_size(r, v <= 20))
+
+
+def _shard_rss(r: Results) -> tuple[str, bool | None] | None:
+    reps = _get(r, "sharding", "replicas")
+    if not reps:
+        return None
+    rss = sorted(v["rss_mb"] for v in reps.values())
+    proj = _get(r, "sharding", "projection_100k", "replica_rss_mb")
+    more = f"; projected at 100,000: {proj:,} MB" if proj else ""
+    return f"{rss[0]:.0f}-{rss[-1]:.0f} MB ({_size(r)}){more}", None
+
+
 LINES = (
     Line("API writes per new AgentToken (audit log), burst", "≤ 3 (+ Events, bounded)", "api_economy", _new_token_writes),
     Line("API writes per renewal, no rollout targets (audit log)", "≤ 3", "api_economy", _writes("without_targets", 3)),
@@ -167,6 +212,10 @@ LINES = (
     Line("Secret written → pod-template patch (--restart-debounce 0)", "faster than Reloader", "restart", _debounce("debounce_0s")),
     Line("Secret written → pod-template patch (default debounce 2 s)", "faster than Reloader", "restart", _debounce("debounce_2s")),
     Line("Crypto: ES256 mint / verify per core", "≥ 10k/s / ≥ 5k/s", "crypto", _crypto),
+    Line("Failover: kill -9 of the leader → the standby holds the Lease", "≤ 15 s", "failover", _failover),
+    Line("Sharding: renewal lag, all replicas up", "p99 ≤ 2 s (30,000 AgentTokens)", "sharding", _shard_lag),
+    Line("Sharding: kill -9 of a replica → its shards held again", "≤ 20 s", "sharding", _shard_kill),
+    Line("Sharding: RSS per replica", "—", "sharding", _shard_rss),
 )  # fmt: skip
 
 
@@ -193,7 +242,7 @@ def rows(before: Results, after: Results) -> list[tuple[str, ...]]:
 
 def main() -> int:
     after = {n: load(n) for n in NAMES}
-    before = {n: load(n, BEFORE) or after[n] for n in NAMES}
+    before = {n: load(n, BEFORE) or ({} if n in NEW else after[n]) for n in NAMES}
     dates = sorted({r.get("date", "")[:16] for r in after.values()} - {""})
     lines = [
         START,

@@ -33,6 +33,7 @@ import kubernetes
 from benchsupport import (
     SecretWatcher,
     header,
+    loadavg,
     log_tail,
     metric,
     rss_mb,
@@ -64,6 +65,57 @@ def replica_figures(ops: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
             "agenttokens_served": metric(op.http_port, "agenttoken_tokens"),  # type: ignore[attr-defined]
         }
         for name, op in ops.items()
+    }
+
+
+def object_bytes(cluster: LocalCluster, namespace: str) -> dict[str, float]:
+    """Mean JSON size of one AgentToken and one managed Secret as a watch sends them."""
+    sizes = {}
+    for kind, path in (
+        ("agenttoken", f"/apis/agenttoken.dev/v1alpha1/namespaces/{namespace}/agenttokens"),
+        (
+            "secret",
+            f"/api/v1/namespaces/{namespace}/secrets?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dagent-token-operator",
+        ),
+    ):
+        _, raw = cluster.api("GET", path, timeout=60)
+        items = json.loads(raw)["items"]
+        sizes[kind] = round(sum(len(json.dumps(i)) for i in items) / max(1, len(items)))
+    return sizes
+
+
+def projection(results: dict[str, Any], total: int, target: int = 100_000) -> dict[str, Any]:
+    """Per-token costs measured here, extrapolated linearly to `target` AgentTokens (an upper
+    bound: warm-up and fixed costs are charged to the tokens too)."""
+    cp = results["control_plane_rss_mb"]
+    per_token_kb = {k: round((v["after"] - v["before"]) * 1024 / total, 2) for k, v in cp.items()}
+    idle, loaded = results["replicas_idle"], results["replicas"]
+    deltas = {n: loaded[n]["rss_mb"] - idle[n]["rss_mb"] for n in loaded}
+    # Every replica caches every AgentToken (cluster-wide watches) and the Secrets of its own
+    # shards only: delta = a * total + b * served. Least squares over the replicas (if they
+    # serve different counts); else all of it is charged to the cluster-wide part.
+    served = {n: loaded[n]["agenttokens_served"] or 0.0 for n in loaded}
+    mean_s, mean_d = sum(served.values()) / len(served), sum(deltas.values()) / len(deltas)
+    var = sum((x - mean_s) ** 2 for x in served.values())
+    b = sum((served[n] - mean_s) * (deltas[n] - mean_d) for n in served) / var if var > 0 else 0.0
+    b = max(0.0, b)
+    a = max(0.0, (mean_d - b * mean_s) / total)
+    replicas = len(loaded)
+    worst_idle = max(v["rss_mb"] for v in idle.values())
+    sizes = results["object_bytes"]
+    renewals_per_s = target / (3600 * 2 / 3)  # 1 h tokens renewed at 2/3 of their life
+    per_event = sizes["agenttoken"] + sizes["secret"]  # one status and one Secret event per renewal
+    return {
+        "tokens": target,
+        "assumes": "linear in the AgentTokens; 1 h tokens renewed at 2/3 of their life; one Secret "
+        "update and one status patch per renewal, each a full object on every replica's watch",
+        "per_token_control_plane_kb": per_token_kb,
+        "per_token_replica_kb": {"cached_everywhere": round(a * 1024, 2), "served_here": round(b * 1024, 2)},
+        "control_plane_mb": {k: round(v["before"] + per_token_kb[k] * target / 1024) for k, v in cp.items()},
+        "replica_rss_mb": round(worst_idle + (a * target + b * target / replicas)),
+        "renewals_per_s": round(renewals_per_s, 1),
+        "watch_kb_per_s_per_replica": round(renewals_per_s * per_event / 1024),
+        "apiserver_watch_out_kb_per_s": round(renewals_per_s * per_event * replicas / 1024),
     }
 
 
@@ -110,6 +162,13 @@ def main() -> int:
                 lambda: sum(1 for h in holders(cluster).values() if h) == args.shards,
                 120,
             )
+            share = -(-args.shards // args.replicas)
+            wait_for(  # the first replica took all, then handed back as the others joined
+                "the shares settled",
+                lambda: all(metric(op.http_port, "agenttoken_shards_held") == share for op in ops.values()),  # type: ignore[attr-defined]
+                120,
+            )
+            results["replicas_idle"] = replica_figures(ops)
             api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
             custom = kubernetes.client.CustomObjectsApi(api_client)
             api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 8
@@ -135,13 +194,16 @@ def main() -> int:
             wall = max(watcher.seen.values()) - t0
             results["apply"] = {"wall_s": round(wall, 1), "secrets_per_s": round(len(watcher.seen) / wall, 1)}
             time.sleep(15)  # status writes and Events of the last ones settle
+            results["loadavg_after_apply"] = loadavg()
             results["replicas"] = replica_figures(ops)
+            results["object_bytes"] = object_bytes(cluster, namespaces[0])
             # Per-token costs for the projection (docs/performance.md): control-plane RSS growth.
             results["control_plane_rss_mb"] = {
                 k: {"before": control_plane_before[k], "after": round(rss_mb(pid), 1)}
                 for k, pid in cluster.pids.items()
             }
             results["holders"] = holders(cluster)
+            results["projection_100k"] = projection(results, args.tokens + args.short)
 
             # 3. renewal lag, all replicas up
             assert watcher.events is not None

@@ -109,7 +109,7 @@ def test_lease_rbac_is_its_namespace_and_its_shards_only() -> None:
     create, named = leases
     assert create == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
     assert named["resourceNames"] == ["agenttoken-shard-0"]
-    assert sorted(named["verbs"]) == ["get", "update"]
+    assert sorted(named["verbs"]) == ["get", "update", "watch"]
     # The LeaseAcquired/LeaseLost Events, in its own namespace (namespaced mode has no Role there).
     assert {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]} in role["rules"]
 
@@ -119,7 +119,7 @@ def test_lease_rbac_is_its_namespace_and_its_shards_only() -> None:
     assert named["resourceNames"] == ["agenttoken-shard-0", "agenttoken-shard-1", "agenttoken-shard-2"]
     # Member Leases are named after pod names: listable and writable in this namespace only.
     assert "resourceNames" not in members
-    assert sorted(members["verbs"]) == ["delete", "get", "list", "update"]
+    assert sorted(members["verbs"]) == ["delete", "get", "list", "update", "watch"]
     binding = rendered[("RoleBinding", "agent-token-operator-leases")]
     assert binding["metadata"]["namespace"] == "agenttoken-system"
     assert binding["roleRef"]["name"] == "agent-token-operator-leases"

@@ -14,6 +14,7 @@ import pytest
 
 from .kube import Kube, wait_for
 from .operator import OperatorProcess
+from .test_issuers import issuer, issuer_ready
 from .test_lifecycle import agenttoken, status, wait_ready, wait_revision
 
 LEASE = "agenttoken-shard-0"
@@ -110,3 +111,26 @@ def test_one_leads_the_standby_is_ready_serves_jwks_and_takes_over(
     stopped = time.monotonic()
     wait_for("the session operator to lead again", lambda: holder(kube) == operator.identity, timeout=30)
     assert time.monotonic() - stopped < 10
+
+
+def test_a_new_leader_writes_the_status_of_issuers_changed_while_none_led(
+    kube: Kube, operator: OperatorProcess, standby: OperatorProcess, namespace: str
+) -> None:
+    """The leader dies; issuers are created before the standby may take over. The standby sees
+    them through its watches but writes nothing (not its shard yet), and the watch will not deliver
+    them again: on taking the shard (and the primary's role) it writes their status itself."""
+    wait_for("the session operator to hold the Lease", lambda: holder(kube) == operator.identity, timeout=60)
+    cluster_wide = f"ha-failover-{namespace}"
+    operator.kill9()
+    try:
+        kube.apply(issuer("TokenIssuer", "during-failover", {"builtin": {}}), "-n", namespace)
+        kube.apply(issuer("ClusterTokenIssuer", cluster_wide, {"builtin": {}}))
+        local = kube.get_json("tokenissuer", "during-failover", "-n", namespace) or {}
+        if holder(kube) == operator.identity:  # nobody leads yet: nobody may have written it
+            assert not local.get("status"), local.get("status")
+        wait_for("the standby to take the Lease", lambda: holder(kube) == standby.identity, timeout=40)
+        issuer_ready(kube, "TokenIssuer", "during-failover", namespace)
+        issuer_ready(kube, "ClusterTokenIssuer", cluster_wide)
+    finally:
+        kube.kubectl("delete", "clustertokenissuer", cluster_wide, "--ignore-not-found", check=False)
+        operator.start()  # back as the standby; the fixture's stop hands the Lease back to it

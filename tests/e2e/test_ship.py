@@ -154,6 +154,7 @@ def test_operator_identity_is_least_privilege(kube: Kube, operator: OperatorProc
     assert can_i(kube, SA, "create", lease, "-n", ns)
     assert can_i(kube, SA, "get", f"{lease}/agenttoken-shard-0", "-n", ns)
     assert can_i(kube, SA, "update", f"{lease}/agenttoken-shard-0", "-n", ns)
+    assert can_i(kube, SA, "watch", f"{lease}/agenttoken-shard-0", "-n", ns)
     assert not can_i(kube, SA, "update", f"{lease}/agenttoken-shard-1", "-n", ns)
     assert not can_i(kube, SA, "update", f"{lease}/kube-scheduler", "-n", ns)
     assert not can_i(kube, SA, "delete", f"{lease}/agenttoken-shard-0", "-n", ns)

@@ -10,6 +10,7 @@ from typing import Any, cast
 from agenttoken import api
 from agenttoken.controllers.issuer import Issuers
 from agenttoken.core.conditions import Reason
+from agenttoken.core.lease import shard_of
 from agenttoken.core.model import parse_spec
 from agenttoken.issuers.registry import Registry
 from agenttoken.kube.adapter import Kube
@@ -74,3 +75,31 @@ def test_a_read_never_overrides_what_the_watch_said() -> None:
     got = asyncio.run(store.resolve(("ns", "t"), spec("builtin")))
     assert isinstance(got, Reason)
     assert got.reason == api.REASON_ISSUER_NOT_FOUND
+
+
+def test_a_gained_shard_looks_again_at_its_issuers_and_the_primary_at_every_cluster_issuer() -> None:
+    cache = issuers(FakeKube({}))
+    namespaces = [f"team-{i}" for i in range(12)]
+    for ns in namespaces:
+        body = {"metadata": {"name": "local", "namespace": ns}, "spec": {"builtin": {}}}
+        cache.on_event(api.TOKENISSUER_KIND, "ADDED", body)
+    cache.on_event(api.CLUSTERTOKENISSUER_KIND, "ADDED", BUILTIN)
+    seen: list[tuple[str, str]] = []
+
+    async def reconcile(kind: str, body: dict[str, Any]) -> None:
+        seen.append((kind, body["metadata"].get("namespace", "")))
+        if len(seen) == 1:
+            raise RuntimeError("one issuer failing does not skip the others")
+
+    async def gain(shard: int) -> list[tuple[str, str]]:
+        seen.clear()
+        cache.resync(shard, 3, reconcile)
+        await asyncio.gather(*cache._resyncs)
+        return sorted(seen)
+
+    for shard in range(3):
+        got = asyncio.run(gain(shard))
+        mine = [(api.TOKENISSUER_KIND, ns) for ns in namespaces if shard_of(ns, 3) == shard]
+        cluster = [(api.CLUSTERTOKENISSUER_KIND, "")] if shard == 0 else []
+        assert mine  # every shard has some
+        assert got == sorted(mine + cluster)

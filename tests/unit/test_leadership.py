@@ -9,7 +9,7 @@ import itertools
 from typing import Any
 
 from agenttoken.controllers.leadership import Leadership
-from agenttoken.core.lease import LeaseRecord, shard_lease_name, shard_of
+from agenttoken.core.lease import LeaseRecord, Observation, member_lease_name, shard_lease_name, shard_of
 from agenttoken.kube.errors import KubeError
 
 
@@ -65,6 +65,10 @@ class FakeLeases:
         if current["metadata"]["resourceVersion"] != record.version:
             raise KubeError(409, "the object has been modified")
         return self._store(name, role, record)
+
+    async def watch(self, role: str | None, name: str | None = None) -> Any:
+        await asyncio.Event().wait()  # a watch that never reports (tests feed _watch themselves)
+        yield None
 
     async def delete(self, name: str, version: str | None) -> None:
         self.objects.pop(name, None)
@@ -159,6 +163,24 @@ def test_a_leader_that_cannot_renew_stops_at_the_deadline_even_while_it_keeps_tr
     assert store.objects[shard_lease_name(0)]["spec"]["leaseTransitions"] == 0
 
 
+def test_a_renewal_after_the_deadline_reports_the_gap_so_refused_work_is_queued_again() -> None:
+    """The loop stalled past the renew deadline (no round ran), then renews before anyone could
+    take over: owns() said no meanwhile, so the listeners must hear a loss and a gain."""
+    store, clock = FakeLeases(), Clock()
+    a = elector(store, clock, "a")
+    rounds(clock, a, seconds=4)
+    heard: list[tuple[int, bool]] = []
+    a.subscribe(lambda s, held: heard.append((s, held)))
+    clock.now += 11  # past the renew deadline, before the lease duration
+    assert not a.is_primary()
+    run(a.round())
+    assert a.is_primary()
+    assert heard == [(0, False), (0, True)]
+    assert store.objects[shard_lease_name(0)]["spec"]["leaseTransitions"] == 0  # still ours
+    rounds(clock, a, seconds=4)
+    assert heard == [(0, False), (0, True)]  # in-time renewals report nothing
+
+
 def test_stop_hands_the_lease_over_at_once() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")
@@ -221,15 +243,71 @@ def test_no_shard_is_ever_held_by_two_replicas() -> None:
     run(go())
 
 
-def test_a_standby_reads_often_and_wakes_when_the_lease_expires() -> None:
+def test_a_standby_wakes_exactly_when_the_lease_expires_and_polls_only_without_a_watch() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")
     rounds(clock, a, b, seconds=4)
+    clock.now -= 2.0  # right after the last round
     assert a._next_round() == 2.0  # the holder: every retry period
-    assert b._next_round() == 0.5  # below its share: a quarter period
+    assert b._next_round() == 0.5  # below its share, no watch: a read every quarter period
+    b._watching = True
+    assert b._next_round() == 2.0  # the watch tells it of every change: no polling
     seen = b._observed[0].seen_at
-    clock.now = seen + 14.8
-    assert abs(b._next_round() - 0.2) < 1e-6  # exactly at expiry
+    clock.now = b._last_round = seen + 14.8  # a round just ran
+    assert abs(b._next_round() - 0.201) < 1e-6  # exactly at expiry (+1 ms of timer slack)
+    clock.now = b._last_round = seen + 15.1  # the round at expiry ran (and, say, lost a race)
+    assert b._next_round() == 2.0  # no busy loop on a Lease that stays expired
+    # The watch shows a release: a round at once, not a period later.
+    rounds(clock, a, seconds=2)  # a renews
+    b._last_round = clock.now
+    clock.now += 0.3
+    run(a.stop())
+    released = LeaseRecord.from_body(store.objects[shard_lease_name(0)])
+    assert released.holder == ""
+    b._observed[0] = Observation(released, clock.now)
+    assert b._next_round() <= 0.001
+
+
+def test_the_watch_restarts_a_standbys_expiry_clock_and_leaves_held_shards_to_our_writes() -> None:
+    store, clock = FakeLeases(), Clock()
+    a, b = elector(store, clock, "a", shards=2), elector(store, clock, "b", shards=2)
+    rounds(clock, a, seconds=2)  # a holds both shards
+    rounds(clock, b, seconds=2)
+    assert not b.held()
+    clock.now += 1.0
+    rounds(clock, a, seconds=1)  # a renews both
+    renewed = [
+        copy.deepcopy(store.objects[n]) for n in (*map(shard_lease_name, (0, 1)), member_lease_name("a"))
+    ]
+
+    async def events() -> Any:
+        yield None  # a broken stream first: not trusted until the next body
+        assert not b._watching
+        for body in renewed:
+            yield body
+
+    b.leases.watch = lambda role, name=None: events()  # type: ignore[union-attr]
+    b._renewed[1] = clock.now  # as if b held shard 1: its own writes, not the watch, say what it is
+    before = b._observed[1]
+    run(b._watch())
+    assert b._watching
+    assert b._observed[0].record == LeaseRecord.from_body(renewed[0])
+    assert b._observed[0].seen_at == clock.now  # the expiry counts from when the change was seen
+    assert b._observed[1] is before
+    assert b._members[member_lease_name("a")].seen_at == clock.now  # member Leases too (the share)
+
+
+def test_a_replica_at_its_share_wakes_when_a_dead_replicas_member_lease_expires() -> None:
+    """Its share rises then (fewer live replicas): waiting for the next period would add up to 2 s."""
+    store, clock = FakeLeases(), Clock()
+    r = [elector(store, clock, f"r{i}", shards=3) for i in range(3)]
+    rounds(clock, *r, seconds=20)
+    assert sorted(len(e.held()) for e in r) == [1, 1, 1]
+    rounds(clock, r[0], r[1], seconds=4)  # r2 died
+    seen = r[0]._members[member_lease_name("r2")].seen_at
+    clock.now = r[0]._last_round = seen + 14.7
+    r[0]._watching = True
+    assert abs(r[0]._next_round() - 0.301) < 1e-6
 
 
 def test_replicas_disagreeing_on_the_shard_count_never_both_own_a_namespace() -> None:

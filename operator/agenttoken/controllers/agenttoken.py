@@ -188,7 +188,7 @@ class Controller:
     def on_shard_change(self, shard: int, held: bool) -> None:
         takeover.shard_changed(
             shard, held, self.leadership.shards, tokens=self.tokens, secrets=self.secrets,
-            queue=self.queue, enqueue=self._enqueue,
+            queue=self.queue, enqueue=self._enqueue, issuers=self.issuers, reconcile_issuer=self.reconcile_issuer,
         )  # fmt: skip
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:

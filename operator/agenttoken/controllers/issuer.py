@@ -5,13 +5,16 @@ keys loaded). Minting itself is `issuers.registry`, called by controllers.issuin
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agenttoken import api
 from agenttoken.core.conditions import Reason
 from agenttoken.core.conditions import summarize as summarize_conditions
+from agenttoken.core.lease import shard_of
 from agenttoken.core.model import AgentTokenSpec, InvalidSpec
 from agenttoken.core.policy import Request as PolicyRequest
 from agenttoken.core.policy import check as check_policy
@@ -24,6 +27,9 @@ from agenttoken.kube.errors import KubeError
 Key = tuple[str, str]  # an AgentToken's (namespace, name)
 IssuerKey = tuple[str, str, str]  # (kind, namespace or "", name)
 Clock = Callable[[], datetime.datetime]
+Reconcile = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 class Issuers:
@@ -43,6 +49,7 @@ class Issuers:
         # status write more per new AgentToken in a burst right after a start.
         self._read_once: set[IssuerKey] = set()
         self._watched: set[IssuerKey] = set()  # issuers the watch told us anything about
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     # -- watch events --
 
@@ -126,6 +133,32 @@ class Issuers:
         return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
 
     # -- issuer status --
+
+    def resync(self, shard: int, shards: int, reconcile: Reconcile) -> None:
+        """A shard was gained (controllers.leadership): look again, from the cache, at the status
+        of the issuers its holder writes: TokenIssuers in its namespaces, and with shard 0 (the
+        primary's) every ClusterTokenIssuer. The last holder may have died between an issuer's
+        change and its status write, and the watch does not deliver that change again. An
+        unchanged status is not written (`reconcile` compares), so this costs no API call."""
+        todo = [
+            (kind, body)
+            for (kind, namespace, _), body in self.bodies.items()
+            if (shard_of(namespace, shards) == shard if kind == api.TOKENISSUER_KIND else shard == 0)
+        ]
+        if todo:
+            task = asyncio.create_task(
+                self._resync(todo, reconcile), name=f"agenttoken-issuers-shard-{shard}"
+            )
+            self._resyncs.add(task)
+            task.add_done_callback(self._resyncs.discard)
+
+    async def _resync(self, todo: list[tuple[str, dict[str, Any]]], reconcile: Reconcile) -> None:
+        for kind, body in todo:
+            try:
+                await reconcile(kind, body)
+            except Exception as exc:  # one issuer's failure must not skip the others
+                name = body.get("metadata", {}).get("name")
+                log.warning("status of %s %s after a takeover failed: %s", kind, name, type(exc).__name__)
 
     async def reconcile(self, kind: str, body: dict[str, Any]) -> None:
         """Issuer status: Ready with a reason (spec valid, credentials present, keys loaded)."""

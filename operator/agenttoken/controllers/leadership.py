@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,11 @@ _IO_ERRORS = (KubeError, TimeoutError, aiohttp.ClientError, OSError)
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def _shard_number(name: str, shards: int) -> int | None:
+    suffix = name.removeprefix(core.SHARD_LEASE_PREFIX)
+    return int(suffix) if suffix != name and suffix.isdigit() and int(suffix) < shards else None
 
 
 class Leadership:
@@ -70,7 +76,14 @@ class Leadership:
         self._share = self.shards  # our fair share, from the last round
         self._member_renewed = float("-inf")
         self._listeners: list[Listener] = []
+        # How listeners and Events reach the rest of the operator: directly, or handed to the
+        # main event loop when this loop runs on its own thread (controllers.leasethread).
+        self.deliver: Callable[[Callable[[], None]], object] = lambda call: call()
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._watching = False  # the shard Lease watch is streaming (see _watch)
+        self._wake = asyncio.Event()  # a watch event: when to run the next round may have changed
+        self._last_round = self._last_read = float("-inf")
         metrics.LEADER.set_function(lambda: 1.0 if self.is_primary() else 0.0)
         metrics.SHARDS_HELD.set_function(lambda: float(len(self.held())))
 
@@ -83,8 +96,8 @@ class Leadership:
     def held(self) -> set[int]:
         if self.leases is None:
             return set(range(self.shards))
-        now = self.clock()
-        return {s for s, sent in self._renewed.items() if core.holds(sent, now, self.timings)}
+        now = self.clock()  # a copy: the loop may run on another thread (copying is atomic)
+        return {s for s, sent in self._renewed.copy().items() if core.holds(sent, now, self.timings)}
 
     def holds(self, shard: int) -> bool:
         if self.leases is None:
@@ -110,14 +123,16 @@ class Leadership:
             self._report()
             return
         await self.round()
+        self._watcher = asyncio.create_task(self._watch(), name="agenttoken-lease-watch")
         self._task = asyncio.create_task(self._run(), name="agenttoken-leadership")
 
     async def stop(self) -> None:
         """Hand back what we hold (the next replica takes it at once, not after expiry)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.leases is None:
             return
         for shard in sorted(self.held()):
@@ -131,30 +146,73 @@ class Leadership:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._next_round())
+            await self._sleep()
             try:
                 await self.round()
             except Exception:  # never let the loop die: a dead loop means losing every shard
                 log.exception("leader election round failed")
 
+    async def _sleep(self) -> None:
+        """Until the next round is due; a watch event may bring that moment forward."""
+        while (left := self._next_round()) > 0:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+
     def _next_round(self) -> float:
-        """Every retry period; below our share, sooner: a read every quarter period (we see a
-        dead holder's last renewal within that, and its expiry counts from when we saw it) and
-        exactly when a wanted Lease expires. So a standby takes over at most lease duration plus
-        a quarter period after the holder's last renewal, not plus two periods."""
-        period = self.timings.retry_period
-        if len(self.held()) >= self._share:
-            return period
+        """Seconds until the next round: a retry period after the last one, and exactly when a
+        Lease of another replica expires on our clock (+1 ms: asyncio may wake a timer early by
+        its clock resolution) or at once when the watch shows one released. A shard Lease's
+        expiry is a takeover; a member Lease's raises our fair share (a dead replica's member
+        Lease expires just before its shards: it renews it first). So a standby takes over at
+        lease expiry plus one write, not plus up to a period. Below our share without a working
+        watch it also reads every quarter period: a dead holder's last renewal is then seen
+        within that (its expiry counts from then)."""
         now = self.clock()
+        period = self.timings.retry_period
+        others = [obs for s, obs in self._observed.items() if s not in self._renewed]
+        others += [obs for name, obs in self._members.items() if name != self._member_name]
         expiries = [
-            since - now
-            for s, obs in self._observed.items()
-            if s not in self._renewed and (since := core.vacant_since(obs)) is not None and since > now
+            since - now + 0.001
+            for obs in others
+            if (since := core.vacant_since(obs)) is not None and since > self._last_round
         ]
-        return max(0.01, min([period / 4, *expiries]))
+        below = len(self.held()) < self._share
+        poll = [self._last_round + period / 4 - now] if below and not self._watching else []
+        return min([self._last_round + period - now, *poll, *expiries])
+
+    async def _watch(self) -> None:
+        """Observe the shard Leases as they change (client-go's observedTime is when *we* saw a
+        change, so seeing it milliseconds rather than a poll later moves the expiry we wait for
+        that much closer to the holder's real last renewal). Shards we hold are left to our own
+        writes: a watch event can lag our latest write, and an older record would spoil the
+        precondition of the next renewal."""
+        assert self.leases is not None
+        # One shard: just its Lease (RBAC names it); more: the shard and member Leases, by label.
+        one = ("shard", core.shard_lease_name(0)) if self.shards == 1 else (None, None)
+        async for body in self.leases.watch(*one):
+            self._watching = body is not None
+            if body is not None:
+                self._seen(str(body["metadata"]["name"]), LeaseRecord.from_body(body))
+            self._wake.set()
+
+    def _seen(self, name: str, record: LeaseRecord) -> None:
+        now = self.clock()
+        if name.startswith(core.MEMBER_LEASE_PREFIX):
+            if name != self._member_name:  # ours: our own writes say what it is
+                self._members[name] = core.observe(self._members.get(name), record, now)
+        elif (shard := _shard_number(name, self.shards)) is not None and shard not in self._renewed:
+            self._observed[shard] = core.observe(self._observed.get(shard), record, now)
 
     async def round(self) -> None:
-        await self._read()
+        # With the watch streaming our observations are current: a round woken at a Lease's
+        # expiry goes straight to the write (its resourceVersion precondition catches a renewal
+        # the watch has not brought yet). A GET/LIST still runs every retry period at least,
+        # in case a watch stalls without breaking.
+        if not self._watching or self.clock() - self._last_read >= self.timings.retry_period:
+            await self._read()
+        self._last_round = self.clock()
         members = await self._renew_member() if self.shards > 1 else 1
         self._share = core.fair_share(self.shards, members)
         for shard in sorted(self._renewed):
@@ -190,7 +248,7 @@ class Leadership:
             log.warning("reading the shard Leases failed: %s", exc)
             return
         by_name = {str(b["metadata"]["name"]): b for b in bodies}
-        now = self.clock()
+        now = self._last_read = self.clock()
         for shard in range(self.shards):
             body = by_name.get(core.shard_lease_name(shard))
             record = LeaseRecord.from_body(body) if body is not None else None
@@ -248,8 +306,20 @@ class Leadership:
         except _IO_ERRORS as exc:
             log.warning("writing Lease %s failed: %s", name, exc)
             return
-        if written is not None:
-            self._renewed[shard], self._observed[shard] = written
+        if written is None:
+            return
+        before = self._renewed.get(shard)
+        if (
+            before is not None
+            and shard in self._reported
+            and not core.holds(before, written[0], self.timings)
+        ):
+            # The deadline passed before this renewal went out (a stalled loop, slow requests):
+            # owns() said no meanwhile, so events, passes and schedules for the shard were
+            # refused. Report the loss, and the gain at the round's end queues the shard again.
+            self._renewed.pop(shard)
+            self._report()
+        self._renewed[shard], self._observed[shard] = written
 
     async def _check_taken(self, shard: int) -> None:
         assert self.leases is not None
@@ -303,6 +373,9 @@ class Leadership:
                 "name": name,
             }
             reason = "LeaseAcquired" if gained else "LeaseLost"
-            self.events.post(involved, warning=False, reason=reason, message=f"{self.identity} {what} {name}")
-        for listener in self._listeners:
-            listener(shard, gained)
+            message = f"{self.identity} {what} {name}"
+            self.deliver(
+                functools.partial(self.events.post, involved, warning=False, reason=reason, message=message)
+            )
+        for listener in list(self._listeners):
+            self.deliver(functools.partial(listener, shard, gained))

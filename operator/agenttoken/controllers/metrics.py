@@ -57,6 +57,8 @@ CONNECTIVITY_CHECKS = Counter(
 # Leader election (controllers.leadership); the gauges are read from the Leases' state at scrape time.
 LEADER = Gauge("agenttoken_leader", "1 while this replica holds shard 0 (runs the cluster-wide singletons).")
 SHARDS_HELD = Gauge("agenttoken_shards_held", "Shard Leases this replica holds (fenced: renewed in time).")
+# Sharded, a replica keeps no Secret (token) of a shard it does not hold: this shows it.
+SECRETS_CACHED = Gauge("agenttoken_secrets_cached", "Managed Secrets held in this replica's watch cache.")
 LEASE_TRANSITIONS = Counter(
     "agenttoken_lease_transitions", "Shard Leases this replica acquired or lost, by shard.", ["shard"]
 )

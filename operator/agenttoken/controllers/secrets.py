@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agenttoken import api
+from agenttoken.controllers import metrics
 from agenttoken.core.bodycache import BodyCache
 from agenttoken.core.secretdata import owner_name
 from agenttoken.kube.adapter import Kube
@@ -52,6 +53,7 @@ class SecretStore:
             "Secrets", (lambda key: key[0]) if namespaced else (lambda key: ""), self._cache.bodies.keys,
             self._recheck,
         )  # fmt: skip
+        metrics.SECRETS_CACHED.set_function(lambda: float(len(self._cache.bodies)))
 
     def get(self, key: Key) -> dict[str, Any] | None:
         return self._cache.get(key)

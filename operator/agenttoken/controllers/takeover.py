@@ -9,6 +9,7 @@ from typing import Any
 
 from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key
+from agenttoken.controllers.issuer import Issuers, Reconcile
 from agenttoken.controllers.queue import WorkQueue
 from agenttoken.controllers.secrets import SecretStore
 from agenttoken.core.bodycache import BodyCache
@@ -32,10 +33,15 @@ def shard_changed(
     secrets: SecretStore,
     queue: WorkQueue,
     enqueue: Callable[[Key, dict[str, Any]], None],
+    issuers: Issuers | None = None,
+    reconcile_issuer: Reconcile | None = None,
 ) -> None:
     """Gained: queue the shard's AgentTokens from the warm cache, each at its recorded renewal
-    time if overdue, like the initial listing. Lost: schedule none of them, and (sharded) keep
-    none of their Secrets: another replica's tokens are not held here."""
+    time if overdue, like the initial listing, and look again at its issuers' status (the last
+    holder may have died between an issuer's change and its status write). Lost: schedule none
+    of them, and (sharded) keep none of their Secrets: another replica's tokens are not held here."""
+    if held and issuers is not None and reconcile_issuer is not None:
+        issuers.resync(shard, shards, reconcile_issuer)
     for key in [k for k in list(tokens.bodies) if shard_of(k[0], shards) == shard]:
         body = tokens.get(key)
         if held and body is not None:

@@ -7,9 +7,12 @@ the fencing decision, which is taken on the clock alone (core.lease.holds).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, watch
 
 from agenttoken import api
 from agenttoken.core.lease import ANN_SHARDS, LeaseRecord
@@ -17,6 +20,8 @@ from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import read_json, read_json_or_none
 
 LABEL_ROLE = f"{api.GROUP}/lease"  # "shard" or "member"
+
+log = logging.getLogger(__name__)
 
 
 def _annotations(record: LeaseRecord) -> dict[str, str]:
@@ -41,6 +46,37 @@ class Leases:
             )
         )
         return list(listing.get("items") or [])
+
+    async def watch(self, role: str | None, name: str | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Every state of our Leases of `role` (None: of both roles; just `name` if given: RBAC
+        grants `watch` on named Leases only with a name selector), the current ones first; forever. Yields None when the
+        stream broke (the caller stops trusting it until the next body), then resumes from the
+        current state after a short pause. Deletions are not reported: shard Leases are never
+        deleted by us, and a reader's periodic GET/LIST notices one."""
+        selector = {"field_selector": f"metadata.name={name}"} if name else {}
+        pause = 1.0
+        while True:
+            try:
+                async with watch.Watch().stream(
+                    self.coordination.list_namespaced_lease,
+                    self.namespace,
+                    label_selector=f"{LABEL_ROLE}={role}" if role else LABEL_ROLE,
+                    timeout_seconds=300,
+                    **selector,
+                ) as stream:
+                    async for event in stream:
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            pause = 1.0
+                            yield event["raw_object"]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a watch must outlive the apiserver's moods
+                log.warning(
+                    "watch of the %s Leases interrupted (%s); resuming", role or "", type(exc).__name__
+                )
+                yield None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)  # e.g. forbidden: do not spin on it
 
     def _body(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
         metadata: dict[str, Any] = {

@@ -22,6 +22,7 @@ from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
 from agenttoken.controllers.keys import KeyManager
 from agenttoken.controllers.leadership import Leadership
+from agenttoken.controllers.leasethread import LeaseThread
 from agenttoken.controllers.revocation import RevocationStore
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions
 from agenttoken.core.keys import KeyPolicy, SigningKey
@@ -70,8 +71,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     configure(settings)
     options = memo["options"]
     kube = await Kube.connect()
-    events = EventRecorder(kube)
-    leadership = memo["leadership"] = await _elect(kube, options, events)
+    events = memo["events"] = EventRecorder(kube)
+    leadership = memo["leadership"] = await _elect(memo, options, events)
     keys = KeyManager(
         kube,
         namespace=options.operator_namespace,
@@ -164,18 +165,26 @@ def _start_cluster_writers(
     memo["key_task"] = asyncio.create_task(keys.run(interval), name="agenttoken-keys")
 
 
-async def _elect(kube: Kube, options: RunOptions, events: EventRecorder) -> Leadership:
+async def _elect(memo: kopf.Memo, options: RunOptions, events: EventRecorder) -> Leadership:
     """First: whether we lead decides whether startup may rotate keys. A standby's caches fill
-    from the watches all the same (warm for a takeover); only its writes wait."""
-    leadership = Leadership(
-        Leases(kube, options.operator_namespace) if options.leader_elect else None,
-        identity=options.identity,
-        shards=options.shards,
-        timings=LeaseTimings(*options.lease_timings),
-        events=events,
-    )
-    await leadership.start()
-    return leadership
+    from the watches all the same (warm for a takeover); only its writes wait. The Lease loop
+    runs on its own thread (controllers.leasethread: a busy main loop must not delay a takeover)."""
+
+    def make(kube: Kube | None) -> Leadership:
+        return Leadership(
+            Leases(kube, options.operator_namespace) if kube is not None else None,
+            identity=options.identity,
+            shards=options.shards,
+            timings=LeaseTimings(*options.lease_timings),
+            events=events,
+        )
+
+    if not options.leader_elect:
+        leadership = make(None)
+        await leadership.start()
+        return leadership
+    thread = memo["lease_thread"] = LeaseThread(make)
+    return await thread.start()
 
 
 @kopf.on.cleanup()
@@ -194,9 +203,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     workloads: WorkloadCache | None = memo.get("workloads")
     if workloads is not None and workloads.relists is not None:
         await workloads.relists.stop()
+    # After the last write: the next replica takes over at once.
+    thread: LeaseThread | None = memo.get("lease_thread")
     leadership: Leadership | None = memo.get("leadership")
-    if leadership is not None:
-        await leadership.stop()  # after the last write: the next replica takes over at once
+    if thread is not None:
+        await thread.stop()
+    elif leadership is not None:
+        await leadership.stop()
     http: web.AppRunner | None = memo.get("http")
     if http is not None:
         await http.cleanup()
