@@ -21,8 +21,8 @@ from benchsupport import RESULTS
 DOC = RESULTS.parent.parent / "docs" / "performance.md"
 BEFORE = RESULTS / "before"
 START, END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
-NAMES = ("lifecycle", "steady", "restart", "api_economy", "crypto", "failover", "sharding")
-NEW = ("failover", "sharding")  # [ha]: no run before it, so no "before" column
+NAMES = ("lifecycle", "steady", "restart", "api_economy", "crypto", "failover", "sharding", "token-endpoint")
+NEW = ("failover", "sharding", "token-endpoint")  # [ha], [agents]: no run before them, no "before" column
 
 Results = dict[str, dict[str, Any]]  # benchmark name -> its JSON
 Measure = Callable[[Results], "tuple[str, bool | None] | None"]
@@ -198,6 +198,21 @@ def _shard_rss(r: Results) -> tuple[str, bool | None] | None:
     return f"{rss[0]:.0f}-{rss[-1]:.0f} MB ({_size(r)}){more}", None
 
 
+def _grants(r: Results) -> tuple[str, bool | None] | None:
+    warm = _get(r, "token-endpoint", "warm")
+    if warm is None:
+        return None
+    return f"{warm['grants_per_s']:,.0f}/s, p99 {warm['p99_s'] * 1000:.1f} ms", warm["grants_per_s"] >= 500
+
+
+def _paced(r: Results) -> tuple[str, bool | None] | None:
+    paced = _get(r, "token-endpoint", "paced")
+    if paced is None:
+        return None
+    ok = paced["grants_per_s"] >= 0.95 * paced["offered_per_s"] and paced["p99_s"] <= 0.05
+    return f"{paced['grants_per_s']:,.0f}/s served, p99 {paced['p99_s'] * 1000:.1f} ms", ok
+
+
 LINES = (
     Line("API writes per new AgentToken (audit log), burst", "≤ 3 (+ Events, bounded)", "api_economy", _new_token_writes),
     Line("API writes per renewal, no rollout targets (audit log)", "≤ 3", "api_economy", _writes("without_targets", 3)),
@@ -216,6 +231,8 @@ LINES = (
     Line("Sharding: renewal lag, all replicas up", "p99 ≤ 2 s (30,000 AgentTokens)", "sharding", _shard_lag),
     Line("Sharding: kill -9 of a replica → its shards held again", "≤ 20 s", "sharding", _shard_kill),
     Line("Sharding: RSS per replica", "—", "sharding", _shard_rss),
+    Line("Token endpoint (PerPod): grants, closed loop, 16 clients", "≥ 500/s", "token-endpoint", _grants),
+    Line("Token endpoint at 500 grants/s offered", "p99 ≤ 50 ms", "token-endpoint", _paced),
 )  # fmt: skip
 
 
