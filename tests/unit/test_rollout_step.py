@@ -6,6 +6,9 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
+
+from agenttoken.controllers import rollout
 from agenttoken.controllers.context import Key, Pass
 from agenttoken.controllers.rollout import RolloutManager, RolloutOptions, RolloutStep
 from agenttoken.core.model import parse_spec, parse_status
@@ -36,7 +39,11 @@ def a_pass() -> Pass:
     )
 
 
-def test_a_pass_before_the_workload_cache_is_synced_changes_nothing_and_comes_back() -> None:
+def test_a_pass_before_the_workload_cache_is_synced_changes_nothing_and_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rollout, "SYNC_WAIT", 0.01)  # the cache does not sync within the wait
+
     async def go() -> tuple[dict[str, Any], list[Key], list[Key]]:
         workloads = WorkloadCache()
         manager = RolloutManager(None, RolloutOptions(), workloads, None)  # type: ignore[arg-type]
@@ -58,3 +65,36 @@ def test_a_pass_before_the_workload_cache_is_synced_changes_nothing_and_comes_ba
     assert status == {"rollout": WRITTEN, "consumers": [{"kind": "Deployment"}]}
     assert before_sync == []
     assert rechecked == [("ns", "agent")]
+
+
+def test_a_pass_right_after_a_start_waits_briefly_for_the_cache_and_is_judged_once() -> None:
+    """Synced during the wait: the pass is judged with the workloads, no second pass needed."""
+
+    async def go() -> tuple[dict[str, Any], list[Key], bool]:
+        workloads = WorkloadCache()
+        manager = RolloutManager(None, RolloutOptions(), workloads, None)  # type: ignore[arg-type]
+        rechecked: list[Key] = []
+        step = RolloutStep(manager, NoRevocations(), lambda: T0, rechecked.append)  # type: ignore[arg-type]
+        web = {
+            "metadata": {"name": "web", "namespace": "ns", "generation": 1},
+            "spec": {
+                "replicas": 1,
+                "template": {"spec": {"volumes": [{"name": "t", "secret": {"secretName": "tok"}}]}},
+            },
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+        }
+
+        def listed() -> None:  # the watch delivers the Deployment, then the cache is synced
+            workloads.on_event("Deployment", None, web)
+            workloads.synced.set()
+
+        asyncio.get_running_loop().call_later(0.05, listed)
+        result = await step.step(a_pass(), record(), Outcome())
+        step.stop()
+        return dict(result.status), rechecked, manager.is_pending(WorkloadRef("Deployment", "ns", "web"))
+
+    status, rechecked, restart_asked = asyncio.run(go())
+    assert rechecked == []
+    assert restart_asked  # judged with the Deployment the cache holds now
+    assert status["rollout"]["tokenId"] == "jti-2"
+    assert [c["name"] for c in status["consumers"]] == ["web"]

@@ -43,6 +43,7 @@ from agenttoken.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime.datetime]
+SYNC_WAIT = 5.0  # seconds a rollout step waits for the workload cache right after a start
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ class RolloutStep:
 
     async def step(self, p: Pass, record: TokenRecord, outcome: Outcome) -> StepResult:
         previous = (p.body.get("status") or {}).get("rollout") or {}
-        if self.restarts is not None and not self.restarts.workloads.synced.is_set():
+        if self.restarts is not None and not await self._synced(self.restarts.workloads):
             return self._defer(p, outcome)
         workloads = self.restarts.workloads.in_namespace(p.namespace) if self.restarts else []
         report = rolloutreport.report(
@@ -265,6 +266,15 @@ class RolloutStep:
     def stop(self) -> None:
         if self._after_sync is not None:
             self._after_sync.cancel()
+
+    async def _synced(self, workloads: WorkloadCache) -> bool:
+        """Whether the workload cache is synced, waiting up to SYNC_WAIT for it right after a
+        start (a few seconds; the pass's status is then written once, not once now and again
+        with the workloads). Past that (e.g. a watch that cannot start), the pass is deferred."""
+        if not workloads.synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(workloads.synced.wait(), timeout=SYNC_WAIT)
+        return workloads.synced.is_set()
 
     def _defer(self, p: Pass, outcome: Outcome) -> StepResult:
         """Right after a start the workload cache may not have seen every workload yet, and an

@@ -104,7 +104,7 @@ class WorkloadCache:
     def in_namespace(self, namespace: str) -> list[Workload]:
         return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
 
-    async def sync(self, list_refs: RefLister, interval: float = 1.0, max_interval: float = 30.0) -> None:
+    async def sync(self, list_refs: RefLister, interval: float = 0.2, max_interval: float = 30.0) -> None:
         """Set `synced` once a LIST finds nothing the watches have not delivered yet. Each LIST
         is the current state, so a workload deleted meanwhile drops out of the next one. Tries
         again after `interval`, doubling up to `max_interval` (a watch that cannot start, e.g.
