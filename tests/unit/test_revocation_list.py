@@ -525,3 +525,29 @@ def test_a_failed_group_write_fails_every_revocation_in_it() -> None:
     v = verifier(Source(served(store)), clock)
     for t, r in zip(victims, results, strict=True):
         assert (check(v, t) == "revoked") == (r is None)  # refused ones are said so, never dropped
+
+
+def test_a_caller_that_may_not_write_never_holds_back_another_callers_revocation() -> None:
+    """The pod sweeper revokes with its leader check; a finalizer revokes unconditionally. When
+    both wait behind one write and the leader check says no, the finalizer's entry is still written."""
+    cms, clock = SlowConfigMaps(), Clock()
+    store = store_on(cms, clock)
+    finalized = token()
+    part = revocation.part_of(finalized.token_id)
+    first, swept = (
+        next(t for t in iter(token, None) if revocation.part_of(t.token_id) == part) for _ in "ab"
+    )
+
+    async def go() -> None:
+        await store.resign()
+        await asyncio.gather(  # the first write holds the part; the other two queue behind it
+            store.revoke([entry(first)]),
+            store.revoke([entry(swept)], may_write=lambda: False),
+            store.revoke([entry(finalized)]),
+        )
+
+    asyncio.run(go())
+    v = verifier(Source(served(store)), clock)
+    assert check(v, first) == "revoked"
+    assert check(v, finalized) == "revoked"
+    assert check(v, swept) is None

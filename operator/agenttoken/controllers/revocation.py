@@ -173,38 +173,43 @@ class RevocationStore:
         """Group commit: revocations that arrive while a write of their part is under way go into
         the next write together. Each write is a read, a signature and a write, one at a time per
         part; a namespace of 600 AgentTokens deleted at once cost 600 of them in a row, and the
-        finalizers waiting for them held every reconcile slot (new tokens waited a minute)."""
+        finalizers waiting for them held every reconcile slot (new tokens waited a minute).
+        Only callers with the same `may_write` share a write: one caller's "not now" (e.g. the
+        pod sweeper's leader check) must never turn into another's silently unwritten revocation."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queued[part].append((entries, may_write, done))
         async with self._locks[part]:
-            batch, self._queued[part] = self._queued[part], []
-            if batch:  # else an earlier holder wrote ours with its own
-                merged = [e for queued, _, _ in batch for e in queued]
-                checks = [check for _, check, _ in batch]
+            batch, self._queued[part] = self._queued[part], []  # empty: an earlier holder wrote ours
+            groups: dict[int, list[tuple[list[Revoked], Callable[[], bool], asyncio.Future[bool]]]] = {}
+            for queued in batch:
+                groups.setdefault(id(queued[1]), []).append(queued)
+            for group in groups.values():
                 try:
-                    written = await retry_on_conflict(
-                        partial(self._sign_and_write, part, merged, lambda: all(c() for c in checks)),
-                        what=f"revocation list part {part}",
-                    )
-                except BaseException as exc:
-                    failure = (
-                        exc if isinstance(exc, Exception) else RuntimeError("revocation write cancelled")
-                    )
-                    for _, _, waiter in batch:
-                        waiter.set_exception(failure)
-                    if not isinstance(exc, Exception):
-                        done.exception()  # ours is re-raised as the cancellation itself
-                        raise
+                    written = await self._write(part, [e for q, _, _ in group for e in q], group[0][1])
+                except Exception as exc:
+                    for _, _, waiter in group:
+                        waiter.set_exception(exc)
+                except BaseException:
+                    cancelled = RuntimeError("revocation write cancelled")
+                    for _, _, waiter in (q for g in groups.values() for q in g):
+                        if not waiter.done():
+                            waiter.set_exception(cancelled)
+                    done.exception()  # ours is re-raised as the cancellation itself
+                    raise
                 else:
-                    for _, _, waiter in batch:
+                    for _, _, waiter in group:
                         waiter.set_result(written)
         await done
 
     async def _write_part(self, part: int, entries: list[Revoked], may_write: Callable[[], bool]) -> bool:
         async with self._locks[part]:
-            return await retry_on_conflict(
-                partial(self._sign_and_write, part, entries, may_write), what=f"revocation list part {part}"
-            )
+            return await self._write(part, entries, may_write)
+
+    async def _write(self, part: int, entries: list[Revoked], may_write: Callable[[], bool]) -> bool:
+        """One read-modify-write of the part, again on 409; the caller holds the part's lock."""
+        return await retry_on_conflict(
+            partial(self._sign_and_write, part, entries, may_write), what=f"revocation list part {part}"
+        )
 
     async def _sign_and_write(self, part: int, entries: list[Revoked], may_write: Callable[[], bool]) -> bool:
         """One read-modify-write of a part (409 when another writer came first). False when
