@@ -66,15 +66,7 @@ class BodyCache:
 
     def offer(self, key: Key, body: dict[str, Any]) -> bool:
         """Store `body` unless we know a newer state (a body or a deletion); True if stored."""
-        new = resource_version(body)
-        if new is not None:
-            gone = self._gone.get(key)
-            old = resource_version(self.bodies.get(key))
-            if (gone is not None and new <= gone) or (old is not None and new <= old):
-                return False
-        self.bodies[key] = slim(body)
-        self._gone.pop(key, None)
-        return True
+        return self._take(key, body, same_version=False)
 
     def replace(self, key: Key, body: dict[str, Any]) -> bool:
         """A fresh read from the API: the state as of its resourceVersion; True if stored.
@@ -85,11 +77,16 @@ class BodyCache:
         with its owner reads it too), and a stale copy from before the foreign write would look
         fine to the owner, which would never hear of that Secret again. A read at the
         tombstone's own version is the truth about it (the Secret as it left the selector)."""
+        return self._take(key, body, same_version=True)
+
+    def _take(self, key: Key, body: dict[str, Any], *, same_version: bool) -> bool:
+        """Store `body` unless we know a newer state; `same_version`: also at the version we know."""
         new = resource_version(body)
         if new is not None:
-            gone = self._gone.get(key)
-            old = resource_version(self.bodies.get(key))
-            if (gone is not None and new < gone) or (old is not None and new < old):
+            known = [
+                v for v in (self._gone.get(key), resource_version(self.bodies.get(key))) if v is not None
+            ]
+            if any(new < v or (new == v and not same_version) for v in known):
                 return False
         self.bodies[key] = slim(body)
         self._gone.pop(key, None)
