@@ -118,6 +118,7 @@ class Controller:
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
         if rollouts is not None:
             rollouts.workloads.subscribe(self.on_workload_change)
+        self.shardcache = takeover.ShardCache(kube, self.leadership, self.tokens, self.queue, self._store)
         self.leadership.subscribe(self.on_shard_change)
 
     async def start(self) -> None:
@@ -125,6 +126,7 @@ class Controller:
 
     async def stop(self) -> None:
         await self.queue.stop()
+        await self.shardcache.stop()
         self.rollout.stop()
         await self.conflicts.stop()
         await self.secrets.relists.stop()
@@ -136,7 +138,7 @@ class Controller:
         meta = body.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if kind == "DELETED":
-            self.tokens.drop(key, body)
+            self.shardcache.deleted(key, body)
             self.queue.forget(key)
             self._interest.drop(*key)
             self._warned_expiry.pop(key, None)
@@ -144,26 +146,16 @@ class Controller:
             for step in (self.issuing, self.rollout, self.issuers, self.usage):
                 step.forget(key)
             metrics.forget(key)
-            return
-        if not self.tokens.offer(key, body):
-            return
-        # A standby keeps the body (its cache stays warm for a takeover) but schedules nothing.
-        if self.leadership.owns(key[0]):
+        elif self.shardcache.keeps(key):  # sharded: of another shard's AgentToken, only the name
+            self._store(key, body)
+
+    def _store(self, key: Key, body: dict[str, Any]) -> None:
+        # One shard: a standby keeps the body (warm for a takeover) but schedules nothing.
+        if self.tokens.offer(key, body) and self.leadership.owns(key[0]):
             self._enqueue(key, body)
 
     def _enqueue(self, key: Key, body: dict[str, Any]) -> None:
-        meta = body.get("metadata", {})
-        metrics.observe_token(key, body)
-        status = parse_status(body.get("status"))
-        when = self.clock()
-        # Initial listing after a restart: overdue tokens go first, the oldest first.
-        if (
-            status.renewal_time is not None
-            and status.renewal_time < when
-            and status.observed_generation == meta.get("generation")
-        ):
-            when = status.renewal_time
-        self.queue.schedule(key, when)
+        takeover.enqueue(self.queue, self.clock(), key, body)
 
     def on_secret_event(self, kind: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata", {})
@@ -187,8 +179,8 @@ class Controller:
 
     def on_shard_change(self, shard: int, held: bool) -> None:
         takeover.shard_changed(
-            shard, held, self.leadership.shards, tokens=self.tokens, secrets=self.secrets,
-            queue=self.queue, enqueue=self._enqueue, issuers=self.issuers, reconcile_issuer=self.reconcile_issuer,
+            shard, held, self.leadership.shards, cache=self.shardcache, secrets=self.secrets,
+            enqueue=self._enqueue, issuers=self.issuers, reconcile_issuer=self.reconcile_issuer,
         )  # fmt: skip
 
     async def reconcile_issuer(self, kind: str, body: dict[str, Any]) -> None:

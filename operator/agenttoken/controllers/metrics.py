@@ -59,6 +59,12 @@ LEADER = Gauge("agenttoken_leader", "1 while this replica holds shard 0 (runs th
 SHARDS_HELD = Gauge("agenttoken_shards_held", "Shard Leases this replica holds (fenced: renewed in time).")
 # Sharded, a replica keeps no Secret (token) of a shard it does not hold: this shows it.
 SECRETS_CACHED = Gauge("agenttoken_secrets_cached", "Managed Secrets held in this replica's watch cache.")
+# ...nor the body of an AgentToken of such a shard (controllers.takeover): only its name.
+TOKENS_CACHED = Gauge("agenttoken_tokens_cached", "AgentToken bodies held in this replica's cache.")
+SHARD_LIST_FAILURES = Counter(
+    "agenttoken_shard_list_failures",
+    "LISTs of a gained shard's AgentTokens that failed (each is retried with backoff).",
+)
 LEASE_TRANSITIONS = Counter(
     "agenttoken_lease_transitions", "Shard Leases this replica acquired or lost, by shard.", ["shard"]
 )

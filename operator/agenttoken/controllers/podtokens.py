@@ -1,7 +1,8 @@
 """The built-in issuer's token endpoint: per-pod tokens for AgentTokens with `delivery: PerPod`.
 
-Served by every replica (runtime.server), from the caches every replica keeps (AgentTokens,
-issuers, namespace labels): no list per request. One grant: parse the form; a cheap look at the
+Served by every replica (runtime.server), from the caches every replica keeps (issuers, namespace
+labels, and its own of the PerPod AgentTokens of every shard: sharded, the controller's token
+cache holds its own shards only): no list per request. One grant: parse the form; a cheap look at the
 assertion (core.podtoken.precheck); the TokenReview (cached by the assertion's hash until its exp,
 at most REVIEW_TTL; refusals for NEGATIVE_TTL, so a flood of bad assertions costs the apiserver
 little); rate limits per pod and per ServiceAccount; the pod must not be known deleted; the
@@ -82,7 +83,9 @@ class PodTokenService:
         spec = body.get("spec") or {}
         if event_type == "DELETED" or spec.get("delivery") != "PerPod" or not spec.get("serviceAccountName"):
             self._specs.pop(key, None)
+            self.tokens.drop(key)
             return
+        self.tokens.offer(key, dict(body))
         sa = (key[0], str(spec["serviceAccountName"]))
         self._granted_by[key] = sa
         self._grants.setdefault(sa, set()).add(key[1])

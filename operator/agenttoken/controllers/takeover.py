@@ -1,19 +1,46 @@
 """Which AgentTokens to look at again when something outside them changed: a shard of the
 leadership was gained or lost (controllers.leadership), or signing keys were revoked
-(controllers.keys). Both answer from the warm caches, with no LIST: a takeover must be quick."""
+(controllers.keys); and, sharded, what a replica keeps of the shards it does not hold.
+
+One shard (the default): every replica keeps every AgentToken body from the watch, and a
+takeover queues them from that warm cache, with no LIST. Sharded (`--shards` > 1): a replica
+keeps bodies of its own shards only, and of the others just the names (core.shardindex); a
+takeover reads the gained shard's AgentTokens fresh, a paged LIST per namespace the index names,
+in the background: the event loop keeps serving, each page is offered into the token cache
+(core.bodycache's resourceVersion ordering decides against watch events that arrive meanwhile,
+which are kept as usual: the shard is ours from the gain on) and scheduled like the initial
+listing, overdue tokens first. A failed LIST is retried with backoff for as long as the shard is
+held (giving up would leave its tokens unrenewed); losing the shard stops it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key
 from agenttoken.controllers.issuer import Issuers, Reconcile
+from agenttoken.controllers.leadership import Leadership
 from agenttoken.controllers.queue import WorkQueue
 from agenttoken.controllers.secrets import SecretStore
 from agenttoken.core.bodycache import BodyCache
 from agenttoken.core.lease import shard_of
+from agenttoken.core.model import parse_status
+from agenttoken.core.shardindex import ShardIndex
+from agenttoken.kube.adapter import Kube
+from agenttoken.kube.errors import KubeError
+
+log = logging.getLogger(__name__)
+
+PAGE = 500  # AgentTokens per LIST page: ~1-2 MB of JSON, parsed in one go on the event loop
+NAMESPACES_AT_ONCE = 4  # LISTs in flight per takeover
+YIELD_EVERY = 100  # bodies offered between two turns of the event loop (~10 ms of work)
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)  # seconds before retrying a failed LIST, then every 30 s
 
 
 def signed_by(kids: frozenset[str], secrets: SecretStore, tokens: BodyCache) -> set[Key]:
@@ -24,30 +51,166 @@ def signed_by(kids: frozenset[str], secrets: SecretStore, tokens: BodyCache) -> 
     return {key for key in affected if tokens.get(key) is not None}
 
 
+def enqueue(queue: WorkQueue, now: datetime.datetime, key: Key, body: dict[str, Any]) -> None:
+    """Schedule an AgentToken found by a listing: overdue ones at their recorded renewal time (so
+    the oldest go first), the others now (a pass that finds nothing to do writes nothing)."""
+    metrics.observe_token(key, body)
+    status = parse_status(body.get("status"))
+    when = now
+    if (
+        status.renewal_time is not None
+        and status.renewal_time < now
+        and status.observed_generation == body.get("metadata", {}).get("generation")
+    ):
+        when = status.renewal_time
+    queue.schedule(key, when)
+
+
+class ShardCache:
+    """The token cache's shard rules; `store(key, body)` offers a body into the cache and
+    schedules it if stored (the controller's path for a watch event of a shard it holds)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        leadership: Leadership,
+        tokens: BodyCache,
+        queue: WorkQueue,
+        store: Callable[[Key, dict[str, Any]], None],
+    ) -> None:
+        self.kube, self.leadership, self.tokens, self.queue = kube, leadership, tokens, queue
+        self.store = store
+        self.sharded = leadership.shards > 1
+        self.index = ShardIndex(leadership.shards)
+        self._loads: dict[int, tuple[asyncio.Task[None], dict[str, set[str]]]] = {}
+        metrics.TOKENS_CACHED.set_function(lambda: float(len(tokens.bodies)))
+
+    def keeps(self, key: Key) -> bool:
+        """Whether a watch event's body is kept. Sharded, another shard's is not: its name is."""
+        if not self.sharded or self.leadership.owns(key[0]):
+            return True
+        self.index.add(key)
+        if self.tokens.get(key) is not None:  # fenced before the loss reached us: keep none
+            self._forget(key)
+        return False
+
+    def deleted(self, key: Key, body: dict[str, Any]) -> None:
+        """A DELETED event: forget the body, or the name. Only a shard held keeps a tombstone
+        (against a late LIST or write response bringing the body back; core.bodycache)."""
+        ours = not self.sharded or self.leadership.owns(key[0])
+        self.tokens.drop(key, body if ours else None)
+        self.index.remove(key)
+
+    def gained(self, shard: int) -> None:
+        if not self.sharded:
+            return
+        self._stop_load(shard)
+        names = self.index.take(shard)
+        if names:
+            task = asyncio.create_task(self._load(shard, names), name=f"agenttoken-shard-{shard}-load")
+            self._loads[shard] = (task, names)
+
+    def lost(self, shard: int) -> None:
+        """Schedule none of the shard's AgentTokens; sharded, drop their bodies and keep their
+        names (and the names a load under way had not finished with)."""
+        keys = [k for k in list(self.tokens.bodies) if shard_of(k[0], self.leadership.shards) == shard]
+        if self.sharded:
+            self._stop_load(shard)
+            self.index.add_all(keys)
+        for key in keys:
+            self.queue.forget(key)
+            metrics.forget(key)
+            if self.sharded:
+                self.tokens.drop(key)
+
+    def _forget(self, key: Key) -> None:
+        self.tokens.drop(key)
+        self.queue.forget(key)
+        metrics.forget(key)
+
+    def _stop_load(self, shard: int) -> None:
+        load = self._loads.pop(shard, None)
+        if load is not None:
+            load[0].cancel()  # no body is offered after this: offering happens between awaits
+            self.index.add_all((ns, name) for ns, names in load[1].items() for name in names)
+
+    async def stop(self) -> None:
+        for task, _ in list(self._loads.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loads.clear()
+
+    async def _load(self, shard: int, names: dict[str, set[str]]) -> None:
+        started = asyncio.get_running_loop().time()
+        slots = asyncio.Semaphore(NAMESPACES_AT_ONCE)
+
+        async def one(namespace: str) -> int:
+            async with slots:
+                return await self._list(namespace)
+
+        counts = await asyncio.gather(*(one(ns) for ns in sorted(names)))
+        if self._loads.get(shard, (None,))[0] is asyncio.current_task():
+            del self._loads[shard]  # done: the shard's names now live as bodies
+        log.info("shard %d: read %d AgentTokens in %d namespaces in %.1fs", shard, sum(counts),
+                 len(names), asyncio.get_running_loop().time() - started)  # fmt: skip
+
+    async def _list(self, namespace: str) -> int:
+        """Every AgentToken of `namespace`, page by page, for as long as its shard is held."""
+        token, failures, offered = "", 0, 0
+        while self.leadership.owns(namespace):
+            try:
+                page = await self.kube.list_agenttokens_page(namespace, limit=PAGE, token=token)
+            except Exception as exc:  # KubeError, a timeout, a broken connection: never give up
+                failures += 1
+                metrics.SHARD_LIST_FAILURES.inc()
+                if isinstance(exc, KubeError) and exc.status == 410:
+                    token = ""  # the continue token expired: that namespace from the start
+                delay = BACKOFF[min(failures, len(BACKOFF)) - 1]
+                log.warning("listing the AgentTokens of namespace %s failed (again in %.0fs): %s",
+                            namespace, delay, exc)  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            for item in page.get("items") or []:
+                if not self.leadership.owns(namespace):
+                    break  # lost meanwhile (fenced): nothing more of it
+                meta = item.get("metadata") or {}
+                self.store((meta.get("namespace", namespace), meta.get("name", "")), item)
+                offered += 1
+                if offered % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                break
+        return offered
+
+
 def shard_changed(
     shard: int,
     held: bool,
     shards: int,
     *,
-    tokens: BodyCache,
+    cache: ShardCache,
     secrets: SecretStore,
-    queue: WorkQueue,
     enqueue: Callable[[Key, dict[str, Any]], None],
     issuers: Issuers | None = None,
     reconcile_issuer: Reconcile | None = None,
 ) -> None:
-    """Gained: queue the shard's AgentTokens from the warm cache, each at its recorded renewal
-    time if overdue, like the initial listing, and look again at its issuers' status (the last
-    holder may have died between an issuer's change and its status write). Lost: schedule none
-    of them, and (sharded) keep none of their Secrets: another replica's tokens are not held here."""
+    """Gained: queue the shard's AgentTokens, each at its recorded renewal time if overdue, like
+    the initial listing: from the warm cache, and sharded, from a fresh read (ShardCache); and
+    look again at its issuers' status (the last holder may have died between an issuer's change
+    and its status write). Lost: schedule none of them, and (sharded) keep none of their bodies
+    and Secrets: another replica's tokens are not held here."""
     if held and issuers is not None and reconcile_issuer is not None:
         issuers.resync(shard, shards, reconcile_issuer)
-    for key in [k for k in list(tokens.bodies) if shard_of(k[0], shards) == shard]:
-        body = tokens.get(key)
-        if held and body is not None:
-            enqueue(key, body)
-        elif not held:
-            queue.forget(key)
-            metrics.forget(key)
-    if not held and shards > 1:
+    if held:
+        for key in [k for k in list(cache.tokens.bodies) if shard_of(k[0], shards) == shard]:
+            body = cache.tokens.get(key)
+            if body is not None:
+                enqueue(key, body)
+        cache.gained(shard)
+        return
+    cache.lost(shard)
+    if shards > 1:
         secrets.forget_where(lambda key: shard_of(key[0], shards) == shard)

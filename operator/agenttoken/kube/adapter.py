@@ -377,9 +377,15 @@ class Kube:
         self, namespace: str | None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         """AgentTokens in `namespace` (every namespace when None), optionally by label selector."""
-        kwargs: dict[str, Any] = {"_preload_content": False}
-        if selector:
-            kwargs["label_selector"] = selector
+        return list((await self.list_agenttokens_page(namespace, selector=selector)).get("items") or [])
+
+    async def list_agenttokens_page(
+        self, namespace: str | None, *, selector: str | None = None, limit: int = 0, token: str = ""
+    ) -> dict[str, Any]:
+        """One page of the listing (`limit` items, 0: all), from `token` (the previous page's
+        metadata.continue). The operator's takeover (controllers.takeover) reads shards this way."""
+        given = {"label_selector": selector, "limit": limit, "_continue": token}
+        kwargs: dict[str, Any] = {"_preload_content": False, **{k: v for k, v in given.items() if v}}
         if namespace is None:
             call = self.custom.list_cluster_custom_object(
                 api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL, **kwargs
@@ -388,7 +394,8 @@ class Kube:
             call = self.custom.list_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, **kwargs
             )
-        return list((await read_json(call)).get("items") or [])
+        listing: dict[str, Any] = await read_json(call)
+        return listing
 
     async def annotate_agenttoken(
         self, namespace: str, name: str, annotations: dict[str, str], *, field_manager: str

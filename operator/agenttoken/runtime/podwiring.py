@@ -19,6 +19,7 @@ from agenttoken.controllers.podledger import PodLedger
 from agenttoken.controllers.podstatus import PodTokenCounts, run_flusher
 from agenttoken.controllers.podtokens import PodTokenService
 from agenttoken.controllers.revocation import RevocationStore
+from agenttoken.core.bodycache import BodyCache
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.podreviews import PodReviews
 
@@ -38,7 +39,7 @@ async def start(
     await ledger.load()
     counts = PodTokenCounts()
     service = PodTokenService(
-        reviews, ledger, revocations, controller.issuers, controller.tokens,
+        reviews, ledger, revocations, controller.issuers, BodyCache(),  # PerPod ones, every shard's
         keys.signing_key, keys.issuer, counts,
     )  # fmt: skip
     memo["podledger"], memo["podtokens"] = ledger, service
