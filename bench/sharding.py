@@ -2,17 +2,23 @@
 
     .venv/bin/python bench/sharding.py [--tokens 30000] [--namespaces 120] [--short 120]
                                         [--replicas 3] [--shards 6] [--lag-seconds 120]
+                                        [--create-workers 32] [--out PATH]
 
-1. `--replicas` operators run with `--shards`; every one its own identity.
+1. `--replicas` operators run with `--shards`; every one its own identity; their idle RSS.
 2. `--tokens` AgentTokens (1 h TTL) over `--namespaces` namespaces (a namespace's tokens share a
-   shard), plus `--short` with a 60 s TTL renewed at 50 % (every ~30 s) over the same namespaces.
-   Applied, their Secrets awaited; then each replica's shards, tokens served (agenttoken_tokens)
-   and RSS.
+   shard), plus `--short` with a 60 s TTL renewed at 50 % (every ~30 s) over the same namespaces,
+   created by `--create-workers` concurrent requests while the replicas run (the creation rate
+   and the replicas' minting rate are reported apart). Their Secrets awaited; then each
+   replica's shards, AgentTokens served (`agenttoken_tokens`) and cached
+   (`agenttoken_tokens_cached`: its own shards' only), and RSS.
 3. Renewal lag of the short tokens over `--lag-seconds` (seen minus due, as bench/steady.py).
 4. kill -9 of one replica: until its shards are held by the survivors (Lease holders, polled),
-   the survivors' shares, and the renewal lag of the short tokens over the next 60 s.
+   until the survivors have read every AgentToken of them and queued it again (their
+   `agenttoken_tokens_cached` and `agenttoken_tokens` add up to all AgentTokens), the lag of
+   every short token's renewal from the kill on (those of the lost shards apart: the ones due
+   during the outage are the late ones) over the next 60 s, and the survivors' shares and RSS.
 
-Writes bench/results/sharding.json with the size actually run.
+Writes bench/results/sharding.json (or `--out`) with the size actually run.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 
+from agenttoken.core.lease import shard_of
 from benchsupport import (
     SecretWatcher,
+    cpu_by_process,
     header,
     loadavg,
     log_tail,
@@ -63,6 +72,8 @@ def replica_figures(ops: dict[str, subprocess.Popen[bytes]]) -> dict[str, Any]:
             "rss_mb": round(rss_mb(op.pid), 1),
             "shards_held": metric(op.http_port, "agenttoken_shards_held"),  # type: ignore[attr-defined]
             "agenttokens_served": metric(op.http_port, "agenttoken_tokens"),  # type: ignore[attr-defined]
+            "agenttokens_cached": metric(op.http_port, "agenttoken_tokens_cached"),  # type: ignore[attr-defined]
+            "secrets_cached": metric(op.http_port, "agenttoken_secrets_cached"),  # type: ignore[attr-defined]
         }
         for name, op in ops.items()
     }
@@ -91,9 +102,10 @@ def projection(results: dict[str, Any], total: int, target: int = 100_000) -> di
     per_token_kb = {k: round((v["after"] - v["before"]) * 1024 / total, 2) for k, v in cp.items()}
     idle, loaded = results["replicas_idle"], results["replicas"]
     deltas = {n: loaded[n]["rss_mb"] - idle[n]["rss_mb"] for n in loaded}
-    # Every replica caches every AgentToken (cluster-wide watches) and the Secrets of its own
-    # shards only: delta = a * total + b * served. Least squares over the replicas (if they
-    # serve different counts); else all of it is charged to the cluster-wide part.
+    # A replica keeps the AgentToken bodies and Secrets of its own shards, and of every other
+    # AgentToken its name (controllers.takeover); it still parses every event of the cluster-wide
+    # watches: delta = a * total + b * served. Least squares over the replicas (if they serve
+    # different counts); else all of it is charged to the cluster-wide part.
     served = {n: loaded[n]["agenttokens_served"] or 0.0 for n in loaded}
     mean_s, mean_d = sum(served.values()) / len(served), sum(deltas.values()) / len(deltas)
     var = sum((x - mean_s) ** 2 for x in served.values())
@@ -128,6 +140,123 @@ def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.2) -> fl
     raise TimeoutError(what)
 
 
+def queued_again(ops: dict[str, subprocess.Popen[bytes]], total: int) -> bool:
+    """Every AgentToken cached and queued by the replicas left (each holds its own shards' only)."""
+    ports = [op.http_port for op in ops.values()]  # type: ignore[attr-defined]
+    cached = sum(metric(p, "agenttoken_tokens_cached") or 0.0 for p in ports)
+    return cached >= total and sum(metric(p, "agenttoken_tokens") or 0.0 for p in ports) >= total
+
+
+def apply(
+    results: dict[str, Any],
+    cluster: LocalCluster,
+    ops: dict[str, subprocess.Popen[bytes]],
+    watcher: SecretWatcher,
+    namespaces: list[str],
+    args: argparse.Namespace,
+) -> None:
+    """Create every AgentToken with `--create-workers` requests at once, while the replicas run;
+    wait for every Secret (minted by the replicas)."""
+    api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = args.create_workers
+
+    def create(ttl: str) -> Callable[[str], Any]:
+        def one(name: str) -> Any:
+            ns = namespaces[int(name[1:]) % len(namespaces)]
+            return custom.create_namespaced_custom_object(
+                "agenttoken.dev", "v1alpha1", ns, "agenttokens", token(name, ttl)
+            )
+
+        return one
+
+    names = [f"t{i}" for i in range(args.tokens)]
+    snames = [f"s{i}" for i in range(args.short)]
+    pids = {**cluster.pids, **{n: op.pid for n, op in ops.items()}}
+    cpu_before = cpu_by_process(pids)
+    t0 = time.monotonic()
+    create_many(create("60s"), snames, workers=args.create_workers)
+    create_many(create("1h"), names, workers=args.create_workers)
+    created = time.monotonic() - t0
+    watcher.wait(names + snames, 7200)
+    wall = max(watcher.seen.values()) - t0
+    results["apply"] = {
+        "created_s": round(created, 1),
+        "creates_per_s": round((args.tokens + args.short) / created, 1),
+        "wall_s": round(wall, 1),
+        "secrets_per_s": round(len(watcher.seen) / wall, 1),
+        "cpu_s_by_process": cpu_by_process(pids, cpu_before),
+    }
+
+
+def kill_one(
+    results: dict[str, Any],
+    cluster: LocalCluster,
+    ops: dict[str, subprocess.Popen[bytes]],
+    watcher: SecretWatcher,
+    args: argparse.Namespace,
+) -> None:
+    """kill -9 of the replica holding the most shards but not shard 0 (if possible); until its
+    shards are held again, until their AgentTokens are read and queued again, and the lags."""
+    held = holders(cluster)
+    victim = max(
+        ops,
+        key=lambda n: (sum(1 for h in held.values() if h == n), held.get("agenttoken-shard-0") != n),
+    )
+    lost = sorted(s for s, h in held.items() if h == victim)
+    lost_numbers = {int(s.removeprefix("agenttoken-shard-")) for s in lost}
+    os.kill(ops[victim].pid, signal.SIGKILL)
+    ops[victim].wait()
+    killed, killed_wall = time.monotonic(), time.time()
+    del ops[victim]
+    total = args.tokens + args.short
+    held_again = wait_for(
+        "the dead replica's shards held again",
+        lambda: all(holders(cluster)[s] not in ("", victim) for s in lost),
+        120,
+    )
+    queued = wait_for("every AgentToken queued again", lambda: queued_again(ops, total), 300)
+    time.sleep(max(0.0, 60 - (time.monotonic() - killed)))
+    assert watcher.events is not None
+    short = [e for e in watcher.events if e[2]["metadata"]["name"].startswith("s")]
+    lost_short = [e for e in short if shard_of(e[2]["metadata"]["namespace"], args.shards) in lost_numbers]
+    spec = token("x", "60s")["spec"]
+    results["kill"] = {
+        "victim": victim,
+        "shards_lost": lost,
+        "reserved_after_s": round(held_again - killed, 2),
+        "queued_again_after_s": round(queued - killed, 2),
+        "renewal_lag_after_kill": summary(renewal_lags(short, spec, since=killed_wall) or [0.0]),
+        "renewal_lag_after_kill_lost_shards": summary(
+            renewal_lags(lost_short, spec, since=killed_wall) or [0.0]
+        ),
+        "replicas": replica_figures(ops),
+        "holders": holders(cluster),
+    }
+
+
+def start_replicas(
+    cluster: LocalCluster, env: dict[str, str], tmp: str, args: argparse.Namespace, logs: dict[str, Path]
+) -> dict[str, subprocess.Popen[bytes]]:
+    ops: dict[str, subprocess.Popen[bytes]] = {}
+    for i in range(args.replicas):
+        name = f"replica-{i}"
+        logs[name] = Path(tmp) / f"{name}.log"
+        ops[name] = start_operator(env, logs[name], extra=("--shards", str(args.shards), "--identity", name))
+    wait_for(
+        "every shard held",
+        lambda: sum(1 for h in holders(cluster).values() if h) == args.shards,
+        120,
+    )
+    share = -(-args.shards // args.replicas)
+    wait_for(  # the first replica took all, then handed back as the others joined
+        "the shares settled",
+        lambda: all(metric(op.http_port, "agenttoken_shards_held") == share for op in ops.values()),  # type: ignore[attr-defined]
+        120,
+    )
+    return ops
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=30000)
@@ -136,8 +265,10 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--shards", type=int, default=6)
     parser.add_argument("--lag-seconds", type=float, default=120)
+    parser.add_argument("--create-workers", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=None, help="instead of bench/results/sharding.json")
     args = parser.parse_args()
-    results = header("sharding", **vars(args))
+    results = header("sharding", **{k: v for k, v in vars(args).items() if k != "out"})
     kubectl = str(Path(sys.executable).parent / "kubectl")
     namespaces = [f"shard-bench-{i}" for i in range(args.namespaces)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,48 +282,12 @@ def main() -> int:
         logs: dict[str, Path] = {}
         watchers: list[SecretWatcher] = []
         try:
-            for i in range(args.replicas):
-                name = f"replica-{i}"
-                logs[name] = Path(tmp) / f"{name}.log"
-                ops[name] = start_operator(
-                    env, logs[name], extra=("--shards", str(args.shards), "--identity", name)
-                )
-            wait_for(
-                "every shard held",
-                lambda: sum(1 for h in holders(cluster).values() if h) == args.shards,
-                120,
-            )
-            share = -(-args.shards // args.replicas)
-            wait_for(  # the first replica took all, then handed back as the others joined
-                "the shares settled",
-                lambda: all(metric(op.http_port, "agenttoken_shards_held") == share for op in ops.values()),  # type: ignore[attr-defined]
-                120,
-            )
+            ops = start_replicas(cluster, env, tmp, args, logs)
             results["replicas_idle"] = replica_figures(ops)
-            api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
-            custom = kubernetes.client.CustomObjectsApi(api_client)
-            api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 8
-
-            def create(ttl: str) -> Any:
-                def one(name: str) -> Any:
-                    ns = namespaces[int(name[1:]) % len(namespaces)]
-                    return custom.create_namespaced_custom_object(
-                        "agenttoken.dev", "v1alpha1", ns, "agenttokens", token(name, ttl)
-                    )
-
-                return one
-
             control_plane_before = {k: round(rss_mb(pid), 1) for k, pid in cluster.pids.items()}
             watcher = SecretWatcher(cluster, "", collection="/api/v1/secrets", keep_events=True)
             watchers.append(watcher)
-            names = [f"t{i}" for i in range(args.tokens)]
-            snames = [f"s{i}" for i in range(args.short)]
-            t0 = time.monotonic()
-            create_many(create("1h"), names)
-            create_many(create("60s"), snames)
-            watcher.wait(names + snames, 7200)
-            wall = max(watcher.seen.values()) - t0
-            results["apply"] = {"wall_s": round(wall, 1), "secrets_per_s": round(len(watcher.seen) / wall, 1)}
+            apply(results, cluster, ops, watcher, namespaces, args)
             time.sleep(15)  # status writes and Events of the last ones settle
             results["loadavg_after_apply"] = loadavg()
             results["replicas"] = replica_figures(ops)
@@ -205,44 +300,22 @@ def main() -> int:
             results["holders"] = holders(cluster)
             results["projection_100k"] = projection(results, args.tokens + args.short)
 
-            # 3. renewal lag, all replicas up
+            # 3. renewal lag, all replicas up (steady state: every token issued, the burst settled)
             assert watcher.events is not None
-            mark = len(watcher.events)
+            mark = time.time()
             time.sleep(args.lag_seconds)
-            short_events = [e for e in watcher.events[mark:] if e[2]["metadata"]["name"].startswith("s")]
-            results["renewal_lag"] = summary(renewal_lags(short_events, token("x", "60s")["spec"]) or [0.0])
+            short_events = [e for e in watcher.events if e[2]["metadata"]["name"].startswith("s")]
+            lags = renewal_lags(short_events, token("x", "60s")["spec"], since=mark)
+            results["renewal_lag"] = summary(lags or [0.0])
 
-            # 4. kill -9 of the replica holding the most shards but not shard 0 (if possible)
-            held = holders(cluster)
-            victim = max(
-                ops,
-                key=lambda n: (sum(1 for h in held.values() if h == n), held.get("agenttoken-shard-0") != n),
-            )
-            lost = sorted(s for s, h in held.items() if h == victim)
-            os.kill(ops[victim].pid, signal.SIGKILL)
-            ops[victim].wait()
-            killed = time.monotonic()
-            del ops[victim]
-            mark = len(watcher.events)
-            served = wait_for(
-                "the dead replica's shards held again",
-                lambda: all(holders(cluster)[s] not in ("", victim) for s in lost),
-                120,
-            )
-            time.sleep(60)
-            short_events = [e for e in watcher.events[mark:] if e[2]["metadata"]["name"].startswith("s")]
-            lags = renewal_lags(short_events, token("x", "60s")["spec"])
-            results["kill"] = {
-                "victim": victim,
-                "shards_lost": lost,
-                "reserved_after_s": round(served - killed, 2),
-                "renewal_lag_after_kill": summary(lags or [0.0]),
-                "replicas": replica_figures(ops),
-                "holders": holders(cluster),
-            }
+            # 4. kill -9 of one replica
+            kill_one(results, cluster, ops, watcher, args)
             results["goals"] = {
                 "lag_p99_le_2s": results["renewal_lag"]["p99_s"] <= 2.0,
-                "reserved_le_20s": results["kill"]["reserved_after_s"] <= 20,
+                "reserved_le_20s": max(
+                    results["kill"]["reserved_after_s"], results["kill"]["queued_again_after_s"]
+                )
+                <= 20,
             }
         except BaseException:
             for name, path in logs.items():
@@ -255,7 +328,7 @@ def main() -> int:
             for op in ops.values():
                 stop(op)
             cluster.stop()
-    write("sharding", results)
+    write("sharding", results, args.out)
     return 0
 
 

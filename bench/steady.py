@@ -72,8 +72,11 @@ def token(name: str, ttl: str) -> dict[str, Any]:
     }
 
 
-def renewal_lags(events: list[tuple[float, str, dict[str, Any]]], spec: dict[str, Any]) -> list[float]:
-    """Seen minus due, for every Secret whose token id changed (a renewal, not the first issue)."""
+def renewal_lags(
+    events: list[tuple[float, str, dict[str, Any]]], spec: dict[str, Any], since: float = 0.0
+) -> list[float]:
+    """Seen minus due, for every Secret whose token id changed (a renewal, not the first issue);
+    only renewals seen at or after `since` (wall clock) count, the events before are their base."""
     policy = parse_spec(spec).renewal
     last: dict[str, TokenRecord] = {}
     lags = []
@@ -87,7 +90,8 @@ def renewal_lags(events: list[tuple[float, str, dict[str, Any]]], spec: dict[str
         if before is not None and before.token_id != record.token_id:
             uid = (meta.get("ownerReferences") or [{}])[0].get("uid", "")
             due = renewal_time(before.issued_at, before.expires_at, policy, uid)
-            lags.append(seen - due.timestamp())
+            if seen >= since:
+                lags.append(seen - due.timestamp())
         last[name] = record
     return lags
 

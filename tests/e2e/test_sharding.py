@@ -1,7 +1,8 @@
 """Three operator processes with --shards 3 against one control plane: each shard Lease is held by
 exactly one of them, AgentTokens in namespaces of every shard are minted and renewed, each replica
-keeps only its own shards' tokens (per-token metrics) and Secrets (`agenttoken_secrets_cached`),
-and after kill -9 of one replica its shards are taken over and the renewals go on."""
+caches only its own shards' AgentTokens (`agenttoken_tokens_cached`; of the others it keeps names)
+and Secrets (`agenttoken_secrets_cached`), and after kill -9 of one replica its shards are taken
+over (read fresh by the survivors) and the renewals go on."""
 
 from __future__ import annotations
 
@@ -124,20 +125,37 @@ def all_renewed(kube: Kube, namespaces: list[str], past: dict[tuple[str, str], i
     return now if len(now) == len(past) and all(now[k] > past[k] for k in past) else None
 
 
+def agenttokens_by_namespace(kube: Kube) -> dict[str, int]:
+    """Every AgentToken of the cluster (other tests' too) by namespace."""
+    counts: dict[str, int] = {}
+    for item in json.loads(kube.kubectl("get", "agenttokens", "-A", "-o", "json").stdout)["items"]:
+        counts[item["metadata"]["namespace"]] = counts.get(item["metadata"]["namespace"], 0) + 1
+    return counts
+
+
 def check_caches_only_its_shards(
     kube: Kube, procs: list[OperatorProcess], namespaces: list[str], tokens: int
 ) -> None:
     secrets = managed_secrets(kube, namespaces)
     owners = holders(kube)
+    everywhere = agenttokens_by_namespace(kube)
     for proc in procs:
         mine = {ns for ns, count in secrets.items() if owners.get(shard_of(ns, SHARDS)) == proc.identity}
         served = token_namespaces(proc) & set(namespaces)
         assert served <= mine, (proc.identity, served - mine)
         cached = gauge(proc, "agenttoken_secrets_cached")
         assert cached <= sum(secrets[ns] for ns in mine), (proc.identity, cached)
+        # Bodies of its own shards' AgentTokens only: ours in its namespaces at least, and at most
+        # every AgentToken of its shards (others' tests' namespaces may still be going away).
+        bodies = gauge(proc, "agenttoken_tokens_cached")
+        in_its_shards = sum(
+            n for ns, n in everywhere.items() if owners.get(shard_of(ns, SHARDS)) == proc.identity
+        )
+        assert sum(everywhere.get(ns, 0) for ns in mine) <= bodies <= in_its_shards, (proc.identity, bodies)
     served_all = [ns for proc in procs for ns in token_namespaces(proc) & set(namespaces)]
     assert len(served_all) == len(set(served_all)) == len(namespaces)  # each by exactly one
     assert sum(gauge(p, "agenttoken_secrets_cached") for p in procs) <= sum(secrets.values())
+    assert sum(gauge(p, "agenttoken_tokens_cached") for p in procs) <= sum(everywhere.values())
     assert tokens <= sum(secrets[ns] for ns in namespaces)
 
 
