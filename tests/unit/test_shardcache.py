@@ -20,6 +20,8 @@ from agenttoken.core.shardindex import ShardIndex
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
 
+from .test_relist import until
+
 T0 = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 SHARDS = 2
 
@@ -107,14 +109,6 @@ def controller(kube: object, shards: Shards) -> Controller:
         cast(Kube, kube), cast(KeyManager, NoKeys()), ControllerOptions(issuer_url="https://i"),
         clock=lambda: T0, leadership=cast(Leadership, shards),
     )  # fmt: skip
-
-
-async def until(condition: Any, what: str) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(autouse=True)

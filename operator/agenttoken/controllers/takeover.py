@@ -176,7 +176,10 @@ class ShardCache:
                 if not self.leadership.owns(namespace):
                     break  # lost meanwhile (fenced): nothing more of it
                 meta = item.get("metadata") or {}
-                self.store((meta.get("namespace", namespace), meta.get("name", "")), item)
+                try:
+                    self.store((meta.get("namespace", namespace), meta.get("name", "")), item)
+                except Exception:  # one odd body must not leave the rest of the shard unread
+                    log.exception("taking over AgentToken %s/%s failed", namespace, meta.get("name"))
                 offered += 1
                 if offered % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
