@@ -2,14 +2,18 @@
 
     .venv/bin/python bench/sharding.py [--tokens 30000] [--namespaces 120] [--short 120]
                                         [--replicas 3] [--shards 6] [--lag-seconds 120]
-                                        [--create-workers 32] [--out PATH]
+                                        [--create-workers 32] [--mint one|replicas] [--out PATH]
 
 1. `--replicas` operators run with `--shards`; every one its own identity; their idle RSS.
 2. `--tokens` AgentTokens (1 h TTL) over `--namespaces` namespaces (a namespace's tokens share a
    shard), plus `--short` with a 60 s TTL renewed at 50 % (every ~30 s) over the same namespaces,
-   created by `--create-workers` concurrent requests while the replicas run (the creation rate
-   and the replicas' minting rate are reported apart). Their Secrets awaited; then each
-   replica's shards, AgentTokens served (`agenttoken_tokens`) and cached
+   created by `--create-workers` concurrent requests. `--mint one` (default): the replicas are
+   stopped, every AgentToken is created, one replica holding every shard mints them (each
+   watch event then reaches one operator, not three: the setup's bottleneck is the apiserver),
+   it is stopped, and the replicas start again on the issued tokens (time until every
+   AgentToken is served again: a cold start at that size). `--mint replicas`: created while
+   the replicas run, which mint them. Their Secrets awaited; the steady state is measured after
+   that either way: each replica's shards, AgentTokens served (`agenttoken_tokens`) and cached
    (`agenttoken_tokens_cached`: its own shards' only), and RSS.
 3. Renewal lag of the short tokens over `--lag-seconds` (seen minus due, as bench/steady.py).
 4. kill -9 of one replica: until its shards are held by the survivors (Lease holders, polled),
@@ -18,7 +22,8 @@
    every short token's renewal from the kill on (those of the lost shards apart: the ones due
    during the outage are the late ones) over the next 60 s, and the survivors' shares and RSS.
 
-Writes bench/results/sharding.json (or `--out`) with the size actually run.
+Writes bench/results/sharding.json (or `--out`, with the operators' logs in `<out>.logs/`) with
+the size actually run.
 """
 
 from __future__ import annotations
@@ -147,6 +152,21 @@ def queued_again(ops: dict[str, subprocess.Popen[bytes]], total: int) -> bool:
     return cached >= total and sum(metric(p, "agenttoken_tokens") or 0.0 for p in ports) >= total
 
 
+def creator(cluster: LocalCluster, namespaces: list[str], workers: int) -> Callable[[str, str], Any]:
+    """create(name, ttl): one AgentToken in namespace `name`'s number modulo the namespaces."""
+    api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = workers
+
+    def create(name: str, ttl: str) -> Any:
+        ns = namespaces[int(name[1:]) % len(namespaces)]
+        return custom.create_namespaced_custom_object(
+            "agenttoken.dev", "v1alpha1", ns, "agenttokens", token(name, ttl)
+        )
+
+    return create
+
+
 def apply(
     results: dict[str, Any],
     cluster: LocalCluster,
@@ -155,36 +175,32 @@ def apply(
     namespaces: list[str],
     args: argparse.Namespace,
 ) -> None:
-    """Create every AgentToken with `--create-workers` requests at once, while the replicas run;
-    wait for every Secret (minted by the replicas)."""
-    api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
-    custom = kubernetes.client.CustomObjectsApi(api_client)
-    api_client.rest_client.pool_manager.connection_pool_kw["maxsize"] = args.create_workers
-
-    def create(ttl: str) -> Callable[[str], Any]:
-        def one(name: str) -> Any:
-            ns = namespaces[int(name[1:]) % len(namespaces)]
-            return custom.create_namespaced_custom_object(
-                "agenttoken.dev", "v1alpha1", ns, "agenttokens", token(name, ttl)
-            )
-
-        return one
-
+    """Create every AgentToken with `--create-workers` requests at once, while `ops` run (none:
+    `--mint one` starts one replica holding every shard once all exist); wait for every Secret."""
+    create = creator(cluster, namespaces, args.create_workers)
     names = [f"t{i}" for i in range(args.tokens)]
     snames = [f"s{i}" for i in range(args.short)]
     pids = {**cluster.pids, **{n: op.pid for n, op in ops.items()}}
     cpu_before = cpu_by_process(pids)
     t0 = time.monotonic()
-    create_many(create("60s"), snames, workers=args.create_workers)
-    create_many(create("1h"), names, workers=args.create_workers)
+    create_many(lambda n: create(n, "60s"), snames, workers=args.create_workers)
+    create_many(lambda n: create(n, "1h"), names, workers=args.create_workers)
     created = time.monotonic() - t0
+    minting = time.monotonic()
+    if not ops:
+        log = args.logs / "minter.log"
+        ops["minter"] = start_operator(
+            cluster.env(), log, extra=("--shards", str(args.shards), "--identity", "minter")
+        )
+        pids["minter"] = ops["minter"].pid
     watcher.wait(names + snames, 7200)
-    wall = max(watcher.seen.values()) - t0
+    minted = max(watcher.seen.values()) - minting
     results["apply"] = {
+        "mint": args.mint,
         "created_s": round(created, 1),
         "creates_per_s": round((args.tokens + args.short) / created, 1),
-        "wall_s": round(wall, 1),
-        "secrets_per_s": round(len(watcher.seen) / wall, 1),
+        "minted_s": round(minted, 1),  # from the last create (replicas) or the minter's start (one)
+        "wall_s": round(time.monotonic() - t0, 1),
         "cpu_s_by_process": cpu_by_process(pids, cpu_before),
     }
 
@@ -215,7 +231,7 @@ def kill_one(
         lambda: all(holders(cluster)[s] not in ("", victim) for s in lost),
         120,
     )
-    queued = wait_for("every AgentToken queued again", lambda: queued_again(ops, total), 300)
+    queued = wait_for("every AgentToken queued again", lambda: queued_again(ops, total), 600)
     time.sleep(max(0.0, 60 - (time.monotonic() - killed)))
     assert watcher.events is not None
     short = [e for e in watcher.events if e[2]["metadata"]["name"].startswith("s")]
@@ -235,24 +251,24 @@ def kill_one(
     }
 
 
-def start_replicas(
-    cluster: LocalCluster, env: dict[str, str], tmp: str, args: argparse.Namespace, logs: dict[str, Path]
-) -> dict[str, subprocess.Popen[bytes]]:
+def start_replicas(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, subprocess.Popen[bytes]]:
     ops: dict[str, subprocess.Popen[bytes]] = {}
     for i in range(args.replicas):
         name = f"replica-{i}"
-        logs[name] = Path(tmp) / f"{name}.log"
-        ops[name] = start_operator(env, logs[name], extra=("--shards", str(args.shards), "--identity", name))
+        log = args.logs / f"{name}.log"
+        ops[name] = start_operator(
+            cluster.env(), log, extra=("--shards", str(args.shards), "--identity", name)
+        )
     wait_for(
         "every shard held",
         lambda: sum(1 for h in holders(cluster).values() if h) == args.shards,
-        120,
+        600,
     )
     share = -(-args.shards // args.replicas)
     wait_for(  # the first replica took all, then handed back as the others joined
         "the shares settled",
         lambda: all(metric(op.http_port, "agenttoken_shards_held") == share for op in ops.values()),  # type: ignore[attr-defined]
-        120,
+        600,
     )
     return ops
 
@@ -266,12 +282,23 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=6)
     parser.add_argument("--lag-seconds", type=float, default=120)
     parser.add_argument("--create-workers", type=int, default=32)
+    parser.add_argument(
+        "--mint",
+        choices=("one", "replicas"),
+        default="one",
+        help="one: create every AgentToken first, let one replica holding every shard mint them, "
+        "stop it and start the replicas on the issued tokens (a third of the watch traffic while "
+        "minting); replicas: create them while the replicas run",
+    )
     parser.add_argument("--out", type=Path, default=None, help="instead of bench/results/sharding.json")
     args = parser.parse_args()
     results = header("sharding", **{k: v for k, v in vars(args).items() if k != "out"})
     kubectl = str(Path(sys.executable).parent / "kubectl")
     namespaces = [f"shard-bench-{i}" for i in range(args.namespaces)]
+    total = args.tokens + args.short
     with tempfile.TemporaryDirectory() as tmp:
+        args.logs = args.out.with_suffix(".logs") if args.out else Path(tmp)
+        args.logs.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster(Path(tmp) / "cluster")
         cluster.start()
         env = cluster.env()
@@ -279,15 +306,24 @@ def main() -> int:
         for ns in namespaces:
             subprocess.run([kubectl, "create", "ns", ns], env=env, check=True, capture_output=True)
         ops: dict[str, subprocess.Popen[bytes]] = {}
-        logs: dict[str, Path] = {}
         watchers: list[SecretWatcher] = []
         try:
-            ops = start_replicas(cluster, env, tmp, args, logs)
+            ops = start_replicas(cluster, args)
             results["replicas_idle"] = replica_figures(ops)
             control_plane_before = {k: round(rss_mb(pid), 1) for k, pid in cluster.pids.items()}
             watcher = SecretWatcher(cluster, "", collection="/api/v1/secrets", keep_events=True)
             watchers.append(watcher)
+            if args.mint == "one":
+                for op in ops.values():
+                    stop(op)  # hands its Leases back
+                ops = {}
             apply(results, cluster, ops, watcher, namespaces, args)
+            if args.mint == "one":
+                stop(ops.pop("minter"))
+                started = time.monotonic()
+                ops = start_replicas(cluster, args)
+                served = wait_for("every AgentToken served", lambda: queued_again(ops, total), 900)
+                results["apply"]["replicas_start_to_all_served_s"] = round(served - started, 1)
             time.sleep(15)  # status writes and Events of the last ones settle
             results["loadavg_after_apply"] = loadavg()
             results["replicas"] = replica_figures(ops)
@@ -298,7 +334,7 @@ def main() -> int:
                 for k, pid in cluster.pids.items()
             }
             results["holders"] = holders(cluster)
-            results["projection_100k"] = projection(results, args.tokens + args.short)
+            results["projection_100k"] = projection(results, total)
 
             # 3. renewal lag, all replicas up (steady state: every token issued, the burst settled)
             assert watcher.events is not None
@@ -318,8 +354,8 @@ def main() -> int:
                 <= 20,
             }
         except BaseException:
-            for name, path in logs.items():
-                print(f"--- {name}")
+            for path in sorted(args.logs.glob("*.log")):
+                print(f"--- {path.name}")
                 log_tail(path)
             raise
         finally:

@@ -223,3 +223,28 @@ def test_losing_a_shard_drops_its_bodies_and_secrets_keeping_names_for_the_next_
         await ctl.secrets.relists.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_read_cut_short_by_fencing_gives_its_names_back_when_the_loss_arrives() -> None:
+    listed = {ns: [body(ns, f"t{i}", 10 + i) for i in range(3)] for ns in OTHER}
+
+    async def scenario() -> None:
+        kube = ListingKube(listed)
+        shards = Shards({0})
+        ctl = controller(kube, shards)
+        for items in listed.values():
+            for item in items:
+                ctl.on_token_event(None, item)
+        kube.gate = asyncio.Event()
+        shards.change(1, True)
+        await until(lambda: kube.calls, "the LIST")
+        shards.held.discard(1)  # fenced: owns() says no before the loss reaches the controller
+        kube.gate.set()
+        task = ctl.shardcache._loads[1][0]
+        await until(task.done, "the read to stop")
+        shards.change(1, False)
+        assert not ctl.tokens.bodies
+        assert ctl.shardcache.index.take(1) == {ns: {"t0", "t1", "t2"} for ns in OTHER}
+        await ctl.shardcache.stop()
+
+    asyncio.run(scenario())

@@ -145,20 +145,24 @@ class ShardCache:
         started = asyncio.get_running_loop().time()
         slots = asyncio.Semaphore(NAMESPACES_AT_ONCE)
 
-        async def one(namespace: str) -> int:
+        async def one(namespace: str) -> int | None:
             async with slots:
                 return await self._list(namespace)
 
         counts = await asyncio.gather(*(one(ns) for ns in sorted(names)))
+        if None in counts:
+            return  # fenced meanwhile: the loss (or a gain again) puts the names back
         if self._loads.get(shard, (None,))[0] is asyncio.current_task():
             del self._loads[shard]  # done: the shard's names now live as bodies
-        log.info("shard %d: read %d AgentTokens in %d namespaces in %.1fs", shard, sum(counts),
+        log.info("shard %d: read %d AgentTokens in %d namespaces in %.1fs", shard, sum(c or 0 for c in counts),
                  len(names), asyncio.get_running_loop().time() - started)  # fmt: skip
 
-    async def _list(self, namespace: str) -> int:
-        """Every AgentToken of `namespace`, page by page, for as long as its shard is held."""
+    async def _list(self, namespace: str) -> int | None:
+        """Every AgentToken of `namespace`, page by page; None if its shard stopped being held."""
         token, failures, offered = "", 0, 0
-        while self.leadership.owns(namespace):
+        while True:
+            if not self.leadership.owns(namespace):
+                return None
             try:
                 page = await self.kube.list_agenttokens_page(namespace, limit=PAGE, token=token)
             except Exception as exc:  # KubeError, a timeout, a broken connection: never give up
@@ -174,7 +178,7 @@ class ShardCache:
             failures = 0
             for item in page.get("items") or []:
                 if not self.leadership.owns(namespace):
-                    break  # lost meanwhile (fenced): nothing more of it
+                    return None  # lost meanwhile (fenced): nothing more of it
                 meta = item.get("metadata") or {}
                 try:
                     self.store((meta.get("namespace", namespace), meta.get("name", "")), item)
@@ -185,8 +189,7 @@ class ShardCache:
                     await asyncio.sleep(0)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
-                break
-        return offered
+                return offered
 
 
 def shard_changed(
