@@ -184,8 +184,14 @@ def _shard_lag(r: Results) -> tuple[str, bool | None] | None:
 
 
 def _shard_kill(r: Results) -> tuple[str, bool | None] | None:
-    v = _get(r, "sharding", "kill", "reserved_after_s")
-    return None if v is None else (f"{v:.1f} s ({_size(r)})", _at_goal_size(r, v <= 20))
+    held = _get(r, "sharding", "kill", "reserved_after_s")
+    if held is None:
+        return None
+    # Since the takeover reads the shard fresh: served = held again and every AgentToken queued.
+    queued = _get(r, "sharding", "kill", "queued_again_after_s")
+    v = max(held, queued or 0.0)
+    more = f"; every AgentToken queued again at {queued:.1f} s" if queued is not None else ""
+    return f"held again {held:.1f} s{more} ({_size(r)})", _at_goal_size(r, v <= 20)
 
 
 def _shard_rss(r: Results) -> tuple[str, bool | None] | None:
@@ -229,7 +235,7 @@ LINES = (
     Line("Crypto: ES256 mint / verify per core", "≥ 10k/s / ≥ 5k/s", "crypto", _crypto),
     Line("Failover: kill -9 of the leader → the standby holds the Lease", "≤ 15 s", "failover", _failover),
     Line("Sharding: renewal lag, all replicas up", "p99 ≤ 2 s (30,000 AgentTokens)", "sharding", _shard_lag),
-    Line("Sharding: kill -9 of a replica → its shards held again", "≤ 20 s", "sharding", _shard_kill),
+    Line("Sharding: kill -9 of a replica → its shards served again", "≤ 20 s", "sharding", _shard_kill),
     Line("Sharding: RSS per replica", "—", "sharding", _shard_rss),
     Line("Token endpoint (PerPod): grants, closed loop, 16 clients", "≥ 500/s", "token-endpoint", _grants),
     Line("Token endpoint at 500 grants/s offered", "p99 ≤ 50 ms", "token-endpoint", _paced),
