@@ -81,8 +81,10 @@ class ListingKube:
     """AgentTokens by namespace, served in pages of `page`; the first `failures` calls fail, and
     while `gate` is set a call waits for it (a LIST in flight)."""
 
-    def __init__(self, items: dict[str, list[dict[str, Any]]], page: int = 2, failures: int = 0) -> None:
-        self.items, self.page, self.failures = items, page, failures
+    def __init__(
+        self, items: dict[str, list[dict[str, Any]]], page: int = 2, failures: int = 0, broken: str = ""
+    ) -> None:
+        self.items, self.page, self.failures, self.broken = items, page, failures, broken
         self.calls: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None
 
@@ -92,8 +94,8 @@ class ListingKube:
         self.calls.append((namespace, token))
         if self.gate is not None:
             await self.gate.wait()
-        if self.failures:
-            self.failures -= 1
+        if self.failures or namespace == self.broken:
+            self.failures = max(0, self.failures - 1)
             raise KubeError(503, "the apiserver is unavailable")
         start = int(token or 0)
         items = self.items.get(namespace, [])
@@ -245,6 +247,29 @@ def test_a_read_cut_short_by_fencing_gives_its_names_back_when_the_loss_arrives(
         shards.change(1, False)
         assert not ctl.tokens.bodies
         assert ctl.shardcache.index.take(1) == {ns: {"t0", "t1", "t2"} for ns in OTHER}
+        await ctl.shardcache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_while_a_namespace_cannot_be_listed_the_others_are_scheduled_and_it_is_retried() -> None:
+    overdue = T0 - datetime.timedelta(minutes=5)
+    later = T0 + datetime.timedelta(minutes=30)
+    listed = [body(OTHER[0], "over", 10, overdue), body(OTHER[0], "later", 11, later)]
+
+    async def scenario() -> None:
+        kube = ListingKube({OTHER[0]: listed}, broken=OTHER[1])
+        shards = Shards({0})
+        ctl = controller(kube, shards)
+        ctl.on_token_event(None, body(OTHER[0], "over", 1))
+        ctl.on_token_event(None, body(OTHER[1], "unreadable", 1))
+        shards.change(1, True)
+        await until(lambda: sum(1 for c in kube.calls if c[0] == OTHER[1]) >= 3, "retries")
+        assert ctl.queue.due[(OTHER[0], "over")] == overdue.timestamp()
+        assert ctl.queue.due[(OTHER[0], "later")] == later.timestamp(), "renewed in time all the same"
+        assert 1 in ctl.shardcache._loads, "still reading: never given up"
+        shards.change(1, False)
+        assert ctl.shardcache.index.take(1) == {OTHER[0]: {"over", "later"}, OTHER[1]: {"unreadable"}}
         await ctl.shardcache.stop()
 
     asyncio.run(scenario())

@@ -118,7 +118,9 @@ class Controller:
         self._warned_expiry: dict[Key, str] = {}  # warn-once: the token id warned about
         if rollouts is not None:
             rollouts.workloads.subscribe(self.on_workload_change)
-        self.shardcache = takeover.ShardCache(kube, self.leadership, self.tokens, self.queue, self._store)
+        self.shardcache = takeover.ShardCache(
+            kube, self.leadership, self.tokens, self.queue, enqueue=self._enqueue, clock=lambda: self.clock()
+        )
         self.leadership.subscribe(self.on_shard_change)
 
     async def start(self) -> None:

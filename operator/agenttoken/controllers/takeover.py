@@ -51,24 +51,42 @@ def signed_by(kids: frozenset[str], secrets: SecretStore, tokens: BodyCache) -> 
     return {key for key in affected if tokens.get(key) is not None}
 
 
-def enqueue(queue: WorkQueue, now: datetime.datetime, key: Key, body: dict[str, Any]) -> None:
-    """Schedule an AgentToken found by a listing: overdue ones at their recorded renewal time (so
-    the oldest go first), the others now (a pass that finds nothing to do writes nothing)."""
-    metrics.observe_token(key, body)
+def overdue(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
+    """When a listed AgentToken should have been renewed, if that is past and its status is
+    current (the spec it describes is the one now); else None: look at it now."""
     status = parse_status(body.get("status"))
-    when = now
     if (
         status.renewal_time is not None
         and status.renewal_time < now
         and status.observed_generation == body.get("metadata", {}).get("generation")
     ):
-        when = status.renewal_time
-    queue.schedule(key, when)
+        return status.renewal_time
+    return None
+
+
+def due_later(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
+    """Its renewal time if there is nothing to do before it, as far as its status tells (current,
+    not due); else None."""
+    status = parse_status(body.get("status"))
+    if (
+        status.renewal_time is not None
+        and status.renewal_time >= now
+        and status.observed_generation == body.get("metadata", {}).get("generation")
+    ):
+        return status.renewal_time
+    return None
+
+
+def enqueue(queue: WorkQueue, now: datetime.datetime, key: Key, body: dict[str, Any]) -> None:
+    """Schedule an AgentToken found by a listing: overdue ones at their recorded renewal time (so
+    the oldest go first), the others now (a pass that finds nothing to do writes nothing)."""
+    metrics.observe_token(key, body)
+    queue.schedule(key, overdue(body, now) or now)
 
 
 class ShardCache:
-    """The token cache's shard rules; `store(key, body)` offers a body into the cache and
-    schedules it if stored (the controller's path for a watch event of a shard it holds)."""
+    """The token cache's shard rules; `enqueue(key, body)` schedules a listed AgentToken (the
+    controller's, with its clock: `enqueue` above)."""
 
     def __init__(
         self,
@@ -76,10 +94,11 @@ class ShardCache:
         leadership: Leadership,
         tokens: BodyCache,
         queue: WorkQueue,
-        store: Callable[[Key, dict[str, Any]], None],
+        enqueue: Callable[[Key, dict[str, Any]], None],
+        clock: Callable[[], datetime.datetime],
     ) -> None:
         self.kube, self.leadership, self.tokens, self.queue = kube, leadership, tokens, queue
-        self.store = store
+        self.enqueue, self.clock = enqueue, clock
         self.sharded = leadership.shards > 1
         self.index = ShardIndex(leadership.shards)
         self._loads: dict[int, tuple[asyncio.Task[None], dict[str, set[str]]]] = {}
@@ -142,22 +161,32 @@ class ShardCache:
         self._loads.clear()
 
     async def _load(self, shard: int, names: dict[str, set[str]]) -> None:
+        """Read the shard; what is overdue or changed is queued at once, the rest (not due, as
+        its status says) at its renewal time, and now once the whole shard is read: their passes
+        (a Secret GET each) would compete with the read, and find nothing to do before then."""
         started = asyncio.get_running_loop().time()
         slots = asyncio.Semaphore(NAMESPACES_AT_ONCE)
+        later: list[Key] = []
 
         async def one(namespace: str) -> int | None:
             async with slots:
-                return await self._list(namespace)
+                return await self._list(namespace, later)
 
         counts = await asyncio.gather(*(one(ns) for ns in sorted(names)))
         if None in counts:
             return  # fenced meanwhile: the loss (or a gain again) puts the names back
+        for i, key in enumerate(later):
+            body = self.tokens.get(key)
+            if body is not None and self.leadership.owns(key[0]):
+                self.enqueue(key, body)  # its latest body: a watch event may have brought a newer one
+            if i % (YIELD_EVERY * 5) == 0:
+                await asyncio.sleep(0)
         if self._loads.get(shard, (None,))[0] is asyncio.current_task():
             del self._loads[shard]  # done: the shard's names now live as bodies
         log.info("shard %d: read %d AgentTokens in %d namespaces in %.1fs", shard, sum(c or 0 for c in counts),
                  len(names), asyncio.get_running_loop().time() - started)  # fmt: skip
 
-    async def _list(self, namespace: str) -> int | None:
+    async def _list(self, namespace: str, later: list[Key]) -> int | None:
         """Every AgentToken of `namespace`, page by page; None if its shard stopped being held."""
         token, failures, offered = "", 0, 0
         while True:
@@ -176,20 +205,34 @@ class ShardCache:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            now = self.clock()
             for item in page.get("items") or []:
                 if not self.leadership.owns(namespace):
                     return None  # lost meanwhile (fenced): nothing more of it
-                meta = item.get("metadata") or {}
+                key = (namespace, (item.get("metadata") or {}).get("name", ""))
                 try:
-                    self.store((meta.get("namespace", namespace), meta.get("name", "")), item)
+                    self._take(key, item, now, later)
                 except Exception:  # one odd body must not leave the rest of the shard unread
-                    log.exception("taking over AgentToken %s/%s failed", namespace, meta.get("name"))
+                    log.exception("taking over AgentToken %s/%s failed", *key)
                 offered += 1
                 if offered % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
                 return offered
+
+    def _take(self, key: Key, item: dict[str, Any], now: datetime.datetime, later: list[Key]) -> None:
+        if not self.tokens.offer(key, item):
+            return  # the watch brought this version or a newer one, and it was queued then
+        when = due_later(item, now)
+        if when is None:
+            self.enqueue(key, item)
+            return
+        # At its renewal time at the latest, even if the shard's read never ends (a namespace
+        # whose LIST keeps failing); a look now follows once the whole shard is read.
+        metrics.observe_token(key, item)
+        self.queue.schedule(key, when)
+        later.append(key)
 
 
 def shard_changed(
