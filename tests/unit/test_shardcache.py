@@ -86,11 +86,16 @@ class ListingKube:
     ) -> None:
         self.items, self.page, self.failures, self.broken = items, page, failures, broken
         self.calls: list[tuple[str, str]] = []
+        self.secrets: dict[str, list[dict[str, Any]]] = {}
+        self.secret_lists: list[str] = []
         self.gate: asyncio.Event | None = None
 
-    async def list_agenttokens_page(
-        self, namespace: str, *, limit: int = 0, token: str = ""
+    async def list_page(
+        self, plural: str, namespace: str, selector: str | None = None, limit: int = 0, token: str = ""
     ) -> dict[str, Any]:
+        if plural == "secrets":
+            self.secret_lists.append(namespace)
+            return {"items": self.secrets.get(namespace, []), "metadata": {}}
         self.calls.append((namespace, token))
         if self.gate is not None:
             await self.gate.wait()
@@ -160,6 +165,9 @@ def test_a_gained_shard_is_read_fresh_paged_retried_and_scheduled_overdue_first(
 
     async def scenario() -> None:
         kube = ListingKube({OTHER[0]: listed, OTHER[1]: []}, failures=1)
+        kube.secrets[OTHER[0]] = [
+            {"metadata": {"namespace": OTHER[0], "name": "t0-token", "resourceVersion": "20"}}
+        ]
         shards = Shards({0})
         ctl = controller(kube, shards)
         for item in listed:
@@ -179,6 +187,8 @@ def test_a_gained_shard_is_read_fresh_paged_retried_and_scheduled_overdue_first(
         assert {(OTHER[0], "2"), (OTHER[0], "4")} <= set(kube.calls), "paged"
         assert len(ctl.shardcache.index) == 0
         assert REGISTRY.get_sample_value("agenttoken_shard_list_failures_total") >= 1.0  # type: ignore[operator]
+        assert sorted(kube.secret_lists) == sorted(OTHER), "each namespace's Secrets: one LIST"
+        assert ctl.secrets.get((OTHER[0], "t0-token")) is not None, "no GET per pass"
         await ctl.shardcache.stop()
 
     asyncio.run(scenario())

@@ -119,7 +119,7 @@ class Controller:
         if rollouts is not None:
             rollouts.workloads.subscribe(self.on_workload_change)
         self.shardcache = takeover.ShardCache(
-            kube, self.leadership, self.tokens, self.queue, enqueue=self._enqueue, clock=lambda: self.clock()
+            kube, self.leadership, self.tokens, self.secrets, self.queue, self._enqueue, lambda: self.clock()
         )
         self.leadership.subscribe(self.on_shard_change)
 

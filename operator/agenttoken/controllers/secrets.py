@@ -10,6 +10,7 @@ in the Secret's annotations says which token it holds.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from agenttoken.core.secretdata import owner_name
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
 from agenttoken.kube.relists import RelistFollower
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, Secret name)
 
@@ -72,6 +75,22 @@ class SecretStore:
         under way (a relist of the one cluster-wide watch reports every shard's Secrets)."""
         self.relists.event(event_type, key)
         self._cache.drop(key)
+
+    async def read_namespace(self, namespace: str, page: int, keep: Callable[[], bool]) -> None:
+        """Every managed Secret of `namespace`, for a takeover (controllers.takeover), while
+        `keep()`: one LIST instead of a GET per pass. Offered: a watch event handled meanwhile
+        wins if newer. Best effort: without them each pass reads its Secret itself."""
+        token, selector = "", f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
+        try:
+            while True:
+                listing = await self.kube.list_page("secrets", namespace, selector, page, token)
+                for body in listing.get("items") or [] if keep() else []:
+                    self._cache.offer((namespace, body.get("metadata", {}).get("name", "")), body)
+                token = (listing.get("metadata") or {}).get("continue") or ""
+                if not token or not keep():
+                    return
+        except Exception as exc:  # the passes read them one by one instead
+            log.warning("listing the Secrets of namespace %s failed: %s", namespace, exc)
 
     def forget_where(self, which: Callable[[Key], bool]) -> None:
         for key in [k for k in self._cache.bodies if which(k)]:

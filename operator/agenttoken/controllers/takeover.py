@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from agenttoken import api
 from agenttoken.controllers import metrics
 from agenttoken.controllers.context import Key
 from agenttoken.controllers.issuer import Issuers, Reconcile
@@ -93,11 +94,13 @@ class ShardCache:
         kube: Kube,
         leadership: Leadership,
         tokens: BodyCache,
+        secrets: SecretStore,
         queue: WorkQueue,
         enqueue: Callable[[Key, dict[str, Any]], None],
         clock: Callable[[], datetime.datetime],
     ) -> None:
         self.kube, self.leadership, self.tokens, self.queue = kube, leadership, tokens, queue
+        self.secrets = secrets
         self.enqueue, self.clock = enqueue, clock
         self.sharded = leadership.shards > 1
         self.index = ShardIndex(leadership.shards)
@@ -193,7 +196,7 @@ class ShardCache:
             if not self.leadership.owns(namespace):
                 return None
             try:
-                page = await self.kube.list_agenttokens_page(namespace, limit=PAGE, token=token)
+                page = await self.kube.list_page(api.AGENTTOKEN_PLURAL, namespace, limit=PAGE, token=token)
             except Exception as exc:  # KubeError, a timeout, a broken connection: never give up
                 failures += 1
                 metrics.SHARD_LIST_FAILURES.inc()
@@ -219,6 +222,7 @@ class ShardCache:
                     await asyncio.sleep(0)
             token = (page.get("metadata") or {}).get("continue") or ""
             if not token:
+                await self.secrets.read_namespace(namespace, PAGE, lambda: self.leadership.owns(namespace))
                 return offered
 
     def _take(self, key: Key, item: dict[str, Any], now: datetime.datetime, later: list[Key]) -> None:

@@ -377,25 +377,22 @@ class Kube:
         self, namespace: str | None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         """AgentTokens in `namespace` (every namespace when None), optionally by label selector."""
-        return list((await self.list_agenttokens_page(namespace, selector=selector)).get("items") or [])
+        return list((await self.list_page(api.AGENTTOKEN_PLURAL, namespace, selector)).get("items") or [])
 
-    async def list_agenttokens_page(
-        self, namespace: str | None, *, selector: str | None = None, limit: int = 0, token: str = ""
+    async def list_page(
+        self, plural: str, namespace: str | None, selector: str | None = None, limit: int = 0, token: str = ""
     ) -> dict[str, Any]:
-        """One page of the listing (`limit` items, 0: all), from `token` (the previous page's
-        metadata.continue). The operator's takeover (controllers.takeover) reads shards this way."""
+        """One page of AgentTokens (api.AGENTTOKEN_PLURAL) in `namespace` (all when None), or of
+        "secrets" in it: `limit` items (0: all) from `token` (the last page's metadata.continue)."""
         given = {"label_selector": selector, "limit": limit, "_continue": token}
-        kwargs: dict[str, Any] = {"_preload_content": False, **{k: v for k, v in given.items() if v}}
-        if namespace is None:
-            call = self.custom.list_cluster_custom_object(
-                api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL, **kwargs
-            )
+        kw: dict[str, Any] = {"_preload_content": False, **{k: v for k, v in given.items() if v}}
+        if plural == "secrets":
+            call = self.core.list_namespaced_secret(namespace, **kw)
+        elif namespace is None:
+            call = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, plural, **kw)
         else:
-            call = self.custom.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.AGENTTOKEN_PLURAL, **kwargs
-            )
-        listing: dict[str, Any] = await read_json(call)
-        return listing
+            call = self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, **kw)
+        return await read_json(call)
 
     async def annotate_agenttoken(
         self, namespace: str, name: str, annotations: dict[str, str], *, field_manager: str
