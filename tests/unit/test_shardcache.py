@@ -88,6 +88,7 @@ class ListingKube:
         self.calls: list[tuple[str, str]] = []
         self.secrets: dict[str, list[dict[str, Any]]] = {}
         self.secret_lists: list[str] = []
+        self.secret_gate: asyncio.Event | None = None
         self.gate: asyncio.Event | None = None
 
     async def list_page(
@@ -95,6 +96,8 @@ class ListingKube:
     ) -> dict[str, Any]:
         if plural == "secrets":
             self.secret_lists.append(namespace)
+            if self.secret_gate is not None:
+                await self.secret_gate.wait()
             return {"items": self.secrets.get(namespace, []), "metadata": {}}
         self.calls.append((namespace, token))
         if self.gate is not None:
@@ -280,6 +283,27 @@ def test_while_a_namespace_cannot_be_listed_the_others_are_scheduled_and_it_is_r
         assert 1 in ctl.shardcache._loads, "still reading: never given up"
         shards.change(1, False)
         assert ctl.shardcache.index.take(1) == {OTHER[0]: {"over", "later"}, OTHER[1]: {"unreadable"}}
+        await ctl.shardcache.stop()
+
+    asyncio.run(scenario())
+
+
+def test_secrets_listed_after_the_shard_was_fenced_are_not_kept() -> None:
+    async def scenario() -> None:
+        kube = ListingKube({OTHER[0]: [body(OTHER[0], "t", 10)]})
+        kube.secrets[OTHER[0]] = [
+            {"metadata": {"namespace": OTHER[0], "name": "t-token", "resourceVersion": "20"}}
+        ]
+        kube.secret_gate = asyncio.Event()
+        shards = Shards({0})
+        ctl = controller(kube, shards)
+        ctl.on_token_event(None, body(OTHER[0], "t", 1))
+        shards.change(1, True)
+        await until(lambda: kube.secret_lists, "the Secret LIST")
+        shards.held.discard(1)  # fenced while it is in flight
+        kube.secret_gate.set()
+        await until(ctl.shardcache._loads[1][0].done, "the read to end")
+        assert ctl.secrets.get((OTHER[0], "t-token")) is None
         await ctl.shardcache.stop()
 
     asyncio.run(scenario())
