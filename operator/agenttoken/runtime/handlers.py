@@ -53,10 +53,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.peering.standalone = True
     # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
     settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
-    # The initial listings (and relists) page by page, each page handed on before the next is
-    # read: unpaged, kopf parses a whole kind's listing at once, the replica's peak memory at a
-    # start (~40 KB per AgentToken with its Secret in the cluster, measured by bench/sharding.py).
-    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = (1, 2, 4, 8, 15)
