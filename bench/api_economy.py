@@ -156,12 +156,20 @@ def main() -> int:
     parser.add_argument("--renewals", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--keep-audit", type=Path, help="copy the apiserver's audit log here")
+    parser.add_argument("--out", type=Path, help="write the results here, not to bench/results/api_economy.json")
+    parser.add_argument("--operator-log", type=Path, help="copy the operator's log here")
+    parser.add_argument("--verbose", action="store_true", help="the operator logs at debug level")
+    parser.add_argument(
+        "--audit-status-bodies",
+        action="store_true",
+        help="audit AgentToken status writes with their request bodies (for --keep-audit)",
+    )
     args = parser.parse_args()
     results = header(
         "api_economy", tokens_per_namespace=args.tokens, renewals=args.renewals, new_tokens=args.new_tokens
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster = LocalCluster(Path(tmp) / "cluster", audit_status_bodies=args.audit_status_bodies)
         cluster.start()
         try:
             env = cluster.env()
@@ -172,7 +180,7 @@ def main() -> int:
                 if targets:
                     for i in range(args.tokens):
                         cluster.api("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment(f"t{i}"))
-            op = start_operator(env, Path(tmp) / "operator.log")
+            op = start_operator(env, Path(tmp) / "operator.log", extra=("--verbose",) if args.verbose else ())
             try:
                 new_start, new_end = new_tokens(cluster, args.new_tokens)
                 for ns, targets in NAMESPACES.items():
@@ -193,6 +201,8 @@ def main() -> int:
                 stop(op)
             if args.keep_audit:
                 shutil.copy(cluster.logs / "audit.log", args.keep_audit)
+            if args.operator_log:
+                shutil.copy(Path(tmp) / "operator.log", args.operator_log)
             writes = audited_writes(cluster, list(NAMESPACES), window_start, window_end)
             new_writes = audited_writes(cluster, [NEW_NS], new_start, new_end, with_client=True)[NEW_NS]
         finally:
@@ -227,7 +237,7 @@ def main() -> int:
         "with_one_target_le_6": (results["with_targets"]["writes_per_renewal"] or 99) <= 6,
         "new_token_le_3": results["new_tokens"]["writes_per_new_token"] <= 3,
     }
-    write("api_economy", results)
+    write("api_economy", results, args.out)
     return 0
 
 
