@@ -156,7 +156,9 @@ def main() -> int:
     parser.add_argument("--renewals", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--keep-audit", type=Path, help="copy the apiserver's audit log here")
-    parser.add_argument("--out", type=Path, help="write the results here, not to bench/results/api_economy.json")
+    parser.add_argument(
+        "--out", type=Path, help="write the results here, not to bench/results/api_economy.json"
+    )
     parser.add_argument("--operator-log", type=Path, help="copy the operator's log here")
     parser.add_argument("--verbose", action="store_true", help="the operator logs at debug level")
     parser.add_argument(
