@@ -14,17 +14,8 @@ from agenttoken.controllers import usage as usage_step
 from agenttoken.controllers.usage import Usage
 from agenttoken.core.usage import IDLE, IN_USE, UsageDecision
 from agenttoken.kube.caches import WorkloadCache
-from tests.unit.test_rollout_step import a_pass
+from tests.unit.test_rollout_step import WEB, a_pass
 from tests.unit.test_rolloutreport import T0
-
-WEB = {
-    "metadata": {"name": "web", "namespace": "ns", "generation": 1},
-    "spec": {
-        "replicas": 1,
-        "template": {"spec": {"volumes": [{"name": "t", "secret": {"secretName": "tok"}}]}},
-    },
-    "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
-}
 
 
 class NoRevocations:
