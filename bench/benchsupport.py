@@ -154,7 +154,7 @@ def header(name: str, **params: Any) -> dict[str, Any]:
 
 
 def write(name: str, results: dict[str, Any], out: Path | None = None) -> None:
-    """To bench/results/<name>.json, or to `out` (a trial run must not replace the committed one)."""
+    """To bench/results/<name>.json, or to `out` (a trial run that must not replace the committed figures)."""
     results["loadavg_end"] = loadavg()
     out = out or RESULTS / f"{name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

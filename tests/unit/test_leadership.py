@@ -181,6 +181,35 @@ def test_a_renewal_after_the_deadline_reports_the_gap_so_refused_work_is_queued_
     assert heard == [(0, False), (0, True)]  # in-time renewals report nothing
 
 
+class SlowLeases(FakeLeases):
+    """Renewals whose response takes `lag` seconds of the fake clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock, self.lag = clock, 0.0
+
+    async def update(self, name: str, role: str, record: LeaseRecord) -> dict[str, Any]:
+        written = await super().update(name, role, record)
+        self.clock.now += self.lag
+        return written
+
+
+def test_a_renewal_sent_in_time_that_returns_after_the_deadline_reports_the_gap() -> None:
+    """Sent just before the deadline, answered after it: owns() said no while it was in flight,
+    so refused schedules are lost unless the listeners hear a loss and a gain."""
+    clock = Clock()
+    store = SlowLeases(clock)
+    a = elector(store, clock, "a")
+    rounds(clock, a, seconds=4)
+    heard: list[tuple[int, bool]] = []
+    a.subscribe(lambda s, held: heard.append((s, held)))
+    clock.now += 7.5  # the loop stalled: the next renewal goes out 9.5 s after the last one (sent 2 s before `rounds` ended)
+    store.lag = 1.0  # and its answer comes 0.5 s past the deadline
+    run(a.round())
+    assert a.is_primary()
+    assert heard == [(0, False), (0, True)]
+
+
 def test_stop_hands_the_lease_over_at_once() -> None:
     store, clock = FakeLeases(), Clock()
     a, b = elector(store, clock, "a"), elector(store, clock, "b")

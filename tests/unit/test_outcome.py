@@ -166,6 +166,16 @@ NONE = Decision(Action.NONE, "Current", "ok")
             T0 + 2 * MIN,
         ),
         ("everything past: a second from now", T0 + dt.timedelta(hours=2), {}, NONE, Outcome(), None),
+        # A pass that decided "not yet" just before the renewal time and ended just after it:
+        # the renewal is looked at again now, not at the expiry (late renewals under load).
+        (
+            "renewal time just past, expiry ahead",
+            RENEW + dt.timedelta(milliseconds=300),
+            {},
+            NONE,
+            Outcome(),
+            None,
+        ),
     ],
 )
 def test_the_next_wakeup(

@@ -20,6 +20,15 @@ from tests.unit.test_rolloutreport import T0, record
 
 ROLLOUT = {"strategy": "Restart", "targets": [{"kind": "Deployment", "name": "web"}]}
 WRITTEN = {"tokenId": "jti-1", "state": "Complete", "targets": [{"kind": "Deployment", "name": "web"}]}
+# A rolled-out Deployment reading the Secret `tok` through a volume.
+WEB = {
+    "metadata": {"name": "web", "namespace": "ns", "generation": 1},
+    "spec": {
+        "replicas": 1,
+        "template": {"spec": {"volumes": [{"name": "t", "secret": {"secretName": "tok"}}]}},
+    },
+    "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+}
 
 
 class NoRevocations:
@@ -75,17 +84,9 @@ def test_a_pass_right_after_a_start_waits_briefly_for_the_cache_and_is_judged_on
         manager = RolloutManager(None, RolloutOptions(), workloads, None)  # type: ignore[arg-type]
         rechecked: list[Key] = []
         step = RolloutStep(manager, NoRevocations(), lambda: T0, rechecked.append)  # type: ignore[arg-type]
-        web = {
-            "metadata": {"name": "web", "namespace": "ns", "generation": 1},
-            "spec": {
-                "replicas": 1,
-                "template": {"spec": {"volumes": [{"name": "t", "secret": {"secretName": "tok"}}]}},
-            },
-            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
-        }
 
         def listed() -> None:  # the watch delivers the Deployment, then the cache is synced
-            workloads.on_event("Deployment", None, web)
+            workloads.on_event("Deployment", None, WEB)
             workloads.synced.set()
 
         asyncio.get_running_loop().call_later(0.05, listed)

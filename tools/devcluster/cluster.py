@@ -47,6 +47,9 @@ class LocalCluster(ControlPlaneComponents):
     # With a real node: how long to wait for another run's node to go (0: fail at once; None:
     # env AGENTTOKEN_NODE_LOCK_WAIT, else 0).
     node_lock_wait: float | None = None
+    # Audit AgentToken status writes at Request level (their bodies), for diagnosing which
+    # status field a write changed; off by default: it costs disk and apiserver time.
+    audit_status_bodies: bool = False
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     started_in: float = 0.0

@@ -29,6 +29,7 @@ class ControlPlaneComponents:
     ports: dict[str, int]
     host: str
     real_node: bool
+    audit_status_bodies: bool
 
     def _spawn(self, component: str, argv: list[str]) -> None:
         raise NotImplementedError
@@ -141,12 +142,24 @@ class ControlPlaneComponents:
             "rules": [
                 {"level": "None", "users": ["system:kube-scheduler", "system:kube-controller-manager"]},
                 {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
+                *self._audit_body_rules(),
                 {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
                 {"level": "None"},
             ],
         }
         path.write_text(yaml.safe_dump(policy))
         return path
+
+    def _audit_body_rules(self) -> list[dict[str, Any]]:
+        if not self.audit_status_bodies:
+            return []
+        return [
+            {
+                "level": "Request",
+                "verbs": ["patch", "update"],
+                "resources": [{"group": "agenttoken.dev", "resources": ["agenttokens/status"]}],
+            }
+        ]
 
     def _kube_common(self, component: str) -> list[str]:
         kc = str(self.workdir / "kubeconfig")

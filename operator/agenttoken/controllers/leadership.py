@@ -312,9 +312,10 @@ class Leadership:
         if (
             before is not None
             and shard in self._reported
-            and not core.holds(before, written[0], self.timings)
+            and not core.holds(before, self.clock(), self.timings)
         ):
-            # The deadline passed before this renewal went out (a stalled loop, slow requests):
+            # The deadline passed before this renewal's answer came (a stalled loop, slow
+            # requests; sent in time is not enough: owns() reads the last *recorded* renewal):
             # owns() said no meanwhile, so events, passes and schedules for the shard were
             # refused. Report the loss, and the gain at the round's end queues the shard again.
             self._renewed.pop(shard)

@@ -37,13 +37,12 @@ from agenttoken.core.rollout import (
 from agenttoken.core.secretdata import TokenRecord
 from agenttoken.core.status import Outcome
 from agenttoken.kube.adapter import Kube
-from agenttoken.kube.caches import WorkloadCache
+from agenttoken.kube.caches import SYNC_WAIT, WorkloadCache
 from agenttoken.kube.errors import KubeError
 from agenttoken.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime.datetime]
-SYNC_WAIT = 5.0  # seconds a rollout step waits for the workload cache right after a start
 
 
 @dataclass(frozen=True)
@@ -268,13 +267,10 @@ class RolloutStep:
             self._after_sync.cancel()
 
     async def _synced(self, workloads: WorkloadCache) -> bool:
-        """Whether the workload cache is synced, waiting up to SYNC_WAIT for it right after a
-        start (a few seconds; the pass's status is then written once, not once now and again
-        with the workloads). Past that (e.g. a watch that cannot start), the pass is deferred."""
-        if not workloads.synced.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(workloads.synced.wait(), timeout=SYNC_WAIT)
-        return workloads.synced.is_set()
+        """Whether the workload cache is synced, waiting for it in the first SYNC_WAIT seconds
+        after a start (the pass's status is then written once, not once now and again with the
+        workloads). Past that (e.g. a watch that cannot start), the pass is deferred."""
+        return await workloads.wait_synced(SYNC_WAIT)
 
     def _defer(self, p: Pass, outcome: Outcome) -> StepResult:
         """Right after a start the workload cache may not have seen every workload yet, and an

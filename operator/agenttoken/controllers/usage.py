@@ -21,7 +21,7 @@ from agenttoken.core.outcome import Event, usage_event
 from agenttoken.core.rollout import consumed_in
 from agenttoken.core.usage import IN_USE, REVOKED, UsageDecision, assess
 from agenttoken.kube.adapter import Kube
-from agenttoken.kube.caches import WorkloadCache
+from agenttoken.kube.caches import SYNC_WAIT, WorkloadCache
 
 # Seconds a fresh listing of a namespace's consumers is reused by the unused-token policy.
 LISTING_TTL = 2.0
@@ -65,7 +65,7 @@ class Usage:
         if self.workloads is None:
             return None, ()  # no workload watches: consumption is unknown
         previous = p.previous
-        if not self.ready:
+        if not await self._judgeable():
             # Keep what status says (a suspension stays) until the workload cache is synced.
             if previous.usage is not None and previous.usage.state != IN_USE:
                 self._waiting.add(p.key)  # only a token with a step pending needs a look then
@@ -85,6 +85,17 @@ class Usage:
             await self.revoker.revoke(p.body, previous.token_id, previous.expires_at, "Unused")
         expired = not (previous.expires_at and previous.expires_at > p.now)
         return decision, (usage_event(decision.step, decision.usage, p.spec, already_expired=expired),)
+
+    async def _judgeable(self) -> bool:
+        """Whether consumption may be judged in this pass. Right after a start (no margin
+        asked for), a pass waits for the workload cache as the rollout step does, and shares
+        that wait (kube.caches.SYNC_WAIT): a new AgentToken reconciled just before the sync
+        would otherwise get a status without status.usage, and its next pass (e.g. on the watch
+        event of the Secret it created) a second status write that only adds it."""
+        if not self.ready and self.margin <= 0 and self.workloads is not None:
+            # warm_up, on its way, still looks again at the AgentTokens that were waiting.
+            self.ready = await self.workloads.wait_synced(SYNC_WAIT)
+        return self.ready
 
     def forget(self, key: Key) -> None:
         self._waiting.discard(key)

@@ -138,7 +138,9 @@ def next_wakeup(
     now: datetime.datetime,
 ) -> datetime.datetime | None:
     """When this AgentToken needs looking at again for its token's own sake: the next retry or
-    backoff end, the expiry (Ready flips), the renewal time; a second from now if all are past."""
+    backoff end, the expiry (Ready flips), the renewal time. A moment already past means a second
+    from now, never "skip it": a pass that decided just before its renewal time and finished
+    just after it must not sleep until the expiry (the renewal would land late)."""
     times: list[datetime.datetime] = []
     if outcome.failed_attempts and outcome.last_failure_time:
         times.append(
@@ -156,8 +158,8 @@ def next_wakeup(
             times.append(
                 snap_wake or renewal_time(record.issued_at, record.expires_at, spec.renewal, jitter_key)
             )
-    future = [t for t in times if t > now] or ([now + datetime.timedelta(seconds=1)] if times else [])
-    return min(future) if future else None
+    soon = now + datetime.timedelta(seconds=1)
+    return min(t if t > now else soon for t in times) if times else None
 
 
 def expiry_warning(

@@ -17,7 +17,9 @@ A workload deleted while a watch was down is absent from kopf's relist, which ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 Listener = Callable[[WorkloadRef, Workload | None], None]
 RefLister = Callable[[], Awaitable[set[tuple[str, str, str]]]]
 Reader = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]  # kind, namespace, name
+# For how long after a start a reconcile pass waits for the cache to be synced (the rollout step
+# and the unused-token policy both read it): a few seconds, so that the pass's status is written
+# once, with what the workloads say, not once now and again after the sync.
+SYNC_WAIT = 5.0
 
 
 class WorkloadCache:
@@ -39,6 +45,7 @@ class WorkloadCache:
         self._listeners: list[Listener] = []
         self._seen: set[WorkloadRef] = set()  # until synced: every ref ever reported, deleted too
         self.relists: RelistFollower[WorkloadRef] | None = None
+        self._created = time.monotonic()
 
     def follow_relists(self, read: Reader, *, namespaced: bool = False) -> None:
         """Read again, with `read`, what a relist no longer reports. `namespaced`: kopf watches
@@ -103,6 +110,17 @@ class WorkloadCache:
 
     def in_namespace(self, namespace: str) -> list[Workload]:
         return [self.workloads[r] for r in self.by_namespace.get(namespace, set()) if r in self.workloads]
+
+    async def wait_synced(self, within: float) -> bool:
+        """Whether the cache is synced, waiting for it until `within` seconds after the cache
+        was made (the operator's start). Counted from the start, not per caller: the steps of
+        one pass that each wait share the wait, and a watch that cannot start (e.g. no RBAC)
+        costs passes nothing once that time is over."""
+        left = self._created + within - time.monotonic()
+        if not self.synced.is_set() and left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), timeout=left)
+        return self.synced.is_set()
 
     async def sync(self, list_refs: RefLister, interval: float = 0.2, max_interval: float = 30.0) -> None:
         """Set `synced` once a LIST finds nothing the watches have not delivered yet. Each LIST
