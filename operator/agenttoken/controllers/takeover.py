@@ -52,30 +52,24 @@ def signed_by(kids: frozenset[str], secrets: SecretStore, tokens: BodyCache) -> 
     return {key for key in affected if tokens.get(key) is not None}
 
 
-def overdue(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
-    """When a listed AgentToken should have been renewed, if that is past and its status is
-    current (the spec it describes is the one now); else None: look at it now."""
+def _renewal(body: dict[str, Any]) -> datetime.datetime | None:
+    """The renewal time its status records, if that status describes the spec as it is now."""
     status = parse_status(body.get("status"))
-    if (
-        status.renewal_time is not None
-        and status.renewal_time < now
-        and status.observed_generation == body.get("metadata", {}).get("generation")
-    ):
-        return status.renewal_time
-    return None
+    current = status.observed_generation == body.get("metadata", {}).get("generation")
+    return status.renewal_time if current else None
+
+
+def overdue(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
+    """When a listed AgentToken should have been renewed, if that is past; else None: look at it
+    now (also when its status does not describe its current spec)."""
+    when = _renewal(body)
+    return when if when is not None and when < now else None
 
 
 def due_later(body: dict[str, Any], now: datetime.datetime) -> datetime.datetime | None:
-    """Its renewal time if there is nothing to do before it, as far as its status tells (current,
-    not due); else None."""
-    status = parse_status(body.get("status"))
-    if (
-        status.renewal_time is not None
-        and status.renewal_time >= now
-        and status.observed_generation == body.get("metadata", {}).get("generation")
-    ):
-        return status.renewal_time
-    return None
+    """Its renewal time if there is nothing to do before it, as far as its status tells."""
+    when = _renewal(body)
+    return when if when is not None and when >= now else None
 
 
 def enqueue(queue: WorkQueue, now: datetime.datetime, key: Key, body: dict[str, Any]) -> None:
