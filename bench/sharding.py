@@ -135,9 +135,9 @@ def projection(results: dict[str, Any], total: int, target: int = 100_000) -> di
         "assumes": "linear in the AgentTokens; 1 h tokens renewed at 2/3 of their life; one Secret "
         "update and one status patch per renewal, each a full object on every replica's watch; "
         + (
-            "replica RSS after a cold start on the issued tokens (--mint one): it includes the "
-            "high-water mark of the initial listings (kopf parses a whole kind's listing before "
-            "handing it on), charged to the AgentTokens of the cluster"
+            "replica RSS after a cold start on the issued tokens (--mint one): it includes what "
+            "processing the initial listings of every shard's AgentTokens and Secrets left behind "
+            "(the allocator keeps its high-water mark), charged to the AgentTokens of the cluster"
             if results["params"].get("mint") == "one"
             else "replica RSS after the replicas minted every token (grown while running)"
         ),
