@@ -4,7 +4,7 @@ Why not kopf's `on.event` for these two: in a burst of new AgentTokens kopf's pe
 (causes, a `ResourceMemory` per object, loggers, diff-base copies) was a quarter of the
 operator's CPU, it keeps ~1.5 KB per object it has seen, and its initial listing is one unpaged
 LIST response queued as events before the first is handled (the restart's memory peak). Here
-each event is one JSON line parsed into a dict and handed to `deliver(type, body)`; nothing is
+each event is one JSON line parsed (orjson) into a dict and handed to `deliver(type, body)`; nothing is
 kept per object but its key and resourceVersion (core.watchstate).
 
 The protocol is client-go's reflector: the initial state, streamed (WatchList:
@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 from agenttoken.core.watchstate import Delivered, Key, ends_initial_events, final_state, version_of
 from agenttoken.kube.adapter import Kube
@@ -215,7 +215,7 @@ class Informer:
             raw = await response.read()
         finally:
             response.release()
-        body: dict[str, Any] = json.loads(raw) if raw else {}
+        body: dict[str, Any] = orjson.loads(raw) if raw else {}
         _raise_for(response.status, body, response.reason)
         return body
 
@@ -224,10 +224,10 @@ class Informer:
         try:
             if response.status != 200:
                 raw = await response.read()
-                _raise_for(response.status, json.loads(raw) if raw else {}, response.reason)
+                _raise_for(response.status, orjson.loads(raw) if raw else {}, response.reason)
             async for line in response.content:
                 if line.strip():
-                    yield json.loads(line)
+                    yield orjson.loads(line)
         finally:
             response.release()
 

@@ -32,9 +32,7 @@ from agenttoken.core.lease import LeaseTimings
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
-from agenttoken.kube.informer import WatchOptions
 from agenttoken.kube.leases import Leases
-from agenttoken.kube.watchlist import supports_watch_list
 from agenttoken.runtime import podwiring, server, watches
 from agenttoken.runtime.kopfstate import NoDiffBase
 
@@ -126,10 +124,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
     _start_cluster_writers(memo, keys, revocations, events, leadership)
     pod_tokens = await podwiring.start(memo, kube, keys, controller, revocations, leadership)
-    # Last: every consumer exists. Streamed initial state where the apiserver offers it.
-    stream = await supports_watch_list(kube, options.operator_namespace)
-    memo["watches"] = watches.serving(kube, controller, pod_tokens, options.namespaces, WatchOptions(stream))
-    memo["watches"].start()
+    # Last: every consumer of the AgentToken and Secret events exists.
+    memo["watches"] = await watches.start(kube, controller, pod_tokens, options)
     if options.http_port:
         app = server.build_app(keys, revocations, pod_tokens=pod_tokens)
         memo["http"] = await server.serve(app, options.http_address, options.http_port)

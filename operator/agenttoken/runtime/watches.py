@@ -20,10 +20,12 @@ from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf
 from agenttoken import api
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.informer import Deliver, Informer, LastKnown, Resource, WatchOptions
+from agenttoken.kube.watchlist import supports_watch_list
 
 if TYPE_CHECKING:
     from agenttoken.controllers.agenttoken import Controller
     from agenttoken.controllers.podtokens import PodTokenService
+    from agenttoken.runtime.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +112,11 @@ class Watches:
                 await informer.stop()
 
 
-def serving(
-    kube: Kube,
-    controller: Controller,
-    pods: PodTokenService | None,
-    patterns: tuple[str, ...],
-    options: WatchOptions,
+async def start(
+    kube: Kube, controller: Controller, pods: PodTokenService | None, options: RunOptions
 ) -> Watches:
-    """The watches feeding the controller (and the per-pod token index, when it runs)."""
+    """The watches feeding the controller (and the per-pod token index, when it runs), started;
+    the initial state streamed where the apiserver offers it (asked once: kube.watchlist)."""
 
     def on_token(event_type: str, body: dict[str, Any]) -> None:
         controller.on_token_event(event_type, body)
@@ -128,4 +127,7 @@ def serving(
         Kind(AGENTTOKENS, on_token, controller.tokens.get),
         Kind(SECRETS, controller.on_secret_event, controller.secrets.get, SECRET_SELECTOR),
     ]
-    return Watches(kube, kinds, patterns, options)
+    stream = await supports_watch_list(kube, options.operator_namespace)
+    watches = Watches(kube, kinds, options.namespaces, WatchOptions(stream=stream))
+    watches.start()
+    return watches
