@@ -128,6 +128,10 @@ async def start(
         Kind(SECRETS, controller.on_secret_event, controller.secrets.get, SECRET_SELECTOR),
     ]
     stream = await supports_watch_list(kube, options.operator_namespace)
+    log.info(
+        "own watches of AgentTokens and Secrets: initial state %s",
+        "streamed" if stream else "listed in pages",
+    )
     watches = Watches(kube, kinds, options.namespaces, WatchOptions(stream=stream))
     watches.start()
     return watches
