@@ -21,6 +21,7 @@ from agenttoken import api
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.informer import Deliver, Informer, LastKnown, Resource, WatchOptions
 from agenttoken.kube.watchlist import supports_watch_list
+from agenttoken.runtime.memory import Trimmer
 
 if TYPE_CHECKING:
     from agenttoken.controllers.agenttoken import Controller
@@ -62,8 +63,13 @@ class Watches:
         self.options = options
         self.informers: dict[str | None, list[Informer]] = {}  # by namespace (None: cluster-wide)
         self._namespaces: Informer | None = None
+        self.trimmer = Trimmer()
+        self._trim_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        # Every delivered event counts as work; the freed heap goes back once they pause.
+        self.kinds = [dataclasses.replace(k, deliver=self._counted(k.deliver)) for k in self.kinds]
+        self._trim_task = asyncio.create_task(self.trimmer.run(), name="agenttoken-malloc-trim")
         if not self.patterns:
             self._start_in(None)
         elif not any(map(is_pattern, self.patterns)):
@@ -74,6 +80,13 @@ class Watches:
             # watches of each new one. One deleted keeps its (now empty) watches until a restart.
             self._namespaces = Informer(self.kube, NAMESPACES, self._on_namespace, options=self.options)
             self._namespaces.start()
+
+    def _counted(self, deliver: Deliver) -> Deliver:
+        def counted(event_type: str, body: dict[str, Any]) -> None:
+            self.trimmer.busy()
+            deliver(event_type, body)
+
+        return counted
 
     def _on_namespace(self, event_type: str, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name") or ""
@@ -105,6 +118,8 @@ class Watches:
         await asyncio.gather(*(i.synced.wait() for group in list(self.informers.values()) for i in group))
 
     async def stop(self) -> None:
+        if self._trim_task is not None:
+            self._trim_task.cancel()
         if self._namespaces is not None:
             await self._namespaces.stop()
         for group in self.informers.values():
