@@ -112,6 +112,16 @@ def _rss(r: Results) -> tuple[str, bool | None] | None:
     return None if v is None else (f"{v:.0f} MB", v <= 200)
 
 
+def _restart_rss(r: Results) -> tuple[str, bool | None] | None:
+    rst = _get(r, "steady", "restart")
+    if rst is None:
+        return None
+    if "operator_rss_peak_mb" not in rst:  # older runs sampled RSS once, once all were scheduled
+        return f"{rst['operator_rss_mb']:.0f} MB once all scheduled (peak not recorded)", None
+    text = f"peak {rst['operator_rss_peak_mb']:.0f} MB, {rst['operator_rss_settled_mb']:.0f} MB {rst['settle_s']:.0f} s later"
+    return text, rst["operator_rss_peak_mb"] <= 250
+
+
 def _idle_cpu(r: Results) -> tuple[str, bool | None] | None:
     v = _get(r, "steady", "idle", "operator_cpu_fraction_of_core")
     return None if v is None else (f"{100 * v:.2f} %", v <= 0.05)
@@ -227,6 +237,7 @@ LINES = (
     Line("Burst throughput vs the three-write ceiling", "≥ 80 %", "lifecycle", _burst_throughput, _ceiling),
     Line("Operator CPU per new AgentToken (burst)", "≤ 2 ms", "lifecycle", _cpu_per_token),
     Line("Operator RSS, 10,000 AgentTokens steady", "≤ 200 MB", "steady", _rss),
+    Line("Operator RSS after a restart at 10,000", "≤ 250 MB at any moment", "steady", _restart_rss),
     Line("Operator CPU, 10,000 AgentTokens idle", "≤ 5 % of a core", "steady", _idle_cpu),
     Line("Renewal lag (seen - due) beside 10,000", "p99 ≤ 2 s", "steady", _lag),
     Line("Restart at 10,000 → all scheduled", "≤ 10 s", "steady", _restart),

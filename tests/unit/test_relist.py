@@ -1,6 +1,6 @@
 """Objects a kopf relist no longer reports: read again, like client-go's Replace() would delete
-them (core.relist, kube.relists). A Secret that left our label selector while the watch was down
-must reach its owner; the initial listing costs nothing."""
+them (core.relist, kube.relists), for the kinds kopf still watches (workloads). The AgentTokens
+and Secrets come from our own informers, whose relist diff is exact (tests/unit/test_informer.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any, cast
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions
 from agenttoken.controllers.keys import KeyManager
-from agenttoken.controllers.leadership import Leadership
 from agenttoken.core.conditions import Reason
 from agenttoken.core.model import parse_status
 from agenttoken.core.relist import Relists
@@ -91,26 +90,7 @@ def test_a_listing_that_pauses_longer_than_the_quiet_period_goes_on_as_it_was() 
     assert relists.over(200.0 + QUIET, cached) == [("a", "s2")]
 
 
-# -- wired: the Secret cache and its owner --
-
-
-def secret(rv: str, *, managed: bool = True, name: str = "tok") -> dict[str, Any]:
-    """The Secret `tok` of the AgentToken `agent`, or another one's (of an AgentToken not cached)."""
-    labels = {api.LABEL_MANAGED_BY: api.OPERATOR_NAME} if managed else {}
-    agent = "agent" if name == "tok" else f"{name}-owner"
-    owner = {"apiVersion": api.API_VERSION, "kind": api.AGENTTOKEN_KIND, "name": agent, "uid": "u1"}
-    meta = {"namespace": "ns", "name": name, "resourceVersion": rv, "labels": labels}
-    return {"metadata": {**meta, "ownerReferences": [owner]}}
-
-
-class SecretKube:
-    def __init__(self, current: dict[str, Any] | None) -> None:
-        self.current = current
-        self.gets: list[tuple[str, str]] = []
-
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.gets.append((namespace, name))
-        return self.current
+# -- wired --
 
 
 class NoKeys:
@@ -127,7 +107,6 @@ def controller(kube: object) -> Controller:
         ControllerOptions(issuer_url="https://i"),
         clock=lambda: T0,
     )
-    fake_time(ctl.secrets.relists)
     ctl.tokens.offer(("ns", "agent"), {"metadata": {"namespace": "ns", "name": "agent", "uid": "u1"}})
     return ctl
 
@@ -160,81 +139,6 @@ async def listing_over(follower: RelistFollower[Any]) -> None:
     clock.now += 1.0
     await until(lambda: follower.relists.deadline is None and follower._task is None, "the listing's end")
     clock.now += 1.0
-
-
-def test_a_secret_that_left_the_selector_during_a_watch_gap_reaches_its_owner() -> None:
-    async def scenario() -> None:
-        kube = SecretKube(secret("9", managed=False))  # relabelled by a foreign writer in the gap
-        ctl = controller(kube)
-        ctl.on_secret_event(None, secret("5"))  # the initial listing
-        ctl.on_secret_event(None, secret("6", name="other"))
-        ctl.queue.due.clear()
-        await listing_over(ctl.secrets.relists)
-        assert kube.gets == [], "the initial listing costs nothing"
-        assert not ctl.queue.due
-        ctl.on_secret_event(None, secret("6", name="other"))  # 410 Gone: relisted, without ours
-        await listing_over(ctl.secrets.relists)
-        assert kube.gets == [("ns", "tok")]
-        assert ctl.queue.due == {("ns", "agent"): T0.timestamp()}
-        assert ctl.secrets.get(("ns", "tok")) == secret("9", managed=False)  # what the owner repairs
-        await ctl.secrets.relists.stop()
-
-    asyncio.run(scenario())
-
-
-class OneShard:
-    """Sharded (--shards 2): this replica holds namespace `ns` only."""
-
-    shards = 2
-
-    def owns(self, namespace: str) -> bool:
-        return namespace == "ns"
-
-    def subscribe(self, listener: object) -> None:
-        pass
-
-
-def test_sharded_another_shards_secrets_are_neither_kept_nor_read_again() -> None:
-    async def scenario() -> None:
-        kube = SecretKube(None)
-        ctl = Controller(
-            cast(Kube, kube), cast(KeyManager, NoKeys()), ControllerOptions(issuer_url="https://i"),
-            clock=lambda: T0, leadership=cast(Leadership, OneShard()),
-        )  # fmt: skip
-        fake_time(ctl.secrets.relists)
-        foreign = secret("5", name="theirs")
-        foreign["metadata"]["namespace"] = "other"
-        ctl.on_secret_event(None, foreign)
-        ctl.on_secret_event(None, secret("6", name="mine"))
-        await listing_over(ctl.secrets.relists)
-        assert ctl.secrets.get(("other", "theirs")) is None
-        ctl.on_secret_event(None, foreign)  # relisted, without ours: ours is read again, theirs not
-        await listing_over(ctl.secrets.relists)
-        assert kube.gets == [("ns", "mine")]
-        assert ctl.secrets.get(("other", "theirs")) is None
-        await ctl.secrets.relists.stop()
-
-    asyncio.run(scenario())
-
-
-class FailingKube:
-    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        raise KubeError(503, "apiserver unavailable")
-
-
-def test_a_failed_read_forgets_the_suspect_so_the_owner_reads_it_before_judging() -> None:
-    async def scenario() -> None:
-        ctl = controller(FailingKube())
-        ctl.on_secret_event(None, secret("5"))
-        await listing_over(ctl.secrets.relists)
-        ctl.queue.due.clear()
-        ctl.on_secret_event(None, secret("6", name="other"))
-        await listing_over(ctl.secrets.relists)
-        assert ctl.queue.due
-        assert ctl.secrets.get(("ns", "tok")) is None
-        await ctl.secrets.relists.stop()
-
-    asyncio.run(scenario())
 
 
 # -- wired: workloads --

@@ -68,7 +68,6 @@ class ControllerOptions:
     expiry_warning_fraction: float = 0.1
     # Seconds of extra margin after the workload cache is synced before consumption is judged.
     usage_warmup: float = 0.0
-    namespaced: bool = False  # kopf watches each namespace on its own (core.relist's scopes)
 
 
 class Controller:
@@ -89,7 +88,7 @@ class Controller:
         self.options = options
         self.clock = clock
         self.tokens = BodyCache()
-        self.secrets = SecretStore(kube, namespaced=options.namespaced, owner_changed=self._owner_now)
+        self.secrets = SecretStore(kube)
         self.events = events or EventRecorder(kube)
         self.queue = WorkQueue(
             self.reconcile, clock, options.workers, accept=lambda key: self.leadership.owns(key[0])
@@ -131,7 +130,6 @@ class Controller:
         await self.shardcache.stop()
         self.rollout.stop()
         await self.conflicts.stop()
-        await self.secrets.relists.stop()
         await self.events.flush()
 
     # -- watch events feed the caches and the queue --

@@ -1,8 +1,8 @@
 """The managed Secrets: the only place that writes the Secret cache, and every Secret write.
 
-The cache is fed from here alone: watch events, fresh reads before acting, the responses to our
-own writes, and a fresh read of every cached Secret a relist no longer reports (kube.relists:
-left our label selector while the watch was down; the owner is told, like after a DELETED).
+The cache is fed from here alone: watch events, fresh reads before acting, and the responses to
+our own writes. A Secret that left our label selector while the watch was down arrives as a
+DELETED from the informer's relist (kube.informer), so its owner is told like after any other.
 Writes stay guarded the way two replicas and a kill at any line need: a create
 never overwrites a Secret nobody looked at (409: read it, decide again), and the token record
 in the Secret's annotations says which token it holds.
@@ -20,7 +20,6 @@ from agenttoken.core.bodycache import BodyCache
 from agenttoken.core.secretdata import owner_name
 from agenttoken.kube.adapter import Kube
 from agenttoken.kube.errors import KubeError
-from agenttoken.kube.relists import RelistFollower
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +39,9 @@ class SecretAppeared(Exception):
 
 
 class SecretStore:
-    def __init__(
-        self,
-        kube: Kube,
-        *,
-        namespaced: bool = False,
-        owner_changed: Callable[[str, str | None], None] = lambda namespace, owner: None,
-    ) -> None:
-        """`namespaced`: kopf watches each namespace on its own (the operator is limited to some);
-        `owner_changed(namespace, owner name)`: a Secret read again after a relist."""
+    def __init__(self, kube: Kube) -> None:
         self.kube = kube
         self._cache = BodyCache()
-        self.owner_changed = owner_changed
-        self.relists: RelistFollower[Key] = RelistFollower(
-            "Secrets", (lambda key: key[0]) if namespaced else (lambda key: ""), self._cache.bodies.keys,
-            self._recheck,
-        )  # fmt: skip
         metrics.SECRETS_CACHED.set_function(lambda: float(len(self._cache.bodies)))
 
     def get(self, key: Key) -> dict[str, Any] | None:
@@ -71,9 +57,7 @@ class SecretStore:
         return found
 
     def not_ours(self, event_type: str | None, key: Key) -> None:
-        """A watch event about another shard's Secret: not kept, but it tells that a listing is
-        under way (a relist of the one cluster-wide watch reports every shard's Secrets)."""
-        self.relists.event(event_type, key)
+        """A watch event about another shard's Secret: not kept."""
         self._cache.drop(key)
 
     async def read_namespace(self, namespace: str, page: int, keep: Callable[[], bool]) -> None:
@@ -100,7 +84,6 @@ class SecretStore:
         """A watch event; True if it told us something new."""
         meta = body.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        self.relists.event(event_type, key)
         if event_type == "DELETED":
             # Also when the Secret merely left our label selector: remember the deletion's
             # resourceVersion so a late response to our own write cannot revive a stale copy.
@@ -116,19 +99,6 @@ class SecretStore:
             self._cache.drop(key)
         else:
             self._cache.replace(key, fresh)
-
-    async def _recheck(self, key: Key) -> None:
-        """A Secret a relist did not report: read it; its owner looks again at what is there.
-        If the read fails, it is forgotten instead: the owner's pass reads it before judging a
-        token by it (an issued token with no cached Secret: controllers.agenttoken `_decide`)."""
-        owner = owner_name(self._cache.get(key) or {})
-        try:
-            await self.refresh(key)
-        except Exception:
-            self._cache.drop(key)
-            raise
-        finally:
-            self.owner_changed(key[0], owner)
 
     async def write(
         self, key: Key, desired: dict[str, Any], *, exists: bool, version: str | None = None

@@ -8,6 +8,9 @@ turns it into a DeletedFinalStateUnknown. A cache fed from kopf would keep a sta
 whoever trusts it would never hear of the change (a relabelled Secret: its owner until its next
 renewal).
 
+Only for the kinds kopf still watches (workloads): the AgentTokens and managed Secrets come from
+our own informers (kube.informer), whose relist diff is exact (core.watchstate).
+
 `Relists` gives back client-go's semantics as far as kopf allows. Events of type None mark a
 listing in progress. kopf tells handlers nothing when it ends, so a quiet period after the last
 one is taken as its end (`deadline`). Keys then in the cache but reported neither by the listing

@@ -1,6 +1,9 @@
 """kopf wiring: settings, startup/cleanup, and the watch events that feed the controller.
 
-Only `on.event` handlers: they are not change-detecting, so kopf never writes a diff-base or
+The AgentTokens and the managed Secrets, most of the events, come from our own watches
+(runtime.watches, kube.informer): kopf's per-event machinery was a quarter of the operator's CPU
+in a burst and its initial listing the restart's memory peak. kopf still watches the issuers,
+namespaces and workloads, with only `on.event` handlers: they are not change-detecting, so kopf never writes a diff-base or
 progress onto user objects and never adds a finalizer. The settings below still point kopf's
 storage at our own status subtree and prefix, so a handler added later cannot bring
 `kopf.zalando.org/*` annotations back onto AgentTokens (GitOps tools would show drift).
@@ -16,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import kopf
 from aiohttp import web
-from kopf._cogs.structs.references import NamespaceName, match_namespace  # kopf's own pattern rules
 
 from agenttoken import api
 from agenttoken.controllers.agenttoken import Controller, ControllerOptions, utcnow
@@ -31,15 +33,13 @@ from agenttoken.kube.adapter import Kube
 from agenttoken.kube.caches import WorkloadCache
 from agenttoken.kube.events import EventRecorder
 from agenttoken.kube.leases import Leases
-from agenttoken.runtime import podwiring, server
+from agenttoken.runtime import podwiring, server, watches
 from agenttoken.runtime.kopfstate import NoDiffBase
 
 if TYPE_CHECKING:
     from agenttoken.runtime.runner import RunOptions
 
 log = logging.getLogger(__name__)
-
-SECRET_SELECTOR = f"{api.LABEL_MANAGED_BY}={api.OPERATOR_NAME}"
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -51,8 +51,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Our own Events carry reasons; kopf's per-handler log Events would only add noise.
     settings.posting.enabled = False
     settings.peering.standalone = True
-    # Watch only the Secrets we manage, filtered by the apiserver (never every Secret's data).
-    settings.watching.label_selectors["v1", "secrets"] = SECRET_SELECTOR
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = (1, 2, 4, 8, 15)
@@ -107,7 +105,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             issuer_url=options.issuer_url,
             usage_warmup=options.usage_warmup,
             workers=options.workers,
-            namespaced=bool(options.namespaces),
         ),
         rollouts=rollouts,
         revocations=revocations,
@@ -127,6 +124,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo["revocations_task"] = asyncio.create_task(revocations.follow(), name="agenttoken-revocations")
     _start_cluster_writers(memo, keys, revocations, events, leadership)
     pod_tokens = await podwiring.start(memo, kube, keys, controller, revocations, leadership)
+    # Last: every consumer of the AgentToken and Secret events exists.
+    memo["watches"] = await watches.start(kube, controller, pod_tokens, options)
     if options.http_port:
         app = server.build_app(keys, revocations, pod_tokens=pod_tokens)
         memo["http"] = await server.serve(app, options.http_address, options.http_port)
@@ -193,6 +192,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
+    served: watches.Watches | None = memo.get("watches")
+    if served is not None:
+        await served.stop()  # no event reaches a stopped controller
     podwiring.stop(memo)
     controller: Controller | None = memo.get("controller")
     if controller is not None:
@@ -219,18 +221,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
-
-
-@kopf.on.event(api.GROUP, api.VERSION, api.AGENTTOKEN_PLURAL)
-async def agenttoken_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].on_token_event(event.get("type"), event["object"])
-    if "podtokens" in memo:
-        memo["podtokens"].on_token_event(event.get("type"), event["object"])
-
-
-@kopf.on.event("v1", "secrets", labels={api.LABEL_MANAGED_BY: api.OPERATOR_NAME})
-async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo["controller"].on_secret_event(event.get("type"), event["object"])
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.TOKENISSUER_PLURAL)
@@ -282,12 +272,8 @@ async def _list_workloads(kube: Kube, namespaces: tuple[str, ...]) -> set[tuple[
     """Every workload in the scope the watches cover (kopf's namespace patterns, globs too)."""
     if not namespaces:
         return await kube.list_workload_refs(None)
-    if any(set(pattern) & set("*?!,[") for pattern in namespaces):
-        names = [
-            n
-            for n in await kube.list_namespace_names()
-            if any(match_namespace(NamespaceName(n), p) for p in namespaces)
-        ]
+    if any(map(watches.is_pattern, namespaces)):
+        names = [n for n in await kube.list_namespace_names() if watches.matches(n, namespaces)]
     else:
         names = list(namespaces)
     found: set[tuple[str, str, str]] = set()
