@@ -235,7 +235,6 @@ def test_losing_a_shard_drops_its_bodies_and_secrets_keeping_names_for_the_next_
         assert not ctl.queue.due
         assert ctl.secrets.get((OTHER[0], "t-token")) is None
         assert ctl.shardcache.index.namespaces(1) == {OTHER[0]}
-        await ctl.secrets.relists.stop()
 
     asyncio.run(scenario())
 
