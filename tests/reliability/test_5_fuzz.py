@@ -158,7 +158,10 @@ def post_batch(
         if code == 201:
             return
         message = json.loads(body).get("message", "")
-        assert code in (400, 422), f"HTTP {code} {body[:300]!r}"
+        # 400/422: the schema or the CRD's CEL; 403: an issuer's policy (the chart's
+        # ValidatingAdmissionPolicy, reason Forbidden: e.g. a subject the issuer does not allow).
+        policy = code == 403 and "ValidatingAdmissionPolicy" in message
+        assert code in (400, 422) or policy, f"HTTP {code} {body[:300]!r}"
         assert message, f"rejected without a message: HTTP {code} {body[:300]!r}"
         counts["rejected"] = counts.get("rejected", 0) + 1
         kind = message.replace(f'"{name}" ', "")[:100]
