@@ -68,10 +68,12 @@ class SecretStore:
         try:
             while True:
                 listing = await self.kube.list_page("secrets", namespace, selector, page, token)
-                for body in listing.get("items") or [] if keep() else []:
+                if not keep():
+                    return  # fenced or lost while the page was on its way: not ours to cache
+                for body in listing.get("items") or []:
                     self._cache.offer((namespace, body.get("metadata", {}).get("name", "")), body)
                 token = (listing.get("metadata") or {}).get("continue") or ""
-                if not token or not keep():
+                if not token:
                     return
         except Exception as exc:  # the passes read them one by one instead
             log.warning("listing the Secrets of namespace %s failed: %s", namespace, exc)
